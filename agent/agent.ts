@@ -1,0 +1,164 @@
+/**
+ * The topology: log ← ingest sources; log → forwarder → Kafka; observe on the side.
+ * Each stage is constructed here, started in dependency order and stopped in reverse.
+ */
+import { randomBytes } from 'node:crypto';
+import { hostname } from 'node:os';
+import type { AddressInfo } from 'node:net';
+import { redactedConfig, type Config } from './config.ts';
+import { openLog } from './log/index.ts';
+import type { EventLog } from './log/types.ts';
+import { IngestSink } from './ingest/sink.ts';
+import { HttpIngest } from './ingest/http.ts';
+import { Forwarder } from './forward/forwarder.ts';
+import { KafkaSink } from './forward/kafka-producer.ts';
+import { kafkaCompression } from './forward/codecs.ts';
+import { Metrics } from './observe/metrics.ts';
+import type { Logger } from './observe/logger.ts';
+import { buildStatus, RateMeter } from './observe/status.ts';
+import { KEDGE_VERSION } from './version.ts';
+
+export interface AgentTuning {
+  maxBatchEvents: number;
+  maxBatchBytes: number;
+  requestTimeoutMs: number;
+  backoffMinMs: number;
+  backoffMaxMs: number;
+  /** SIGTERM: everything must be closed within this. */
+  stopDeadlineMs: number;
+}
+
+export const DEFAULT_TUNING: AgentTuning = {
+  maxBatchEvents: 10_000,
+  // Kafka's default max.message.bytes is ~1 MB per partition batch; stay below it.
+  maxBatchBytes: 900 * 1024,
+  requestTimeoutMs: 30_000,
+  backoffMinMs: 250,
+  backoffMaxMs: 30_000,
+  stopDeadlineMs: 9_000,
+};
+
+/** Settings this version parses but does not act on yet: refusing them beats ignoring them. */
+export function unsupportedSettings(cfg: Config): string[] {
+  const p: string[] = [];
+  const no = (name: string, what: string) => p.push(`${name} is set, but ${what} is not available in kedge ${KEDGE_VERSION} yet; unset it`);
+  if (cfg.mqtt.url) no('KEDGE_MQTT_URL', 'MQTT client ingest');
+  if (cfg.mqtt.listen) no('KEDGE_MQTT_LISTEN', 'the embedded MQTT listener');
+  if (cfg.forward.rate !== null) no('KEDGE_FORWARD_RATE', 'the uplink rate cap');
+  if (cfg.forward.windows.length > 0) no('KEDGE_FORWARD_WINDOWS', 'transfer windows');
+  if (cfg.forward.priorityTopics.length > 0) no('KEDGE_PRIORITY_TOPICS', 'priority forwarding');
+  if (cfg.retention.maxAge !== null) no('KEDGE_RETENTION', 'age-based retention');
+  if (cfg.retention.whenFull !== 'drop-oldest') no('KEDGE_WHEN_FULL', 'the reject-new quota policy');
+  return p;
+}
+
+export class Agent {
+  readonly cfg: Config;
+  readonly logger: Logger;
+  readonly tuning: AgentTuning;
+  readonly metrics = new Metrics();
+  private log: EventLog | null = null;
+  private http: HttpIngest | null = null;
+  private forwarder: Forwarder | null = null;
+  private sink: IngestSink | null = null;
+  private rates: RateMeter | null = null;
+  private readonly startedAt = Date.now();
+  private readonly warnings: string[] = [];
+  agentId = '';
+  httpAddress: AddressInfo | null = null;
+
+  constructor(cfg: Config, logger: Logger, tuning: Partial<AgentTuning> = {}) {
+    this.cfg = cfg;
+    this.logger = logger;
+    this.tuning = { ...DEFAULT_TUNING, ...tuning };
+  }
+
+  async start(): Promise<void> {
+    const cfg = this.cfg;
+    const compression = kafkaCompression(cfg.kafka.compression);
+    const log = await openLog({ dir: cfg.dataDir, driver: cfg.storage, sync: cfg.sync });
+    this.log = log;
+    this.agentId = cfg.agentId ?? log.meta('agent_id') ?? generateAgentId();
+    if (log.meta('agent_id') !== this.agentId) log.setMeta('agent_id', this.agentId);
+
+    const stats = log.stats();
+    this.logger.info({ agentId: this.agentId, dataDir: cfg.dataDir, storage: cfg.storage, sync: cfg.sync, backlog: stats.backlogEvents, lastSeq: stats.lastSeq }, 'log open');
+
+    this.sink = new IngestSink(log, this.metrics);
+    this.forwarder = new Forwarder({
+      log,
+      sink: new KafkaSink({ kafka: cfg.kafka, clientId: `kedge-${this.agentId}`, compression, requestTimeoutMs: this.tuning.requestTimeoutMs, logger: this.logger }),
+      agentId: this.agentId,
+      topicPrefix: cfg.kafka.topicPrefix,
+      maxBatchEvents: this.tuning.maxBatchEvents,
+      maxBatchBytes: this.tuning.maxBatchBytes,
+      sendDeadlineMs: this.tuning.requestTimeoutMs + 5_000,
+      backoffMinMs: this.tuning.backoffMinMs,
+      backoffMaxMs: this.tuning.backoffMaxMs,
+      metrics: this.metrics,
+      logger: this.logger,
+    });
+    const fwd = this.forwarder;
+    this.metrics.bindSources(log, fwd);
+    this.rates = new RateMeter(log);
+    this.rates.start();
+    const rates = this.rates;
+    const status = () => buildStatus({ agentId: this.agentId, version: KEDGE_VERSION, startedAt: this.startedAt, log, forwarder: () => fwd.status(), config: redactedConfig(cfg), warnings: () => this.warnings }, rates);
+
+    if (cfg.http.listen) {
+      if (!isLoopback(cfg.http.listen.host) && !cfg.http.token) {
+        const w = `HTTP listens on ${cfg.http.listen.host}:${cfg.http.listen.port} (not loopback) without KEDGE_HTTP_TOKEN: anyone on the network can write events`;
+        this.warnings.push(w);
+        this.logger.warn(w);
+      }
+      this.http = new HttpIngest({
+        listen: cfg.http.listen,
+        token: cfg.http.token,
+        maxBody: cfg.http.maxBody,
+        tlsCert: cfg.http.tlsCert,
+        tlsKey: cfg.http.tlsKey,
+        sink: this.sink,
+        metrics: this.metrics,
+        logger: this.logger,
+        api: {
+          status,
+          metrics: async () => ({ contentType: this.metrics.registry.contentType, body: await this.metrics.registry.metrics() }),
+          ready: () => this.sink?.ready ?? false,
+          pause: () => fwd.setPaused(true),
+          resume: () => fwd.setPaused(false),
+        },
+      });
+      this.httpAddress = await this.http.start();
+      this.logger.info({ listen: `${this.httpAddress.address}:${this.httpAddress.port}` }, 'http ingest listening');
+    }
+    fwd.start();
+  }
+
+  /**
+   * Stop accepting, let requests already inside finish their commit, finish the
+   * send in flight, close the log. Whatever is not forwarded stays in the log.
+   */
+  async stop(): Promise<void> {
+    const deadline = Date.now() + this.tuning.stopDeadlineMs;
+    this.sink?.stopAccepting();
+    await withTimeout(this.http?.stop() ?? Promise.resolve(), 3_000);
+    await withTimeout(this.forwarder?.stop() ?? Promise.resolve(), Math.max(500, deadline - Date.now() - 1_500));
+    this.rates?.stop();
+    await this.log?.close();
+    this.log = null;
+  }
+}
+
+function withTimeout(p: Promise<unknown>, ms: number): Promise<void> {
+  let t: NodeJS.Timeout;
+  return Promise.race([p.then(() => undefined), new Promise<void>((r) => (t = setTimeout(r, ms)))]).finally(() => clearTimeout(t));
+}
+
+function generateAgentId(): string {
+  const host = hostname().replace(/[^A-Za-z0-9._-]/g, '_').slice(0, 40) || 'kedge';
+  return `${host}-${randomBytes(4).toString('hex')}`;
+}
+
+export function isLoopback(host: string): boolean {
+  return host === 'localhost' || host === '::1' || host === '[::1]' || /^127\./.test(host);
+}

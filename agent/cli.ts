@@ -1,0 +1,172 @@
+#!/usr/bin/env node
+/**
+ * kedge run | check-config | status | version
+ * User mistakes end in one line naming the thing and the fix (exit 2), never a stack trace.
+ */
+import { statSync } from 'node:fs';
+import { ConfigError, formatConfig, loadConfig, type Config } from './config.ts';
+import { mergeEnv, readEnvFile } from './env-file.ts';
+import { Agent, unsupportedSettings } from './agent.ts';
+import { createLogger } from './observe/logger.ts';
+import { LogOpenError } from './log/types.ts';
+import { CodecUnavailableError } from './forward/codecs.ts';
+import { KEDGE_VERSION } from './version.ts';
+import { runStatus } from './observe/status-cli.ts';
+
+const USAGE = `usage: kedge <command> [options]
+
+commands:
+  run [--env-file PATH]            run the agent (default command)
+  check-config [--env-file PATH]   validate the configuration and print it (secrets redacted)
+  status [--json] [--env-file PATH]
+                                   show link state, backlog and rates of the running agent
+  version                          print versions (also --version)
+`;
+
+interface Args {
+  command: string;
+  envFile: string | null;
+  json: boolean;
+  watch: boolean;
+}
+
+function fail(msg: string, code = 2): never {
+  process.stderr.write(`kedge: ${msg}\n`);
+  process.exit(code);
+}
+
+function parseArgs(argv: string[]): Args {
+  const a: Args = { command: 'run', envFile: null, json: false, watch: false };
+  let sawCommand = false;
+  for (let i = 0; i < argv.length; i++) {
+    const x = argv[i];
+    // `node agent/cli.ts -- run --env-file F`: Node itself reads a script argument named
+    // --env-file unless it comes after `--`, so from source the separator is allowed.
+    if (x === '--') continue;
+    if (x === '--version' || x === '-v') a.command = 'version';
+    else if (x === '--help' || x === '-h' || x === 'help') a.command = 'help';
+    else if (x === '--env-file') {
+      const v = argv[++i];
+      if (!v) fail('--env-file needs a path, e.g. --env-file /etc/kedge/kedge.env');
+      a.envFile = v;
+    } else if (x.startsWith('--env-file=')) a.envFile = x.slice('--env-file='.length);
+    else if (x === '--json') a.json = true;
+    else if (x === '--watch') a.watch = true;
+    else if (!x.startsWith('-') && !sawCommand) {
+      a.command = x;
+      sawCommand = true;
+    } else fail(`unknown argument "${x}"\n${USAGE}`);
+  }
+  return a;
+}
+
+function loadOrExit(args: Args): Config {
+  let env: Record<string, string | undefined> = process.env;
+  if (args.envFile) {
+    const f = readEnvFile(args.envFile);
+    if (f.problems.length) {
+      process.stderr.write(`kedge: the env file has problems:\n${f.problems.map((p) => `  - ${p}`).join('\n')}\n`);
+      process.exit(2);
+    }
+    env = mergeEnv(process.env, f.vars);
+  }
+  try {
+    return loadConfig(env, { envFile: args.envFile });
+  } catch (e) {
+    if (e instanceof ConfigError) {
+      process.stderr.write(`kedge: the configuration has ${e.problems.length} problem${e.problems.length === 1 ? '' : 's'}:\n${e.problems.map((p) => `  - ${p}`).join('\n')}\n`);
+      process.exit(2);
+    }
+    throw e;
+  }
+}
+
+function storageDriverAvailable(): string {
+  try {
+    // node:sqlite exists in the embedded Node 24; absent elsewhere.
+    process.getBuiltinModule('node:sqlite');
+    return 'sqlite (node:sqlite), wasm (node-sqlite3-wasm)';
+  } catch {
+    return 'wasm (node-sqlite3-wasm)';
+  }
+}
+
+async function run(args: Args): Promise<void> {
+  const cfg = loadOrExit(args);
+  const unsupported = unsupportedSettings(cfg);
+  if (unsupported.length) fail(`the configuration has ${unsupported.length} problem(s):\n${unsupported.map((p) => `  - ${p}`).join('\n')}`);
+  const logger = createLogger(cfg.logLevel);
+  if (args.envFile) {
+    try {
+      const mode = statSync(args.envFile).mode;
+      if (mode & 0o077) logger.warn({ envFile: args.envFile, mode: (mode & 0o777).toString(8) }, 'the env file is readable by group or others and may hold secrets: chmod 600 it');
+    } catch { /* already reported by readEnvFile */ }
+  }
+  const agent = new Agent(cfg, logger);
+  try {
+    await agent.start();
+  } catch (e) {
+    if (e instanceof LogOpenError || e instanceof CodecUnavailableError) fail(e.message);
+    const err = e as NodeJS.ErrnoException;
+    if (err.code === 'EADDRINUSE') fail(`cannot listen on ${cfg.http.listen?.host}:${cfg.http.listen?.port}: the address is in use (another kedge? set KEDGE_HTTP_LISTEN)`);
+    if (err.code === 'EACCES' && err.syscall === 'listen') fail(`no permission to listen on port ${cfg.http.listen?.port} (ports below 1024 need CAP_NET_BIND_SERVICE; pick a higher port)`);
+    if (err.code === 'EACCES' || err.code === 'EROFS') fail(`cannot write the data dir ${cfg.dataDir}: ${err.message} (set KEDGE_DATA_DIR to a writable folder)`);
+    throw e;
+  }
+  logger.info({ version: KEDGE_VERSION, node: process.version, arch: process.arch }, 'kedge running');
+  let stopping = false;
+  const onSignal = (sig: string) => {
+    if (stopping) return;
+    stopping = true;
+    logger.info({ signal: sig }, 'stopping');
+    // Whatever happens, exit within 10 s: the log is safe at any instant.
+    setTimeout(() => {
+      logger.error('stop took too long; exiting anyway (nothing acknowledged is lost)');
+      process.exit(1);
+    }, 10_000).unref();
+    agent.stop().then(
+      () => {
+        logger.info('stopped');
+        process.exit(0);
+      },
+      (e) => {
+        logger.error({ err: e }, 'error while stopping');
+        process.exit(1);
+      },
+    );
+  };
+  process.on('SIGTERM', () => onSignal('SIGTERM'));
+  process.on('SIGINT', () => onSignal('SIGINT'));
+}
+
+async function main(): Promise<void> {
+  const args = parseArgs(process.argv.slice(2));
+  switch (args.command) {
+    case 'run':
+      return run(args);
+    case 'check-config': {
+      const cfg = loadOrExit(args);
+      const unsupported = unsupportedSettings(cfg);
+      process.stdout.write(formatConfig(cfg) + '\n');
+      if (unsupported.length) fail(`the configuration has ${unsupported.length} problem(s):\n${unsupported.map((p) => `  - ${p}`).join('\n')}`);
+      process.stderr.write('kedge: configuration OK\n');
+      return;
+    }
+    case 'status':
+      process.exitCode = await runStatus(loadOrExit(args), { json: args.json });
+      return;
+    case 'version':
+      process.stdout.write(`kedge ${KEDGE_VERSION}\nnode ${process.version}\narch ${process.platform}-${process.arch}\nstorage ${storageDriverAvailable()}\n`);
+      return;
+    case 'help':
+      process.stdout.write(USAGE);
+      return;
+    default:
+      fail(`unknown command "${args.command}"\n${USAGE}`);
+  }
+}
+
+main().catch((e) => {
+  process.stderr.write(`kedge: unexpected error: ${(e as Error)?.stack ?? e}\n`);
+  process.exit(1);
+});

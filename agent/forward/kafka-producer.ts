@@ -1,0 +1,134 @@
+/**
+ * The Kafka side of the forwarder: one idempotent kafkajs producer
+ * (acks=all, one request in flight, so order per partition holds on retries).
+ */
+import { createRequire } from 'node:module';
+import type { Config } from '../config.ts';
+import type { Logger } from '../observe/logger.ts';
+import { readFileSync } from 'node:fs';
+import type { Kafka, Producer, Message, SASLOptions } from 'kafkajs';
+
+const require = createRequire(import.meta.url);
+const kafkajs = require('kafkajs') as typeof import('kafkajs');
+
+export interface OutRecord {
+  topic: string;
+  key: Buffer | null;
+  value: Buffer;
+  timestamp: number;
+  headers: Record<string, string>;
+}
+
+/** The forwarder only needs this; tests of the loop can run it against any implementation. */
+export interface RecordSink {
+  connect(): Promise<void>;
+  send(records: OutRecord[]): Promise<void>;
+  disconnect(): Promise<void>;
+}
+
+export interface KafkaSinkOptions {
+  kafka: Config['kafka'];
+  clientId: string;
+  compression: number;
+  requestTimeoutMs: number;
+  logger: Logger;
+}
+
+/** A refusal that retrying will not fix (record too large, invalid topic, not authorised). */
+export function permanentReason(e: unknown): string | null {
+  const PERMANENT = new Set([
+    'MESSAGE_TOO_LARGE', 'RECORD_LIST_TOO_LARGE', 'INVALID_TOPIC_EXCEPTION', 'TOPIC_AUTHORIZATION_FAILED',
+    'INVALID_RECORD', 'CORRUPT_MESSAGE', 'INVALID_REQUIRED_ACKS', 'POLICY_VIOLATION', 'UNSUPPORTED_FOR_MESSAGE_FORMAT',
+  ]);
+  for (let cur: any = e, depth = 0; cur && depth < 8; cur = cur.cause, depth++) {
+    if (typeof cur.type === 'string' && PERMANENT.has(cur.type)) return cur.type;
+    if (Array.isArray(cur.errors)) for (const sub of cur.errors) { const r = permanentReason(sub); if (r) return r; }
+  }
+  return null;
+}
+
+/** The innermost useful message of a kafkajs error chain, for status and logs. */
+export function describeKafkaError(e: unknown): string {
+  const parts: string[] = [];
+  for (let cur: any = e, depth = 0; cur && depth < 6; cur = cur.cause, depth++) {
+    const m = `${cur.type ?? cur.name ?? 'Error'}: ${cur.message ?? String(cur)}`;
+    if (!parts.includes(m)) parts.push(m);
+  }
+  return parts.join(' <- ').slice(0, 500);
+}
+
+export class KafkaSink implements RecordSink {
+  private readonly kafka: Kafka;
+  private producer: Producer | null = null;
+  private readonly opts: KafkaSinkOptions;
+
+  constructor(opts: KafkaSinkOptions) {
+    this.opts = opts;
+    const k = opts.kafka;
+    const log = opts.logger.child({ component: 'kafkajs' });
+    let ssl: boolean | { ca?: Buffer; cert?: Buffer; key?: Buffer } = false;
+    if (k.tls) {
+      ssl = {};
+      if (k.caFile) ssl.ca = readFileSync(k.caFile);
+      if (k.certFile) ssl.cert = readFileSync(k.certFile);
+      if (k.keyFile) ssl.key = readFileSync(k.keyFile);
+    }
+    this.kafka = new kafkajs.Kafka({
+      clientId: opts.clientId,
+      brokers: k.brokers,
+      ssl,
+      sasl: k.sasl ? ({ mechanism: k.sasl.mechanism, username: k.sasl.username, password: k.sasl.password } as SASLOptions) : undefined,
+      connectionTimeout: 5000,
+      authenticationTimeout: 5000,
+      requestTimeout: opts.requestTimeoutMs,
+      // The forwarder retries for ever with its own backoff; kafkajs only rides out short blips.
+      retry: { retries: 3, initialRetryTime: 200, maxRetryTime: 2000 },
+      // kafkajs logs every reconnect at error level; the forwarder logs state changes itself.
+      logCreator: () => ({ level, log: entry }) => {
+        const msg = `${entry.message}`;
+        if (level <= 2) log.debug({ kafkajs: entry.namespace, detail: entry.log?.error ?? undefined }, msg);
+      },
+    });
+  }
+
+  async connect(): Promise<void> {
+    if (this.producer) return;
+    const p = this.kafka.producer({
+      idempotent: true,
+      maxInFlightRequests: 1,
+      allowAutoTopicCreation: true,
+      createPartitioner: kafkajs.Partitioners.DefaultPartitioner,
+      retry: { retries: 3, initialRetryTime: 200, maxRetryTime: 2000 },
+    });
+    try {
+      await p.connect();
+    } catch (e) {
+      await p.disconnect().catch(() => {});
+      throw e;
+    }
+    this.producer = p;
+  }
+
+  async send(records: OutRecord[]): Promise<void> {
+    if (!this.producer) await this.connect();
+    const byTopic = new Map<string, Message[]>();
+    for (const r of records) {
+      let list = byTopic.get(r.topic);
+      if (!list) byTopic.set(r.topic, (list = []));
+      list.push({ key: r.key, value: r.value, timestamp: String(r.timestamp), headers: r.headers });
+    }
+    await this.producer!.sendBatch({
+      acks: -1,
+      timeout: this.opts.requestTimeoutMs,
+      compression: this.opts.compression,
+      topicMessages: [...byTopic].map(([topic, messages]) => ({ topic, messages })),
+    });
+  }
+
+  /** Drops the producer; the next send makes a new one (fresh producer id and sequence numbers). */
+  async disconnect(): Promise<void> {
+    const p = this.producer;
+    this.producer = null;
+    if (p) await p.disconnect().catch(() => {});
+  }
+}

@@ -1,0 +1,285 @@
+/**
+ * HTTP ingest and the local API on one listener. Ingest answers only after
+ * the log committed the request's events (all of them, or none).
+ */
+import { createServer as createHttpServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import { createServer as createHttpsServer } from 'node:https';
+import { readFileSync } from 'node:fs';
+import type { AddressInfo } from 'node:net';
+import { isValidTopic } from '../config.ts';
+import type { ListenAddress } from '../config.ts';
+import { LogWriteError } from '../log/types.ts';
+import type { Logger } from '../observe/logger.ts';
+import type { Metrics } from '../observe/metrics.ts';
+import { bodyKind, eventsFromBody } from './bodies.ts';
+import { IngestError } from './errors.ts';
+import { eventsFromRestProxy, restFormat, restProxyAnswer } from './rest-proxy.ts';
+import type { IngestSink } from './sink.ts';
+import { tokenMatches } from './token.ts';
+
+/** What the API needs from the rest of the agent; the HTTP layer knows nothing else. */
+export interface ApiHandlers {
+  status(): unknown;
+  metrics(): Promise<{ contentType: string; body: string }>;
+  /** True when the log is open and ingest is accepted. */
+  ready(): boolean;
+  pause(): Promise<void>;
+  resume(): Promise<void>;
+}
+
+export interface HttpIngestOptions {
+  listen: ListenAddress;
+  token: string | null;
+  maxBody: number;
+  tlsCert: string | null;
+  tlsKey: string | null;
+  sink: IngestSink;
+  api: ApiHandlers;
+  metrics: Metrics;
+  logger: Logger;
+}
+
+const TOPIC_PATH = /^\/v1\/topics\/([^/]*)$/;
+const REST_PROXY_PATH = /^\/topics\/([^/]*)$/;
+
+export class HttpIngest {
+  private readonly opts: HttpIngestOptions;
+  private server: Server | null = null;
+
+  constructor(opts: HttpIngestOptions) {
+    this.opts = opts;
+  }
+
+  async start(): Promise<AddressInfo> {
+    const o = this.opts;
+    const handler = (req: IncomingMessage, res: ServerResponse) => {
+      this.handle(req, res).catch((e) => {
+        o.logger.error({ err: e }, 'http handler failed');
+        if (!res.headersSent) sendJson(res, 500, { error: 'internal', detail: 'internal error; see the agent log' });
+        else res.destroy();
+      });
+    };
+    const serverOpts = {
+      // Slow or idle clients must not pin resources for ever.
+      requestTimeout: 60_000,
+      headersTimeout: 20_000,
+      keepAliveTimeout: 30_000,
+      maxHeaderSize: 16 * 1024,
+    };
+    this.server = o.tlsCert && o.tlsKey
+      ? createHttpsServer({ ...serverOpts, cert: readFileSync(o.tlsCert), key: readFileSync(o.tlsKey) }, handler)
+      : createHttpServer(serverOpts, handler);
+    this.server.maxConnections = 2048;
+    const server = this.server;
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen(o.listen.port, o.listen.host, () => {
+        server.off('error', reject);
+        resolve();
+      });
+    });
+    return server.address() as AddressInfo;
+  }
+
+  /** Stops accepting connections; requests already inside finish (they wait for their commit). */
+  async stop(): Promise<void> {
+    const s = this.server;
+    if (!s) return;
+    this.server = null;
+    await new Promise<void>((resolve) => {
+      s.close(() => resolve());
+      s.closeIdleConnections();
+    });
+  }
+
+  private async handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    const o = this.opts;
+    // The path is taken raw: WHATWG URL parsing would resolve `..` and `%2E%2E`
+    // segments, and a topic named ".." must be refused, not routed elsewhere.
+    const rawUrl = req.url ?? '/';
+    const q = rawUrl.indexOf('?');
+    const path = q === -1 ? rawUrl : rawUrl.slice(0, q);
+    const query = new URLSearchParams(q === -1 ? '' : rawUrl.slice(q + 1));
+    const method = req.method ?? 'GET';
+
+    if (path === '/healthz') return onlyGet(req, res, () => sendJson(res, 200, { status: 'ok' }));
+    if (path === '/readyz') {
+      return onlyGet(req, res, () => (o.api.ready() ? sendJson(res, 200, { status: 'ready' }) : sendJson(res, 503, { error: 'not_ready', detail: 'the log is not open or kedge is shutting down' })));
+    }
+    if (path === '/metrics') {
+      return onlyGet(req, res, async () => {
+        const m = await o.api.metrics();
+        res.writeHead(200, { 'content-type': m.contentType });
+        res.end(m.body);
+      });
+    }
+    if (path === '/v1/status') return onlyGet(req, res, () => sendJson(res, 200, o.api.status()));
+    if (path === '/v1/forwarding/pause' || path === '/v1/forwarding/resume') {
+      if (method !== 'POST') return methodNotAllowed(req, res, 'POST');
+      if (!this.authorized(req, res)) return;
+      await drain(req);
+      if (path.endsWith('pause')) await o.api.pause();
+      else await o.api.resume();
+      return sendJson(res, 200, { forwarding: path.endsWith('pause') ? 'paused' : 'running' });
+    }
+
+    const v1 = TOPIC_PATH.exec(path);
+    const rest = v1 ? null : REST_PROXY_PATH.exec(path);
+    if (!v1 && !rest) {
+      await drain(req);
+      return sendJson(res, 404, { error: 'not_found', detail: `no such endpoint: ${path} (ingest is POST /v1/topics/{topic})` });
+    }
+    if (method !== 'POST') return methodNotAllowed(req, res, 'POST');
+    if (!this.authorized(req, res)) return;
+
+    try {
+      const topic = decodeTopic((v1 ?? rest)![1]);
+      if (!o.sink.ready) throw new IngestError(503, 'shutting_down', 'kedge is shutting down; retry shortly', { 'retry-after': '5' });
+      // The REST proxy content type is checked before the body is read, so a wrong client fails fast.
+      const fmt = rest ? restFormat(req.headers['content-type']) : null;
+      const body = await readBody(req, o.maxBody);
+      const events = rest
+        ? eventsFromRestProxy(fmt!, body, topic)
+        : eventsFromBody(bodyKind(req.headers['content-type']), body, topic, queryKey(query));
+      let result;
+      try {
+        result = await o.sink.submit(events);
+      } catch (e) {
+        if (e instanceof LogWriteError) {
+          o.logger.warn({ err: e.message, code: e.code }, 'append refused');
+          if (e.code === 'KEDGE_DISK_FULL' || e.code === 'KEDGE_QUOTA_FULL') throw new IngestError(507, 'insufficient_storage', e.message, { 'retry-after': '30' });
+          throw new IngestError(503, 'log_unavailable', e.message, { 'retry-after': '5' });
+        }
+        throw e;
+      }
+      if (rest) return sendJson(res, 200, restProxyAnswer(result));
+      return sendJson(res, 200, { accepted: events.length, first_seq: result.firstSeq, last_seq: result.lastSeq });
+    } catch (e) {
+      if (!(e instanceof IngestError)) throw e;
+      o.metrics.rejected.inc({ source: 'http', reason: e.error });
+      if (!req.complete) {
+        // The rest of the body is not read: close the connection after answering.
+        res.setHeader('connection', 'close');
+        res.once('finish', () => req.socket.destroySoon?.());
+      }
+      const payload: Record<string, unknown> = { error: e.error, detail: e.detail };
+      if (rest) {
+        payload.error_code = e.status * 100 + 1;
+        payload.message = e.detail;
+      }
+      for (const [k, v] of Object.entries(e.headers)) res.setHeader(k, v);
+      return sendJson(res, e.status, payload);
+    }
+  }
+
+  private authorized(req: IncomingMessage, res: ServerResponse): boolean {
+    const token = this.opts.token;
+    if (token === null) return true;
+    const h = req.headers.authorization ?? '';
+    const m = /^Bearer\s+(.+)$/i.exec(h);
+    if (m && tokenMatches(m[1].trim(), token)) return true;
+    this.opts.metrics.rejected.inc({ source: 'http', reason: 'unauthorized' });
+    res.setHeader('www-authenticate', 'Bearer realm="kedge"');
+    res.setHeader('connection', 'close');
+    req.resume();
+    sendJson(res, 401, { error: 'unauthorized', detail: 'missing or wrong bearer token (Authorization: Bearer <KEDGE_HTTP_TOKEN>)' });
+    return false;
+  }
+}
+
+function decodeTopic(raw: string): string {
+  let topic: string;
+  try {
+    topic = decodeURIComponent(raw);
+  } catch {
+    throw new IngestError(400, 'bad_topic', 'the topic in the path is not valid percent-encoding');
+  }
+  if (!isValidTopic(topic)) {
+    throw new IngestError(400, 'bad_topic', `topic "${topic.slice(0, 300)}" is not a valid Kafka topic name (1-249 characters of a-z A-Z 0-9 . _ -, not "." or "..")`);
+  }
+  return topic;
+}
+
+function queryKey(query: URLSearchParams): Buffer | null {
+  const k = query.get('key');
+  return k === null ? null : Buffer.from(k, 'utf8');
+}
+
+/**
+ * Reads the whole body, refusing (413) once it is larger than the limit. A body
+ * that is too large is still read and thrown away up to a bound, so the client
+ * gets the 413 instead of a broken pipe; past the bound the connection is cut.
+ */
+function readBody(req: IncomingMessage, max: number): Promise<Buffer> {
+  const declared = Number(req.headers['content-length']);
+  if (Number.isFinite(declared) && declared > max) {
+    return Promise.reject(new IngestError(413, 'payload_too_large', `the body is ${declared} bytes; the limit is ${max} bytes (KEDGE_HTTP_MAX_BODY)`));
+  }
+  const discardCap = Math.max(4 * max, 4 * 1024 * 1024);
+  return new Promise((resolve, reject) => {
+    const chunks: Buffer[] = [];
+    let size = 0;
+    let tooLarge = false;
+    let settled = false;
+    const tooLargeError = () => new IngestError(413, 'payload_too_large', `the body is larger than the limit of ${max} bytes (KEDGE_HTTP_MAX_BODY)`);
+    req.on('data', (c: Buffer) => {
+      size += c.length;
+      if (tooLarge) {
+        if (size > discardCap && !settled) {
+          settled = true;
+          req.pause();
+          reject(tooLargeError());
+        }
+        return;
+      }
+      if (size > max) {
+        tooLarge = true;
+        chunks.length = 0;
+        return;
+      }
+      chunks.push(c);
+    });
+    req.once('end', () => {
+      if (settled) return;
+      settled = true;
+      if (tooLarge) reject(tooLargeError());
+      else resolve(chunks.length === 1 ? chunks[0] : Buffer.concat(chunks, size));
+    });
+    req.once('error', (e) => {
+      if (!settled) reject(new IngestError(400, 'bad_request', `the request body could not be read: ${e.message}`));
+      settled = true;
+    });
+    req.once('aborted', () => {
+      if (!settled) reject(new IngestError(400, 'bad_request', 'the client aborted the request'));
+      settled = true;
+    });
+  });
+}
+
+async function drain(req: IncomingMessage): Promise<void> {
+  if (req.complete) return;
+  req.resume();
+  await new Promise<void>((resolve) => {
+    req.once('end', resolve);
+    req.once('error', () => resolve());
+    req.once('close', () => resolve());
+  });
+}
+
+async function onlyGet(req: IncomingMessage, res: ServerResponse, fn: () => void | Promise<void>): Promise<void> {
+  if (req.method !== 'GET' && req.method !== 'HEAD') return methodNotAllowed(req, res, 'GET');
+  await drain(req);
+  await fn();
+}
+
+function methodNotAllowed(req: IncomingMessage, res: ServerResponse, allow: string): void {
+  req.resume();
+  res.setHeader('allow', allow);
+  sendJson(res, 405, { error: 'method_not_allowed', detail: `${req.method} is not allowed here; use ${allow}` });
+}
+
+function sendJson(res: ServerResponse, status: number, body: unknown): void {
+  const text = JSON.stringify(body);
+  res.writeHead(status, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(text) });
+  res.end(text);
+}
