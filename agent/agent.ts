@@ -29,9 +29,9 @@ export interface AgentTuning {
 }
 
 export const DEFAULT_TUNING: AgentTuning = {
-  maxBatchEvents: 10_000,
+  maxBatchEvents: 2_000,
   // Kafka's default max.message.bytes is ~1 MB per partition batch; stay below it.
-  maxBatchBytes: 900 * 1024,
+  maxBatchBytes: 512 * 1024,
   requestTimeoutMs: 30_000,
   backoffMinMs: 250,
   backoffMaxMs: 30_000,

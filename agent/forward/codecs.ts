@@ -3,13 +3,12 @@
  * kafkajs, zstd comes from Node's own zlib (Node >= 22.15 / 23.8).
  * kafkajs keeps its codec table as module state; registering is idempotent.
  */
-import { createRequire } from 'node:module';
 import zlib from 'node:zlib';
 import { promisify } from 'node:util';
 import type { Compression } from '../config.ts';
+// kafkajs is CommonJS: a default import works in Node ESM and bundles with esbuild.
+import kafkajs from 'kafkajs';
 
-const require = createRequire(import.meta.url);
-const kafkajs = require('kafkajs') as typeof import('kafkajs');
 
 const zstdCompress = promisify(zlib.zstdCompress);
 const zstdDecompress = promisify(zlib.zstdDecompress);

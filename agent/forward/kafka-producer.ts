@@ -2,14 +2,13 @@
  * The Kafka side of the forwarder: one idempotent kafkajs producer
  * (acks=all, one request in flight, so order per partition holds on retries).
  */
-import { createRequire } from 'node:module';
 import type { Config } from '../config.ts';
 import type { Logger } from '../observe/logger.ts';
 import { readFileSync } from 'node:fs';
 import type { Kafka, Producer, Message, SASLOptions } from 'kafkajs';
+// kafkajs is CommonJS: a default import works in Node ESM and bundles with esbuild.
+import kafkajs from 'kafkajs';
 
-const require = createRequire(import.meta.url);
-const kafkajs = require('kafkajs') as typeof import('kafkajs');
 
 export interface OutRecord {
   topic: string;

@@ -8,6 +8,7 @@ import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { createServer } from 'node:net';
 import { request, Agent as UndiciAgent } from 'undici';
+import { NODE_FLAGS } from '../../agent/runtime-flags.ts';
 
 export const REPO = resolve(import.meta.dirname, '../..');
 
@@ -60,7 +61,7 @@ export class AgentProc {
 
   static async start(o: AgentProcOptions & { port?: number }): Promise<AgentProc> {
     const port = o.port ?? (await freeLoopbackPort());
-    const cmd = o.command ?? [process.execPath, join(REPO, 'agent/cli.ts')];
+    const cmd = o.command ?? [process.execPath, ...NODE_FLAGS, join(REPO, 'agent/cli.ts')];
     const child = spawn(cmd[0], [...cmd.slice(1), 'run', ...(o.args ?? [])], {
       env: { PATH: process.env.PATH ?? '', KEDGE_HTTP_LISTEN: `127.0.0.1:${port}`, KEDGE_LOG_LEVEL: 'info', KEDGE_HEARTBEAT_TOPIC: '', ...o.env },
       stdio: ['ignore', 'pipe', 'pipe'],
