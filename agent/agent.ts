@@ -10,6 +10,8 @@ import { openLog } from './log/index.ts';
 import type { EventLog } from './log/types.ts';
 import { IngestSink } from './ingest/sink.ts';
 import { HttpIngest } from './ingest/http.ts';
+import { MqttClientIngest } from './ingest/mqtt-client.ts';
+import { MqttBrokerIngest } from './ingest/mqtt-broker.ts';
 import { Forwarder } from './forward/forwarder.ts';
 import { KafkaSink } from './forward/kafka-producer.ts';
 import { kafkaCompression } from './forward/codecs.ts';
@@ -42,8 +44,6 @@ export const DEFAULT_TUNING: AgentTuning = {
 export function unsupportedSettings(cfg: Config): string[] {
   const p: string[] = [];
   const no = (name: string, what: string) => p.push(`${name} is set, but ${what} is not available in kedge ${KEDGE_VERSION} yet; unset it`);
-  if (cfg.mqtt.url) no('KEDGE_MQTT_URL', 'MQTT client ingest');
-  if (cfg.mqtt.listen) no('KEDGE_MQTT_LISTEN', 'the embedded MQTT listener');
   if (cfg.forward.rate !== null) no('KEDGE_FORWARD_RATE', 'the uplink rate cap');
   if (cfg.forward.windows.length > 0) no('KEDGE_FORWARD_WINDOWS', 'transfer windows');
   if (cfg.forward.priorityTopics.length > 0) no('KEDGE_PRIORITY_TOPICS', 'priority forwarding');
@@ -62,6 +62,9 @@ export class Agent {
   private forwarder: Forwarder | null = null;
   private sink: IngestSink | null = null;
   private rates: RateMeter | null = null;
+  private mqttClient: MqttClientIngest | null = null;
+  private mqttBroker: MqttBrokerIngest | null = null;
+  mqttAddress: AddressInfo | null = null;
   private readonly startedAt = Date.now();
   private readonly warnings: string[] = [];
   agentId = '';
@@ -103,7 +106,10 @@ export class Agent {
     this.rates = new RateMeter(log);
     this.rates.start();
     const rates = this.rates;
-    const status = () => buildStatus({ agentId: this.agentId, version: KEDGE_VERSION, startedAt: this.startedAt, log, forwarder: () => fwd.status(), config: redactedConfig(cfg), warnings: () => this.warnings }, rates);
+    const status = () => ({
+      ...buildStatus({ agentId: this.agentId, version: KEDGE_VERSION, startedAt: this.startedAt, log, forwarder: () => fwd.status(), config: redactedConfig(cfg), warnings: () => this.warnings }, rates),
+      mqtt: { client: this.mqttClient?.status() ?? null, broker: this.mqttBroker?.status() ?? null },
+    });
 
     if (cfg.http.listen) {
       if (!isLoopback(cfg.http.listen.host) && !cfg.http.token) {
@@ -131,6 +137,28 @@ export class Agent {
       this.httpAddress = await this.http.start();
       this.logger.info({ listen: `${this.httpAddress.address}:${this.httpAddress.port}` }, 'http ingest listening');
     }
+    if (cfg.mqtt.listen) {
+      if (!isLoopback(cfg.mqtt.listen.host) && !cfg.mqtt.username) {
+        const w = `MQTT listens on ${cfg.mqtt.listen.host}:${cfg.mqtt.listen.port} (not loopback) without KEDGE_MQTT_USERNAME/KEDGE_MQTT_PASSWORD: anyone on the network can publish events`;
+        this.warnings.push(w);
+        this.logger.warn(w);
+      }
+      this.mqttBroker = new MqttBrokerIngest({
+        listen: cfg.mqtt.listen, username: cfg.mqtt.username, password: cfg.mqtt.password, kafkaTopic: cfg.mqtt.kafkaTopic,
+        topicPrefixLength: cfg.kafka.topicPrefix.length, maxPayload: cfg.mqtt.maxPayload, tlsCert: cfg.mqtt.tlsCert, tlsKey: cfg.mqtt.tlsKey,
+        agentId: this.agentId, sink: this.sink, metrics: this.metrics, logger: this.logger,
+      });
+      this.mqttAddress = await this.mqttBroker.start();
+    }
+    if (cfg.mqtt.url) {
+      this.mqttClient = new MqttClientIngest({
+        url: cfg.mqtt.url, topics: cfg.mqtt.topics, agentId: this.agentId, username: cfg.mqtt.username, password: cfg.mqtt.password,
+        kafkaTopic: cfg.mqtt.kafkaTopic, topicPrefixLength: cfg.kafka.topicPrefix.length, maxPayload: cfg.mqtt.maxPayload,
+        retained: cfg.mqtt.retained, sink: this.sink, metrics: this.metrics, logger: this.logger,
+      });
+      // Waits at most a few seconds: a broker that is down does not block startup.
+      await this.mqttClient.start();
+    }
     fwd.start();
   }
 
@@ -141,6 +169,10 @@ export class Agent {
   async stop(): Promise<void> {
     const deadline = Date.now() + this.tuning.stopDeadlineMs;
     this.sink?.stopAccepting();
+    await Promise.all([
+      withTimeout(this.mqttClient?.stop() ?? Promise.resolve(), 4_000),
+      withTimeout(this.mqttBroker?.stop() ?? Promise.resolve(), 4_000),
+    ]);
     await withTimeout(this.http?.stop() ?? Promise.resolve(), 3_000);
     await withTimeout(this.forwarder?.stop() ?? Promise.resolve(), Math.max(500, deadline - Date.now() - 1_500));
     this.rates?.stop();
