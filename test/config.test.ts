@@ -1,3 +1,4 @@
+import { spawnSync } from 'node:child_process';
 import { chmodSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, relative, resolve } from 'node:path';
@@ -402,12 +403,22 @@ t.test('TLS and SASL file and pairing rules', async (t) => {
   t.strictSame(p, ['KEDGE_MQTT_PASSWORD is set but KEDGE_MQTT_USERNAME is not (set both)']);
 });
 
-t.test('unreadable file (skipped as root)', { skip: process.getuid?.() === 0 ? 'root reads everything' : false }, async (t) => {
+t.test('unreadable file', async (t) => {
   const locked = join(tmp, 'locked.pem');
   writeFileSync(locked, 'x');
   chmodSync(locked, 0o000);
-  const p = problemsOf(t, { KEDGE_KAFKA_CA_FILE: locked });
-  t.match(p, [/is not readable by this user/]);
+  if (process.getuid?.() !== 0) {
+    t.match(problemsOf(t, { KEDGE_KAFKA_CA_FILE: locked }), [/is not readable by this user/]);
+    return;
+  }
+  // root reads everything: check as an unprivileged user, the way the service runs.
+  chmodSync(tmp, 0o755);
+  // `env -u NODE_OPTIONS`: tap injects its process-info hook into children, which nobody cannot write.
+  const r = spawnSync('env', ['-u', 'NODE_OPTIONS', 'setpriv', '--reuid=65534', '--regid=65534', '--clear-groups', process.execPath, join(import.meta.dirname, '../agent/cli.ts'), '--', 'check-config'], {
+    env: { PATH: process.env.PATH ?? '', KEDGE_KAFKA_CA_FILE: locked, KEDGE_DATA_DIR: tmp }, encoding: 'utf8', timeout: 20_000,
+  });
+  t.equal(r.status, 2, r.stderr);
+  t.match(r.stderr, /KEDGE_KAFKA_CA_FILE .*is not readable by this user/);
 });
 
 t.test('MQTT URL', async (t) => {
