@@ -1,0 +1,20 @@
+/**
+ * The durable event log: the only way into `agent/log/`.
+ * Ingest calls `append`; the forwarder `readBatch`/`ack`/`deadLetter`.
+ */
+export { openLog, DB_FILE } from './sqlite-log.ts';
+export { LOCK_FILE } from './lockfile.ts';
+export { RESERVE_FILE, DEFAULT_RESERVE_BYTES } from './reserve.ts';
+export { LogOpenError, LogWriteError } from './types.ts';
+export type {
+  AppendResult,
+  DeadLetter,
+  EventInput,
+  EventLog,
+  EventSource,
+  LogOptions,
+  LogStats,
+  StorageDriverName,
+  StoredEvent,
+  SyncMode,
+} from './types.ts';

@@ -1,0 +1,153 @@
+/**
+ * The typed boundary between ingest, the durable log and the forwarder.
+ * Ingest only calls `append`; the forwarder only reads batches, acknowledges
+ * and dead-letters. Nothing outside `agent/log/` touches SQL.
+ */
+
+/** Where an event came from; used in metrics and headers. */
+export type EventSource = 'http' | 'mqtt';
+
+/** One event as ingest hands it to the log. `value` is stored byte for byte. */
+export interface EventInput {
+  /** Kafka topic without KEDGE_TOPIC_PREFIX (the forwarder adds it). */
+  topic: string;
+  key: Buffer | null;
+  value: Buffer;
+  /** Extra Kafka headers (e.g. `mqtt-topic`); `kedge-id`/`kedge-ingest-ts` are added by the forwarder. */
+  headers?: Record<string, string>;
+  source: EventSource;
+}
+
+/** An event as stored: `seq` is the log's monotonically increasing position. */
+export interface StoredEvent {
+  seq: number;
+  topic: string;
+  key: Buffer | null;
+  value: Buffer;
+  headers: Record<string, string> | null;
+  /** Ingest time, ms since the epoch (the commit's clock). */
+  ts: number;
+}
+
+export interface AppendResult {
+  firstSeq: number;
+  lastSeq: number;
+}
+
+export interface DeadLetter extends StoredEvent {
+  reason: string;
+  deadAt: number;
+}
+
+export interface LogStats {
+  /** Events stored and not yet acknowledged by Kafka. */
+  backlogEvents: number;
+  /** Sum of key+value bytes of those events. */
+  backlogBytes: number;
+  /** Ingest time of the oldest unforwarded event, or null when the backlog is empty. */
+  oldestTs: number | null;
+  /** Highest seq acknowledged by Kafka (the destination cursor). */
+  cursor: number;
+  /** Highest seq ever assigned. */
+  lastSeq: number;
+  deadLetters: number;
+  /** Number of append (group) commits since open; lets tests observe group commit. Ack/trim transactions are not counted. */
+  commits: number;
+}
+
+export type SyncMode = 'full' | 'normal';
+export type StorageDriverName = 'sqlite' | 'wasm';
+
+export interface LogOptions {
+  /** Folder that holds the database (created if missing). */
+  dir: string;
+  driver: StorageDriverName;
+  sync: SyncMode;
+  /**
+   * Test hook: called inside every append commit, before COMMIT (e.g. to make
+   * commits slow, or throw to make one fail). `info` is the seq range that
+   * commit is about to make durable.
+   */
+  beforeCommit?: (info: { firstSeq: number; lastSeq: number }) => void;
+  /**
+   * Hard cap on the database file size (SQLite `max_page_count`); an append
+   * that would grow the file beyond it fails with code KEDGE_DISK_FULL and
+   * stores nothing. A last line of defence under the disk quota (retention
+   * should keep the log below it); the WAL and the reserve are not counted. Default: no cap.
+   */
+  maxDbBytes?: number;
+  /**
+   * Disk space held back in `<dir>/kedge.reserve` and released when the disk is full, so that
+   * acks can still delete forwarded events and the log drains instead of wedging. Default 8 MiB; 0 disables.
+   */
+  reserveBytes?: number;
+  /** wasm driver: path of `node-sqlite3-wasm.wasm` (default: env KEDGE_SQLITE_WASM_PATH, else next to the package). */
+  wasmPath?: string;
+  /** wasm driver: the wasm bytes themselves (single-executable build). Wins over `wasmPath`. */
+  wasmBinary?: Uint8Array;
+}
+
+/**
+ * The durable event log. Appends are group-committed: every append that
+ * arrives before the next commit shares its transaction and its fsync; each
+ * promise resolves only after that commit returned.
+ */
+export interface EventLog {
+  /**
+   * Store `events` (all or none) and resolve with their seqs once committed. Rejects with LogWriteError:
+   * KEDGE_INVALID_EVENT for an empty array or a malformed event (nothing queued), KEDGE_DISK_FULL /
+   * KEDGE_LOG_WRITE when the commit failed (nothing of it stored), KEDGE_LOG_CLOSED. The log keeps
+   * references to the events until the promise settles: do not mutate them before.
+   */
+  append(events: EventInput[]): Promise<AppendResult>;
+  /** Events with seq > afterSeq in seq order, bounded by count and bytes (at least one event if any). */
+  readBatch(afterSeq: number, maxCount: number, maxBytes: number): StoredEvent[];
+  /**
+   * Kafka acknowledged everything up to and including `seq`: advance the cursor (same transaction as the trim bookkeeping).
+   * Forwarded rows are deleted in bounded chunks, the rest on later ticks. An ack at or below the cursor is a no-op;
+   * beyond the last appended seq throws RangeError; a disk failure throws LogWriteError.
+   */
+  ack(seq: number): void;
+  /**
+   * Move one event that Kafka refuses for good out of the way (the stored row is moved, with `reason`), and advance
+   * the cursor past it if it is the next one. Throws RangeError if the event is no longer in the log.
+   */
+  deadLetter(event: StoredEvent, reason: string): void;
+  /** Most recent (highest seq) first. */
+  listDeadLetters(limit: number): DeadLetter[];
+  stats(): LogStats;
+  /** `listener` runs after every successful append commit (used by the forwarder to wait for work); returns an unsubscribe function. */
+  onAppend(listener: () => void): () => void;
+  /** Small persistent settings kept in the log's database (e.g. 'agent_id'); null if unset. */
+  meta(key: string): string | null;
+  setMeta(key: string, value: string): void;
+  close(): Promise<void>;
+}
+
+/**
+ * Raised when the log refuses an append (disk error, closed log). Ingest maps it to 5xx/507 and does not acknowledge.
+ * Codes: KEDGE_DISK_FULL (507), KEDGE_LOG_WRITE (other write failure), KEDGE_LOG_CLOSED,
+ * KEDGE_INVALID_EVENT (the caller passed a malformed event: a bug in the caller; nothing stored).
+ */
+export class LogWriteError extends Error {
+  readonly code: string;
+  constructor(message: string, code = 'KEDGE_LOG_WRITE', options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = 'LogWriteError';
+    this.code = code;
+  }
+}
+
+/**
+ * Raised at open when the data dir is held by a live kedge, or the database is damaged.
+ * Codes: KEDGE_DATA_DIR_LOCKED, KEDGE_LOG_DAMAGED, KEDGE_LOG_TOO_NEW (written by a newer kedge),
+ * KEDGE_STORAGE_UNAVAILABLE (driver missing), KEDGE_LOG_OPEN (anything else).
+ */
+export class LogOpenError extends Error {
+  readonly code: string;
+  constructor(message: string, code = 'KEDGE_LOG_OPEN', options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = 'LogOpenError';
+    this.code = code;
+  }
+}
