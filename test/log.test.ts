@@ -525,7 +525,7 @@ for (const driver of DRIVERS) {
   });
 }
 
-t.test('wasm: the .wasm location can be overridden (KEDGE_SQLITE_WASM_PATH)', async (t) => {
+t.test('wasm: the .wasm location can be overridden (wasmPath)', async (t) => {
   const dir = tmpDir(t);
   const require = createRequire(import.meta.url);
   const wasm = path.join(path.dirname(require.resolve('node-sqlite3-wasm')), 'node-sqlite3-wasm.wasm');
@@ -533,7 +533,7 @@ t.test('wasm: the .wasm location can be overridden (KEDGE_SQLITE_WASM_PATH)', as
   fs.copyFileSync(wasm, copy);
   const run = (wasmPath: string) =>
     spawnSync(process.execPath, [FIXTURE, path.join(dir, 'data'), 'wasm', 'full', 'once'], {
-      env: { ...process.env, KEDGE_SQLITE_WASM_PATH: wasmPath },
+      env: { ...process.env, TEST_WASM_PATH: wasmPath },
       encoding: 'utf8',
     });
   const ok = run(copy);

@@ -31,7 +31,6 @@
  * wrapper parameter. Overrides, first match wins:
  *   1. `wasmBinary` option (bytes, e.g. from `node:sea` `getAsset()`),
  *   2. `wasmPath` option,
- *   3. env `KEDGE_SQLITE_WASM_PATH`.
  * A bundled executable that has no dist js on disk must also hand over the js
  * text (see `setWasmModuleSource`). The module is one WebAssembly instance per
  * process: the first open decides where it came from.
@@ -80,7 +79,7 @@ export function setWasmModuleSource(code: string, filename = `${PKG}.js`): void 
 
 function load(opts: DriverOpenOptions): WasmModule {
   if (mod) return mod;
-  const wasmPath = opts.wasmPath ?? (process.env.KEDGE_SQLITE_WASM_PATH || undefined);
+  const wasmPath = opts.wasmPath;
   try {
     if (!opts.wasmBinary && !wasmPath) {
       mod = require(PKG) as WasmModule;
@@ -91,7 +90,7 @@ function load(opts: DriverOpenOptions): WasmModule {
     else {
       const resolved = path.resolve(wasmPath!);
       if (!fs.existsSync(resolved)) {
-        throw new LogOpenError(`KEDGE_SQLITE_WASM_PATH: ${resolved} does not exist`, 'KEDGE_STORAGE_UNAVAILABLE');
+        throw new LogOpenError(`the SQLite WebAssembly file ${resolved} does not exist`, 'KEDGE_STORAGE_UNAVAILABLE');
       }
       overrides.locateFile = (file: string, scriptDir: string) => (file === WASM_FILE ? resolved : scriptDir + file);
     }

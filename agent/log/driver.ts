@@ -39,7 +39,7 @@ export interface DriverOpenOptions {
   file: string;
   /**
    * wasm driver only: where `node-sqlite3-wasm.wasm` is. Defaults to
-   * `KEDGE_SQLITE_WASM_PATH`, else the file next to the package's dist js.
+   * else the file next to the package's dist js.
    */
   wasmPath?: string;
   /** wasm driver only: the wasm module bytes themselves (e.g. embedded in a single executable). Wins over `wasmPath`. */

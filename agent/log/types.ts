@@ -81,7 +81,7 @@ export interface LogOptions {
    * acks can still delete forwarded events and the log drains instead of wedging. Default 8 MiB; 0 disables.
    */
   reserveBytes?: number;
-  /** wasm driver: path of `node-sqlite3-wasm.wasm` (default: env KEDGE_SQLITE_WASM_PATH, else next to the package). */
+  /** wasm driver: path of `node-sqlite3-wasm.wasm` (default: next to the package). */
   wasmPath?: string;
   /** wasm driver: the wasm bytes themselves (single-executable build). Wins over `wasmPath`. */
   wasmBinary?: Uint8Array;
