@@ -26,6 +26,8 @@ export interface AgentTuning {
   requestTimeoutMs: number;
   backoffMinMs: number;
   backoffMaxMs: number;
+  /** See ForwarderOptions.unknownTopicGraceMs. */
+  unknownTopicGraceMs: number;
   /** SIGTERM: everything must be closed within this. */
   stopDeadlineMs: number;
 }
@@ -38,6 +40,7 @@ export const DEFAULT_TUNING: AgentTuning = {
   backoffMinMs: 250,
   backoffMaxMs: 30_000,
   stopDeadlineMs: 9_000,
+  unknownTopicGraceMs: 120_000,
 };
 
 /** Settings this version parses but does not act on yet: refusing them beats ignoring them. */
@@ -98,6 +101,7 @@ export class Agent {
       sendDeadlineMs: this.tuning.requestTimeoutMs + 5_000,
       backoffMinMs: this.tuning.backoffMinMs,
       backoffMaxMs: this.tuning.backoffMaxMs,
+      unknownTopicGraceMs: this.tuning.unknownTopicGraceMs,
       metrics: this.metrics,
       logger: this.logger,
     });

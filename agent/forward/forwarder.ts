@@ -8,7 +8,7 @@ import type { EventLog, StoredEvent } from '../log/types.ts';
 import type { Logger } from '../observe/logger.ts';
 import type { Metrics } from '../observe/metrics.ts';
 import { Backoff } from './backoff.ts';
-import { describeKafkaError, permanentReason, type OutRecord, type RecordSink } from './kafka-producer.ts';
+import { describeKafkaError, errorTypes, permanentReason, type OutRecord, type RecordSink } from './kafka-producer.ts';
 
 export type LinkState = 'starting' | 'up' | 'degraded' | 'down' | 'paused';
 
@@ -23,6 +23,12 @@ export interface ForwarderOptions {
   sendDeadlineMs: number;
   backoffMinMs: number;
   backoffMaxMs: number;
+  /**
+   * A topic Kafka keeps calling unknown (auto-creation disabled, no such topic) for
+   * this long, while the link otherwise works, is treated as one that cannot be
+   * created: its events are dead-lettered instead of blocking the log for ever.
+   */
+  unknownTopicGraceMs: number;
   metrics: Metrics;
   logger: Logger;
 }
@@ -57,6 +63,7 @@ export class Forwarder {
   private loop: Promise<void> | null = null;
   private wake: (() => void) | null = null;
   private unsubscribe: (() => void) | null = null;
+  private unknownTopicSince: number | null = null;
 
   constructor(o: ForwarderOptions) {
     this.o = o;
@@ -189,7 +196,14 @@ export class Forwarder {
       await this.withDeadline(o.sink.send(batch.map((e) => this.toRecord(e))));
     } catch (e) {
       const permanent = permanentReason(e);
-      if (permanent) return this.isolate(batch);
+      if (permanent) return this.isolate(batch, false);
+      if (errorTypes(e).has('UNKNOWN_TOPIC_OR_PARTITION')) {
+        this.unknownTopicSince ??= Date.now();
+        if (Date.now() - this.unknownTopicSince >= o.unknownTopicGraceMs) {
+          this.unknownTopicSince = null;
+          return this.isolate(batch, true);
+        }
+      } else this.unknownTopicSince = null;
       await this.onFailure(e);
       return;
     }
@@ -234,25 +248,53 @@ export class Forwarder {
    * Kafka refused something in the batch for good. Send the records one by one,
    * in order, so only the refused ones are dead-lettered and the rest go through.
    */
-  private async isolate(batch: StoredEvent[]): Promise<void> {
+  private async isolate(batch: StoredEvent[], unknownTopicIsPermanent: boolean): Promise<void> {
     const o = this.o;
+    // Topics found uncreatable in this pass: their other events are not sent again one by one.
+    const deadTopics = new Map<string, string>();
+    const dead = new Map<string, { topic: string; reason: string; count: number; firstSeq: number; bytes: number }>();
+    const report = () => {
+      // One line per topic and reason for the pass, not one per event.
+      for (const d of dead.values()) {
+        o.logger.error({ topic: o.topicPrefix + d.topic, reason: d.reason, events: d.count, firstSeq: d.firstSeq, bytes: d.bytes },
+          'Kafka refused events for good; moved them to the dead-letter table (see /v1/status)');
+      }
+    };
     for (const ev of batch) {
-      if (this.stopping) return;
-      try {
-        await this.withDeadline(o.sink.send([this.toRecord(ev)]));
-        this.acknowledge([ev]);
-      } catch (e) {
-        const permanent = permanentReason(e);
-        if (!permanent) {
-          await this.onFailure(e);
-          return;
+      if (this.stopping) return report();
+      let permanent: string | null = null;
+      let detail = deadTopics.get(ev.topic) ?? '';
+      if (deadTopics.has(ev.topic)) permanent = 'UNKNOWN_TOPIC_OR_PARTITION';
+      else {
+        try {
+          await this.withDeadline(o.sink.send([this.toRecord(ev)]));
+          this.acknowledge([ev]);
+          continue;
+        } catch (e) {
+          permanent = permanentReason(e);
+          if (!permanent && unknownTopicIsPermanent && errorTypes(e).has('UNKNOWN_TOPIC_OR_PARTITION')) {
+            permanent = 'UNKNOWN_TOPIC_OR_PARTITION';
+            deadTopics.set(ev.topic, describeKafkaError(e));
+          }
+          if (!permanent) {
+            report();
+            await this.onFailure(e);
+            return;
+          }
+          detail = describeKafkaError(e);
         }
-        const reason = `${permanent}: ${describeKafkaError(e)}`;
+      }
+      {
+        const reason = `${permanent}: ${detail}`;
         o.log.deadLetter(ev, reason);
         o.metrics.deadLettered.inc({ topic: ev.topic, reason: permanent });
-        o.logger.error({ seq: ev.seq, topic: o.topicPrefix + ev.topic, bytes: ev.value.length, reason: permanent },
-          'Kafka refused an event for good; moved it to the dead-letter table (see /v1/status)');
+        const k = `${ev.topic}\u0000${permanent}`;
+        const d = dead.get(k) ?? { topic: ev.topic, reason: permanent, count: 0, firstSeq: ev.seq, bytes: 0 };
+        d.count++;
+        d.bytes += ev.value.length;
+        dead.set(k, d);
       }
     }
+    report();
   }
 }

@@ -46,6 +46,15 @@ export function permanentReason(e: unknown): string | null {
   return null;
 }
 
+/** Every Kafka error type (e.g. UNKNOWN_TOPIC_OR_PARTITION) anywhere in a kafkajs error chain. */
+export function errorTypes(e: unknown, out = new Set<string>(), depth = 0): Set<string> {
+  const cur = e as { type?: unknown; cause?: unknown; errors?: unknown } | null;
+  if (!cur || depth > 8) return out;
+  if (typeof cur.type === 'string') out.add(cur.type);
+  if (Array.isArray(cur.errors)) for (const sub of cur.errors) errorTypes(sub, out, depth + 1);
+  return errorTypes(cur.cause, out, depth + 1);
+}
+
 /** The innermost useful message of a kafkajs error chain, for status and logs. */
 export function describeKafkaError(e: unknown): string {
   const parts: string[] = [];
