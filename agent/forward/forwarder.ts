@@ -7,7 +7,7 @@
 import type { EventLog, StoredEvent } from '../log/types.ts';
 import type { Logger } from '../observe/logger.ts';
 import type { Metrics } from '../observe/metrics.ts';
-import { Backoff } from './backoff.ts';
+import { Backoff } from '../backoff.ts';
 import { describeKafkaError, errorTypes, permanentReason, type OutRecord, type RecordSink } from './kafka-producer.ts';
 
 export type LinkState = 'starting' | 'up' | 'degraded' | 'down' | 'paused';

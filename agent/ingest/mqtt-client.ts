@@ -17,6 +17,7 @@ import type { IngestSink } from './sink.ts';
 import type { Metrics } from '../observe/metrics.ts';
 import { RateLimitedLog, type Logger } from '../observe/logger.ts';
 import { MqttEventMapper, mqttMetrics, type MqttMetrics, type MqttRefusal } from './mqtt-topic.ts';
+import { Backoff } from '../backoff.ts';
 
 export interface MqttClientIngestOptions {
   /** mqtt://, mqtts://, ws://, wss:// (KEDGE_MQTT_URL). */
@@ -94,7 +95,7 @@ export class MqttClientIngest {
   private subscribed = false;
   private stopping = false;
   private firstSubscribe = true;
-  private attempt = 0;
+  private backoff: Backoff | null = null;
   private reconnectTimer: NodeJS.Timeout | null = null;
   /** The append of the message MQTT.js is handling right now (at most one per connection). */
   private inflight: Promise<unknown> | null = null;
@@ -254,7 +255,7 @@ export class MqttClientIngest {
         this.counts.ingested++;
         if (this.appendFailing) {
           this.appendFailing = false;
-          this.attempt = 0;
+          this.backoff?.reset();
         }
         // The connection this message came on is gone: MQTT.js would send the
         // PUBACK on the next one, where the broker may have reused the packet id
@@ -293,7 +294,7 @@ export class MqttClientIngest {
   private onConnect(sessionPresent: boolean): void {
     this.counts.connects++;
     this.negotiated = this.protocol;
-    if (!this.appendFailing) this.attempt = 0;
+    if (!this.appendFailing) this.backoff?.reset();
     this.setState('up');
     this.m.linkUp.set(1);
     this.logger.info({ clientId: this.clientId, protocol: this.protocol === 5 ? '5' : '3.1.1', sessionPresent }, 'connected to MQTT broker');
@@ -337,7 +338,7 @@ export class MqttClientIngest {
       // Decided on the broker's explicit refusal only: a network error must not downgrade the session for good.
       this.logger.warn({ url: redactUrl(this.opts.url) }, 'MQTT broker does not speak MQTT 5: using 3.1.1');
       this.protocol = 4;
-      this.attempt = 0;
+      this.backoff?.reset();
       return;
     }
     this.noteError(err.message);
@@ -359,12 +360,9 @@ export class MqttClientIngest {
 
   private scheduleReconnect(): void {
     if (this.reconnectTimer || this.stopping) return;
-    const min = this.opts.reconnectMinMs ?? 500;
-    const max = this.opts.reconnectMaxMs ?? 30_000;
-    const base = Math.min(max, min * 2 ** Math.min(this.attempt, 20));
-    // Jitter: a fleet that lost the same broker must not come back in lockstep.
-    const delay = Math.round(base / 2 + (Math.random() * base) / 2);
-    this.attempt++;
+    // Capped exponential with jitter: a fleet that lost the same broker must not come back in lockstep.
+    this.backoff ??= new Backoff(this.opts.reconnectMinMs ?? 500, this.opts.reconnectMaxMs ?? 30_000);
+    const delay = this.backoff.next();
     this.reconnectTimer = setTimeout(() => {
       this.reconnectTimer = null;
       const client = this.client;

@@ -6,22 +6,14 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
-import { createServer } from 'node:net';
+import { freePort } from './ports.ts';
 import { request, Agent as UndiciAgent } from 'undici';
 import { NODE_FLAGS } from '../../agent/runtime-flags.ts';
 
 export const REPO = resolve(import.meta.dirname, '../..');
 
-export function freeLoopbackPort(): Promise<number> {
-  return new Promise((res, rej) => {
-    const s = createServer();
-    s.once('error', rej);
-    s.listen(0, '127.0.0.1', () => {
-      const p = (s.address() as { port: number }).port;
-      s.close(() => res(p));
-    });
-  });
-}
+/** A free port on 127.0.0.1 (the shared helper in ports.ts). */
+export const freeLoopbackPort = (): Promise<number> => freePort('127.0.0.1');
 
 export function tempDir(prefix = 'kedge-test-'): string {
   return mkdtempSync(join(tmpdir(), prefix));
