@@ -7,6 +7,27 @@
 /** Where an event came from; used in metrics and headers. */
 export type EventSource = 'http' | 'mqtt';
 
+/**
+ * Forwarding class. Each lane has its own cursor: the forwarder reads the
+ * priority lane first (and also outside transfer windows), then the bulk lane.
+ * A topic is in exactly one lane (KEDGE_PRIORITY_TOPICS), so order per key holds.
+ */
+export type Lane = 'bulk' | 'priority';
+/** In the order the forwarder serves them. */
+export const LANES: readonly Lane[] = ['priority', 'bulk'];
+
+/** Why the log dropped unforwarded events (never silently: see EventLog.onDrop). */
+export type DropReason = 'quota' | 'retention';
+
+/** One drop decision of the log: `events` events of `topic` in `lane`, removed for `reason`. */
+export interface DropReport {
+  reason: DropReason;
+  lane: Lane;
+  topic: string;
+  events: number;
+  bytes: number;
+}
+
 /** One event as ingest hands it to the log. `value` is stored byte for byte. */
 export interface EventInput {
   /** Kafka topic without KEDGE_TOPIC_PREFIX (the forwarder adds it). */
@@ -16,6 +37,8 @@ export interface EventInput {
   /** Extra Kafka headers (e.g. `mqtt-topic`); `kedge-id`/`kedge-ingest-ts` are added by the forwarder. */
   headers?: Record<string, string>;
   source: EventSource;
+  /** Default 'bulk'. */
+  lane?: Lane;
 }
 
 /** An event as stored: `seq` is the log's monotonically increasing position. */
@@ -27,6 +50,7 @@ export interface StoredEvent {
   headers: Record<string, string> | null;
   /** Ingest time, ms since the epoch (the commit's clock). */
   ts: number;
+  lane: Lane;
 }
 
 export interface AppendResult {
@@ -39,15 +63,32 @@ export interface DeadLetter extends StoredEvent {
   deadAt: number;
 }
 
+export interface LaneStats {
+  backlogEvents: number;
+  backlogBytes: number;
+  oldestTs: number | null;
+  /** Highest seq of this lane acknowledged by Kafka. */
+  cursor: number;
+}
+
 export interface LogStats {
-  /** Events stored and not yet acknowledged by Kafka. */
+  /** Events stored and not yet acknowledged by Kafka (both lanes). */
   backlogEvents: number;
   /** Sum of key+value bytes of those events. */
   backlogBytes: number;
   /** Ingest time of the oldest unforwarded event, or null when the backlog is empty. */
   oldestTs: number | null;
-  /** Highest seq acknowledged by Kafka (the destination cursor). */
+  /** The bulk lane's cursor (kept for callers that know one lane only). */
   cursor: number;
+  lanes: Record<Lane, LaneStats>;
+  /** Events acknowledged by Kafka since open, both lanes (monotonic; rates are measured from it). */
+  forwardedEvents: number;
+  /** Events dropped (quota, retention) since open, both lanes (monotonic). */
+  droppedEvents: number;
+  /** kedge.db + kedge.db-wal + kedge.reserve on disk, bytes (what the quota covers). */
+  diskBytes: number;
+  /** The quota in bytes, null when none. */
+  quotaBytes: number | null;
   /** Highest seq ever assigned. */
   lastSeq: number;
   deadLetters: number;
@@ -81,6 +122,14 @@ export interface LogOptions {
    * acks can still delete forwarded events and the log drains instead of wedging. Default 8 MiB; 0 disables.
    */
   reserveBytes?: number;
+  /** KEDGE_DISK_QUOTA in bytes: what kedge.db, its WAL and the reserve may use together (plus documented slack). Default: none. */
+  quotaBytes?: number;
+  /** KEDGE_WHEN_FULL: drop the oldest unforwarded events (bulk lane first), or refuse appends with KEDGE_QUOTA_FULL. Default 'drop-oldest'. */
+  whenFull?: 'drop-oldest' | 'reject-new';
+  /** KEDGE_RETENTION in ms: unforwarded events older than this are dropped (reason 'retention'). Default: none. */
+  retentionMs?: number | null;
+  /** Clock for ingest timestamps and retention (tests inject one). Default Date.now. */
+  now?: () => number;
   /** wasm driver: path of `node-sqlite3-wasm.wasm` (default: next to the package). */
   wasmPath?: string;
   /** wasm driver: the wasm bytes themselves (single-executable build). Wins over `wasmPath`. */
@@ -100,14 +149,14 @@ export interface EventLog {
    * references to the events until the promise settles: do not mutate them before.
    */
   append(events: EventInput[]): Promise<AppendResult>;
-  /** Events with seq > afterSeq in seq order, bounded by count and bytes (at least one event if any). */
-  readBatch(afterSeq: number, maxCount: number, maxBytes: number): StoredEvent[];
+  /** Events of `lane` with seq > afterSeq in seq order, bounded by count and bytes (at least one event if any). */
+  readBatch(afterSeq: number, maxCount: number, maxBytes: number, lane?: Lane): StoredEvent[];
   /**
    * Kafka acknowledged everything up to and including `seq`: advance the cursor (same transaction as the trim bookkeeping).
    * Forwarded rows are deleted in bounded chunks, the rest on later ticks. An ack at or below the cursor is a no-op;
    * beyond the last appended seq throws RangeError; a disk failure throws LogWriteError.
    */
-  ack(seq: number): void;
+  ack(seq: number, lane?: Lane): void;
   /**
    * Move one event that Kafka refuses for good out of the way (the stored row is moved, with `reason`), and advance
    * the cursor past it if it is the next one. Throws RangeError if the event is no longer in the log.
@@ -116,6 +165,8 @@ export interface EventLog {
   /** Most recent (highest seq) first. */
   listDeadLetters(limit: number): DeadLetter[];
   stats(): LogStats;
+  /** `listener` runs after every drop (quota or retention), once per topic and reason of that step; returns an unsubscribe function. */
+  onDrop(listener: (d: DropReport) => void): () => void;
   /** `listener` runs after every successful append commit (used by the forwarder to wait for work); returns an unsubscribe function. */
   onAppend(listener: () => void): () => void;
   /** Small persistent settings kept in the log's database (e.g. 'agent_id'); null if unset. */
@@ -127,6 +178,7 @@ export interface EventLog {
 /**
  * Raised when the log refuses an append (disk error, closed log). Ingest maps it to 5xx/507 and does not acknowledge.
  * Codes: KEDGE_DISK_FULL (507), KEDGE_LOG_WRITE (other write failure), KEDGE_LOG_CLOSED,
+ * KEDGE_QUOTA_FULL (whenFull 'reject-new' and the quota is reached: 507, nothing stored),
  * KEDGE_INVALID_EVENT (the caller passed a malformed event: a bug in the caller; nothing stored).
  */
 export class LogWriteError extends Error {
