@@ -1,41 +1,193 @@
-/** `kedge status`: asks the running agent over its local API (undici) and summarises. */
+/**
+ * `kedge status [--json] [--watch [--count N]]`: asks the running agent over its local
+ * API (undici) and summarises. The exit code makes it a health check:
+ * 0 healthy, 1 degraded (Kafka link degraded or down), 3 unreachable.
+ */
 import { request } from 'undici';
 import type { Config } from '../config.ts';
 import { formatBytes, formatDuration } from '../units.ts';
 
 export const STATUS_EXIT = { healthy: 0, degraded: 1, unreachable: 3 } as const;
 
-export async function runStatus(cfg: Config, opts: { json: boolean }): Promise<number> {
+/**
+ * Link states that need no action: up, paused by the operator, outside a transfer window
+ * (waiting by policy), starting (first connect in progress). Everything else (degraded,
+ * down, a state this CLI does not know) is degraded.
+ */
+export const HEALTHY_LINK_STATES: ReadonlySet<string> = new Set(['up', 'paused', 'outside-window', 'starting']);
+
+export interface StatusCliOptions {
+  json: boolean;
+  watch: boolean;
+  /** --watch: stop after this many screens (null: until Ctrl-C). */
+  count: number | null;
+  /** Default process.stdout. */
+  out?: NodeJS.WriteStream;
+}
+
+/** The fields of /v1/status this CLI reads (all others are passed through by --json). */
+export interface StatusDoc {
+  agent_id: string;
+  version: string;
+  uptime_seconds: number;
+  link: { state: string; since: string; last_error: string | null; last_error_at: string | null; last_forward_at: string | null };
+  backlog: { events: number; bytes: number; oldest_age_seconds: number | null; eta_seconds: number | null };
+  rates: { ingest_events_per_second: number; forward_events_per_second: number };
+  dead_letters: { events: number };
+  drops?: { events: number; by_reason?: Record<string, number> };
+  disk?: { bytes: number | null; quota_bytes: number | null };
+  heartbeat?: { topic: string; sent: number; failures: number; last_sent_at: string | null; last_error: string | null } | null;
+  warnings?: string[];
+}
+
+type Fetched = { ok: true; status: StatusDoc; raw: unknown } | { ok: false; error: string };
+
+export function statusUrl(cfg: Config): string | null {
   const l = cfg.http.listen;
-  if (!l) {
-    process.stderr.write('kedge: KEDGE_HTTP_LISTEN is empty, so there is no local API to ask\n');
-    return STATUS_EXIT.unreachable;
-  }
+  if (!l) return null;
   const host = l.host === '0.0.0.0' ? '127.0.0.1' : l.host === '::' ? '[::1]' : l.host.includes(':') && !l.host.startsWith('[') ? `[${l.host}]` : l.host;
-  const url = `${cfg.http.tlsCert ? 'https' : 'http'}://${host}:${l.port}/v1/status`;
-  let s: any;
+  return `${cfg.http.tlsCert ? 'https' : 'http'}://${host}:${l.port}/v1/status`;
+}
+
+export function exitCodeFor(s: StatusDoc): number {
+  return HEALTHY_LINK_STATES.has(s.link?.state) ? STATUS_EXIT.healthy : STATUS_EXIT.degraded;
+}
+
+async function fetchStatus(url: string): Promise<Fetched> {
   try {
     const res = await request(url, { headersTimeout: 5_000, bodyTimeout: 5_000 });
-    if (res.statusCode !== 200) throw new Error(`HTTP ${res.statusCode}`);
-    s = await res.body.json();
+    if (res.statusCode !== 200) {
+      await res.body.dump();
+      return { ok: false, error: `HTTP ${res.statusCode}` };
+    }
+    const raw = await res.body.json();
+    return { ok: true, status: raw as StatusDoc, raw };
   } catch (e) {
-    process.stderr.write(`kedge: no answer from the agent at ${url}: ${(e as Error).message} (is the service running?)\n`);
+    return { ok: false, error: (e as Error).message };
+  }
+}
+
+/** Human durations: seconds precision below an hour, minutes above. */
+function human(ms: number): string {
+  const unit = ms >= 3_600_000 ? 60_000 : 1000;
+  return formatDuration(Math.round(ms / unit) * unit);
+}
+
+function rate(n: number): string {
+  return `${n.toLocaleString('en-US', { maximumFractionDigits: 1 })}/s`;
+}
+
+function count(n: number): string {
+  return n.toLocaleString('en-US');
+}
+
+function dropReasons(s: StatusDoc): string {
+  const r = Object.entries(s.drops?.by_reason ?? {}).filter(([, v]) => v > 0);
+  return r.length ? ` (${r.map(([k, v]) => `${k} ${count(v)}`).join(', ')})` : '';
+}
+
+function eta(s: StatusDoc): string {
+  const b = s.backlog;
+  if (b.events === 0) return '';
+  if (b.eta_seconds === null) return ', ETA unknown (not draining)';
+  // The ETA's own rate (the current drain's), not the minute-long average shown under rates.
+  return `, ETA ${human(b.eta_seconds * 1000)} at ${rate(b.eta_seconds > 0 ? b.events / b.eta_seconds : s.rates.forward_events_per_second)}`;
+}
+
+/** `[#######-------------]  35 %` */
+export function progressBar(done: number, total: number, width = 30): string {
+  const f = total <= 0 ? 1 : Math.min(1, Math.max(0, done / total));
+  const n = Math.round(f * width);
+  return `[${'#'.repeat(n)}${'-'.repeat(width - n)}] ${String(Math.floor(f * 100)).padStart(3)} %`;
+}
+
+export function formatStatus(s: StatusDoc, now = Date.now()): string {
+  const b = s.backlog;
+  const since = Date.parse(s.link.since);
+  const lines = [
+    `agent    ${s.agent_id} (kedge ${s.version}, up ${human(s.uptime_seconds * 1000)})`,
+    `link     ${s.link.state} since ${s.link.since} (${human(Math.max(0, now - since))})`,
+  ];
+  if (s.link.last_error) lines.push(`         last error${s.link.last_error_at ? ` at ${s.link.last_error_at}` : ''}: ${s.link.last_error}`);
+  if (s.link.last_forward_at) lines.push(`         last forward ${s.link.last_forward_at}`);
+  lines.push(
+    `backlog  ${count(b.events)} events, ${formatBytes(b.bytes)}${b.oldest_age_seconds !== null ? `, oldest ${human(b.oldest_age_seconds * 1000)} old` : ''}${eta(s)}`,
+    `rates    in ${rate(s.rates.ingest_events_per_second)}, out ${rate(s.rates.forward_events_per_second)}`,
+    `drops    ${count(s.drops?.events ?? 0)} events dropped${dropReasons(s)}`,
+    `dead     ${count(s.dead_letters.events)} dead-lettered events`,
+  );
+  const d = s.disk;
+  if (d && d.bytes !== null) {
+    lines.push(`disk     ${formatBytes(d.bytes)}${d.quota_bytes ? ` of ${formatBytes(d.quota_bytes)} quota (${Math.round((100 * d.bytes) / d.quota_bytes)} %)` : ' (no quota)'}`);
+  }
+  const h = s.heartbeat;
+  if (h) lines.push(`beat     ${h.sent} heartbeats sent to ${h.topic}${h.last_sent_at ? `, last ${h.last_sent_at}` : ''}${h.failures ? `, ${h.failures} failed${h.last_error ? ` (${h.last_error})` : ''}` : ''}`);
+  for (const w of s.warnings ?? []) lines.push(`warning  ${w}`);
+  lines.push(`health   ${exitCodeFor(s) === STATUS_EXIT.healthy ? 'healthy' : `degraded: Kafka link ${s.link.state}`}`);
+  return lines.join('\n');
+}
+
+/** One line for --watch on a pipe or a file. */
+function formatLine(s: StatusDoc, bar: string | null, now = Date.now()): string {
+  const b = s.backlog;
+  return `${new Date(now).toISOString()} link=${s.link.state} backlog=${b.events} (${formatBytes(b.bytes)}) eta=${b.events === 0 ? '0s' : b.eta_seconds === null ? 'unknown' : human(b.eta_seconds * 1000)} in=${rate(s.rates.ingest_events_per_second)} out=${rate(s.rates.forward_events_per_second)}${bar ? ` ${bar}` : ''}`;
+}
+
+export async function runStatus(cfg: Config, opts: StatusCliOptions): Promise<number> {
+  const url = statusUrl(cfg);
+  if (!url) {
+    process.stderr.write('kedge: KEDGE_HTTP_LISTEN is empty, so there is no local API to ask (set it, e.g. 127.0.0.1:8780)\n');
     return STATUS_EXIT.unreachable;
   }
-  const healthy = s.link?.state === 'up' || (s.link?.state === 'starting' && s.backlog?.events === 0);
-  if (opts.json) {
-    process.stdout.write(JSON.stringify(s, null, 2) + '\n');
-  } else {
-    const b = s.backlog;
-    const lines = [
-      `agent    ${s.agent_id} (kedge ${s.version}, up ${formatDuration(s.uptime_seconds * 1000)})`,
-      `link     ${s.link.state} since ${s.link.since}${s.link.last_error ? `\n         last error: ${s.link.last_error}` : ''}`,
-      `backlog  ${b.events} events, ${formatBytes(b.bytes)}${b.oldest_age_seconds !== null ? `, oldest ${formatDuration(b.oldest_age_seconds * 1000)} old` : ''}${b.events > 0 ? `, ETA ${b.eta_seconds === null ? 'unknown (not draining)' : formatDuration(b.eta_seconds * 1000)}` : ''}`,
-      `rates    in ${s.rates.ingest_events_per_second}/s, out ${s.rates.forward_events_per_second}/s`,
-      `dead     ${s.dead_letters.events} dead-lettered events`,
-    ];
-    for (const w of s.warnings ?? []) lines.push(`warning  ${w}`);
-    process.stdout.write(lines.join('\n') + '\n');
+  const out = opts.out ?? process.stdout;
+  if (opts.watch) return watch(url, opts, out);
+  const r = await fetchStatus(url);
+  if (!r.ok) {
+    process.stderr.write(`kedge: no answer from the agent at ${url}: ${r.error} (is the service running?)\n`);
+    return STATUS_EXIT.unreachable;
   }
-  return healthy ? STATUS_EXIT.healthy : STATUS_EXIT.degraded;
+  out.write((opts.json ? JSON.stringify(r.raw, null, 2) : formatStatus(r.status)) + '\n');
+  return exitCodeFor(r.status);
+}
+
+/**
+ * Redraws every second (a terminal: clear and redraw; a pipe: one line per second) until
+ * Ctrl-C or `count` screens. While a backlog drains, a progress bar measures it against the
+ * largest backlog seen since the watch began.
+ */
+async function watch(url: string, opts: StatusCliOptions, out: NodeJS.WriteStream): Promise<number> {
+  const tty = Boolean(out.isTTY) && !opts.json;
+  let stopped = false;
+  let wake: (() => void) | null = null;
+  const onSigint = () => {
+    stopped = true;
+    wake?.();
+  };
+  process.on('SIGINT', onSigint);
+  let code: number = STATUS_EXIT.unreachable;
+  let peak = 0;
+  try {
+    for (let n = 0; !stopped && (opts.count === null || n < opts.count); n++) {
+      if (n > 0) await new Promise<void>((r) => { const t = setTimeout(r, 1_000); wake = () => { clearTimeout(t); r(); }; });
+      if (stopped) break;
+      const r = await fetchStatus(url);
+      if (!r.ok) {
+        code = STATUS_EXIT.unreachable;
+        const msg = `no answer from the agent at ${url}: ${r.error}`;
+        out.write(tty ? `\x1b[H\x1b[2J${msg}\n` : `${new Date().toISOString()} ${msg}\n`);
+        continue;
+      }
+      const s = r.status;
+      code = exitCodeFor(s);
+      peak = Math.max(peak, s.backlog.events);
+      // A bar only while there is (or was, during this watch) a backlog to drain.
+      const bar = peak > 0 ? `${progressBar(peak - s.backlog.events, peak)} drained of ${count(peak)}` : null;
+      if (opts.json) out.write(JSON.stringify(r.raw) + '\n');
+      else if (tty) out.write(`\x1b[H\x1b[2J${formatStatus(s)}\n${bar ? `progress ${bar}\n` : ''}(every second; Ctrl-C to stop)\n`);
+      else out.write(formatLine(s, bar) + '\n');
+    }
+  } finally {
+    process.off('SIGINT', onSigint);
+  }
+  return code;
 }
