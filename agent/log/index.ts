@@ -5,13 +5,17 @@
 export { openLog, DB_FILE } from './sqlite-log.ts';
 export { LOCK_FILE } from './lockfile.ts';
 export { RESERVE_FILE, DEFAULT_RESERVE_BYTES } from './reserve.ts';
-export { LogOpenError, LogWriteError } from './types.ts';
+export { LogOpenError, LogWriteError, LANES } from './types.ts';
 export type {
   AppendResult,
   DeadLetter,
+  DropReason,
+  DropReport,
   EventInput,
   EventLog,
   EventSource,
+  Lane,
+  LaneStats,
   LogOptions,
   LogStats,
   StorageDriverName,

@@ -9,6 +9,8 @@ import { LogOpenError } from './types.ts';
 
 /** The one destination today; the cursors table allows more. */
 export const DEST_KAFKA = 'kafka';
+/** The priority lane's cursor row (schema 2). */
+export const DEST_KAFKA_PRIORITY = 'kafka:priority';
 
 export const MIGRATIONS: ReadonlyArray<(db: SqlDb) => void> = [
   // 0 → 1: events, the destination cursor, dead letters, meta.
@@ -37,6 +39,24 @@ export const MIGRATIONS: ReadonlyArray<(db: SqlDb) => void> = [
       );
       CREATE TABLE meta(k TEXT PRIMARY KEY, v TEXT);
       INSERT INTO cursors(dest, seq) VALUES ('${DEST_KAFKA}', 0);
+    `);
+  },
+  // 1 → 2: the priority lane. A table of its own (same columns) so the bulk
+  // lane's hot path stays one table; seqs stay one counter across both lanes.
+  // Existing rows are bulk events. Dead letters remember their lane.
+  (db) => {
+    db.exec(`
+      CREATE TABLE events_priority(
+        seq INTEGER PRIMARY KEY,
+        topic TEXT NOT NULL,
+        key BLOB,
+        value BLOB NOT NULL,
+        headers TEXT,
+        ts INTEGER NOT NULL,
+        size INTEGER NOT NULL
+      );
+      INSERT INTO cursors(dest, seq) VALUES ('kafka:priority', 0);
+      ALTER TABLE dead_letters ADD COLUMN lane TEXT NOT NULL DEFAULT 'bulk';
     `);
   },
 ];

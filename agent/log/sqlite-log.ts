@@ -19,6 +19,20 @@
  * (TRIM_CHUNK rows per transaction, the rest on later ticks) and now and then
  * returns free pages to the file system with incremental_vacuum.
  *
+ * Lanes: bulk events live in `events`, priority events in `events_priority`
+ * (same columns, one seq counter). Each lane has its own cursor row, trim
+ * mark and backlog counters; one group commit may write both tables.
+ *
+ * Quota and retention (see quota.ts): appends are admitted against an
+ * estimate of the live pages, re-measured with two header pragmas when it
+ * gets near the limit. Over the limit, 'drop-oldest' deletes the oldest
+ * unforwarded events (bulk lane first) and 'reject-new' refuses the append.
+ * Retention deletes unforwarded events older than its age on a timer. Drops
+ * never touch what the forwarder has in flight (seqs up to the last one
+ * readBatch returned in that lane), run in bounded transactions, and are
+ * counted per topic inside the deleting transaction, then reported to the
+ * onDrop listeners.
+ *
  * All SQLite calls are synchronous and each transaction begins and ends
  * within one call, so transactions never interleave.
  */
@@ -29,12 +43,18 @@ import { openDriver, sqlErrorKind } from './driver.ts';
 import { acquireDirLock } from './lockfile.ts';
 import type { DirLock } from './lockfile.ts';
 import { DEFAULT_RESERVE_BYTES, SpaceReserve } from './reserve.ts';
-import { DEST_KAFKA, migrate, pragmaInt, schemaObjectCount } from './schema.ts';
+import { DEST_KAFKA, DEST_KAFKA_PRIORITY, migrate, pragmaInt, schemaObjectCount } from './schema.ts';
+import { estimateRowBytes, logFilesBytes, planQuota } from './quota.ts';
+import type { QuotaPlan } from './quota.ts';
 import type {
   AppendResult,
   DeadLetter,
+  DropReason,
+  DropReport,
   EventInput,
   EventLog,
+  Lane,
+  LaneStats,
   LogOptions,
   LogStats,
   StoredEvent,
@@ -71,6 +91,17 @@ const READ_FIRST_PAGE = 64;
 /** Most rows one readBatch query fetches. */
 const READ_MAX_PAGE = 10_000;
 
+/** Most rows one drop transaction (quota or retention) deletes. */
+const DROP_CHUNK = 2000;
+/** Least a quota drop step frees (in pages' worth of events). */
+const MIN_DROP_PAGES = 16;
+/** Retention is checked this often (and at open, and on appends when the clock moved this much). */
+const RETENTION_CHECK_MS = 5000;
+/** The used-pages estimate is re-measured at least this often while appending. */
+const MEASURE_EVERY_MS = 1000;
+/** stats().diskBytes stats the files at most this often. */
+const DISK_STAT_EVERY_MS = 500;
+
 const NO_PARAMS: unknown[] = [];
 
 interface PendingAppend {
@@ -79,6 +110,8 @@ interface PendingAppend {
   reject: (e: Error) => void;
   firstSeq: number;
   lastSeq: number;
+  /** Expected bytes in database pages (quota admission); 0 without a quota. */
+  est: number;
 }
 
 export async function openLog(opts: LogOptions): Promise<EventLog> {
@@ -94,8 +127,8 @@ export async function openLog(opts: LogOptions): Promise<EventLog> {
   let db: SqlDb | undefined;
   try {
     db = await openDriver(opts.driver, { file, wasmPath: opts.wasmPath, wasmBinary: opts.wasmBinary });
-    configure(db, file, opts);
-    return new SqliteLog(db, lock, dir, file, opts);
+    const plan = configure(db, file, opts);
+    return new SqliteLog(db, lock, dir, file, opts, plan);
   } catch (err) {
     try {
       db?.close();
@@ -111,6 +144,13 @@ function checkOptions(opts: LogOptions): void {
   if (!opts || typeof opts.dir !== 'string' || opts.dir === '') throw new TypeError('openLog: dir must be a non-empty string');
   if (opts.driver !== 'sqlite' && opts.driver !== 'wasm') throw new TypeError(`openLog: driver must be 'sqlite' or 'wasm', not ${String(opts.driver)}`);
   if (opts.sync !== 'full' && opts.sync !== 'normal') throw new TypeError(`openLog: sync must be 'full' or 'normal', not ${String(opts.sync)}`);
+  if (opts.quotaBytes !== undefined && !(Number.isSafeInteger(opts.quotaBytes) && opts.quotaBytes > 0)) {
+    throw new TypeError(`openLog: quotaBytes must be a positive integer, not ${String(opts.quotaBytes)}`);
+  }
+  if (opts.whenFull !== undefined && opts.whenFull !== 'drop-oldest' && opts.whenFull !== 'reject-new') {
+    throw new TypeError(`openLog: whenFull must be 'drop-oldest' or 'reject-new', not ${String(opts.whenFull)}`);
+  }
+  if (opts.retentionMs != null && !(opts.retentionMs > 0)) throw new TypeError(`openLog: retentionMs must be positive or null, not ${String(opts.retentionMs)}`);
 }
 
 function damaged(file: string, detail: string, cause?: unknown): LogOpenError {
@@ -134,8 +174,8 @@ function toOpenError(err: unknown, file: string): LogOpenError {
   return new LogOpenError(`cannot open the log ${file}: ${msg}`, 'KEDGE_LOG_OPEN', { cause: err });
 }
 
-/** Pragmas, integrity check and schema. Order matters (see comments). */
-function configure(db: SqlDb, file: string, opts: LogOptions): void {
+/** Pragmas, integrity check and schema. Order matters (see comments). Returns how the quota is split. */
+function configure(db: SqlDb, file: string, opts: LogOptions): QuotaPlan {
   // Exclusive: required for WAL by the wasm build (no shared-memory index);
   // used for node:sqlite too so both behave alike: no -shm file, and no other
   // process can write the database while we hold it.
@@ -166,12 +206,16 @@ function configure(db: SqlDb, file: string, opts: LogOptions): void {
   if (mode !== 'wal') throw new LogOpenError(`${file}: could not switch to WAL mode (got ${mode})`, 'KEDGE_LOG_OPEN');
   db.exec(`PRAGMA synchronous = ${opts.sync === 'full' ? 'FULL' : 'NORMAL'}`);
   db.exec('PRAGMA cache_size = -8192'); // 8 MiB: the working set is the tail and the head of the log
-  db.exec('PRAGMA journal_size_limit = 8388608'); // truncate the WAL back to 8 MiB after a big transaction
+  const pageSize = pragmaInt(db, 'page_size');
+  const plan = planQuota(opts.quotaBytes, pageSize, opts.reserveBytes);
+  // Truncate the WAL back to its limit after a big transaction, and checkpoint before it grows past it.
+  db.exec(`PRAGMA journal_size_limit = ${plan.walLimitBytes}`);
+  db.exec(`PRAGMA wal_autocheckpoint = ${plan.autocheckpointPages}`);
   migrate(db, file);
-  if (opts.maxDbBytes !== undefined) {
-    const pageSize = pragmaInt(db, 'page_size');
-    db.exec(`PRAGMA max_page_count = ${Math.max(1, Math.floor(opts.maxDbBytes / pageSize))}`);
-  }
+  // Hard last line under the quota: the database file alone never outgrows it.
+  const cap = Math.min(opts.maxDbBytes ?? Infinity, opts.quotaBytes ?? Infinity);
+  if (cap !== Infinity) db.exec(`PRAGMA max_page_count = ${Math.max(1, Math.floor(cap / pageSize))}`);
+  return plan;
 }
 
 function validate(events: unknown): string | null {
@@ -183,6 +227,7 @@ function validate(events: unknown): string | null {
     if (typeof ev.topic !== 'string' || ev.topic === '') return `event ${i}: topic must be a non-empty string`;
     if (!Buffer.isBuffer(ev.value)) return `event ${i}: value must be a Buffer`;
     if (ev.key != null && !Buffer.isBuffer(ev.key)) return `event ${i}: key must be a Buffer or null`;
+    if (ev.lane != null && ev.lane !== 'bulk' && ev.lane !== 'priority') return `event ${i}: lane must be 'bulk' or 'priority'`;
     const h = ev.headers;
     if (h != null) {
       if (typeof h !== 'object' || Array.isArray(h)) return `event ${i}: headers must be an object of strings`;
@@ -198,7 +243,18 @@ function headersJson(h: Record<string, string> | undefined): string | null {
   return null; // {} is stored as no headers
 }
 
-function toStored(r: Row): StoredEvent {
+/** Expected page bytes of a (validated) append, for quota admission. */
+function estimateBytes(events: EventInput[]): number {
+  let n = 0;
+  for (const ev of events) {
+    let hl = 0;
+    if (ev.headers != null) for (const k in ev.headers) hl += k.length + ev.headers[k].length + 6;
+    n += estimateRowBytes(ev.value.length + (ev.key?.length ?? 0), ev.topic.length, hl);
+  }
+  return n;
+}
+
+function toStored(r: Row, lane: Lane): StoredEvent {
   return {
     seq: r.seq as number,
     topic: r.topic as string,
@@ -206,7 +262,65 @@ function toStored(r: Row): StoredEvent {
     value: r.value as Buffer,
     headers: r.headers == null ? null : (JSON.parse(r.headers as string) as Record<string, string>),
     ts: r.ts as number,
+    lane,
   };
+}
+
+/** One lane: its table, cursor row, statements and counters. */
+class LaneState {
+  readonly name: Lane;
+  readonly table: string;
+  readonly dest: string;
+  readonly insert: SqlStmt;
+  readonly read: SqlStmt;
+  readonly firstAfter: SqlStmt;
+  readonly rangeStats: SqlStmt;
+  readonly setCursor: SqlStmt;
+  readonly trim: SqlStmt;
+  readonly eventSize: SqlStmt;
+  readonly dlInsert: SqlStmt;
+  readonly deleteOne: SqlStmt;
+  readonly head: SqlStmt;
+  readonly topicCounts: SqlStmt;
+
+  cursor = 0;
+  /** Every row of this lane with seq <= this is deleted. */
+  trimmedUpTo = 0;
+  backlogEvents = 0;
+  backlogBytes = 0;
+  /** undefined: unknown (one indexed query away); null: backlog empty. */
+  oldestTs: number | null | undefined = undefined;
+  /** Highest seq readBatch handed out in this lane: the forwarder may have it in flight, so drops stay above it. */
+  inflight = 0;
+
+  constructor(name: Lane, table: string, dest: string, p: (sql: string) => SqlStmt) {
+    this.name = name;
+    this.table = table;
+    this.dest = dest;
+    const t = table;
+    this.insert = p(`INSERT INTO ${t}(seq, topic, key, value, headers, ts, size) VALUES (?, ?, ?, ?, ?, ?, ?)`);
+    this.read = p(`SELECT seq, topic, key, value, headers, ts, size FROM ${t} WHERE seq > ? ORDER BY seq LIMIT ?`);
+    this.firstAfter = p(`SELECT seq, ts FROM ${t} WHERE seq > ? ORDER BY seq LIMIT 1`);
+    this.rangeStats = p(`SELECT count(*) AS n, total(size) AS bytes FROM ${t} WHERE seq > ? AND seq <= ?`);
+    this.setCursor = p(`UPDATE cursors SET seq = ? WHERE dest = '${dest}'`);
+    this.trim = p(`DELETE FROM ${t} WHERE seq > ? AND seq <= ?`);
+    this.eventSize = p(`SELECT size FROM ${t} WHERE seq = ?`);
+    this.dlInsert = p(
+      'INSERT INTO dead_letters(seq, topic, key, value, headers, ts, size, reason, dead_at, lane) ' +
+        `SELECT seq, topic, key, value, headers, ts, size, ?, ?, '${name}' FROM ${t} WHERE seq = ?`,
+    );
+    this.deleteOne = p(`DELETE FROM ${t} WHERE seq = ?`);
+    this.head = p(`SELECT seq, ts, size FROM ${t} WHERE seq > ? ORDER BY seq LIMIT ?`);
+    this.topicCounts = p(`SELECT topic, count(*) AS n, total(size) AS bytes FROM ${t} WHERE seq > ? AND seq <= ? GROUP BY topic`);
+  }
+
+  stats(): LaneStats {
+    if (this.oldestTs === undefined) {
+      const first = this.firstAfter.get([this.cursor]);
+      this.oldestTs = first ? (first.ts as number) : null;
+    }
+    return { backlogEvents: this.backlogEvents, backlogBytes: this.backlogBytes, oldestTs: this.oldestTs, cursor: this.cursor };
+  }
 }
 
 class SqliteLog implements EventLog {
@@ -217,27 +331,28 @@ class SqliteLog implements EventLog {
   readonly #beforeCommit: LogOptions['beforeCommit'];
   readonly #reserve: SpaceReserve;
   readonly #stmts: SqlStmt[] = [];
+  readonly #now: () => number;
+  readonly #plan: QuotaPlan;
+  readonly #whenFull: 'drop-oldest' | 'reject-new';
+  readonly #retentionMs: number | null;
+  readonly #pageSize: number;
 
   // Prepared once, reused, finalized on close.
   readonly #begin: SqlStmt;
   readonly #commit: SqlStmt;
   readonly #rollback: SqlStmt;
-  readonly #insert: SqlStmt;
   readonly #setMeta: SqlStmt;
   readonly #getMeta: SqlStmt;
-  readonly #read: SqlStmt;
-  readonly #firstAfter: SqlStmt;
-  readonly #rangeStats: SqlStmt;
-  readonly #setCursor: SqlStmt;
-  readonly #trim: SqlStmt;
-  readonly #eventSize: SqlStmt;
-  readonly #dlInsert: SqlStmt;
-  readonly #deleteOne: SqlStmt;
   readonly #dlList: SqlStmt;
   readonly #freelist: SqlStmt;
   readonly #pageCount: SqlStmt;
   /** sync=full: relax to NORMAL around ack/trim/dead-letter transactions (see #relaxed). */
   readonly #syncFull: boolean;
+
+  readonly #bulk: LaneState;
+  readonly #priority: LaneState;
+  /** Drop order for the quota: bulk first. */
+  readonly #lanes: readonly LaneState[];
 
   /** One reusable parameter array for the INSERT: no per-row allocation. */
   readonly #row: unknown[] = [0, '', null, null, null, 0, 0];
@@ -245,60 +360,62 @@ class SqliteLog implements EventLog {
   #pending: PendingAppend[] = [];
   #flushHandle: NodeJS.Immediate | null = null;
   #maintHandle: NodeJS.Immediate | null = null;
+  #retentionTimer: NodeJS.Timeout | null = null;
   #listeners = new Set<() => void>();
+  #dropListeners = new Set<(d: DropReport) => void>();
   #closed = false;
   #closing: Promise<void> | null = null;
 
   #nextSeq: number;
   #lastSeq: number;
-  #cursor: number;
-  /** Every row with seq <= this is deleted. */
-  #trimmedUpTo: number;
-  #backlogEvents: number;
-  #backlogBytes: number;
-  /** undefined: unknown (one indexed query away); null: backlog empty. */
-  #oldestTs: number | null | undefined = undefined;
   #deadLetters: number;
   #commits = 0;
+  #forwarded = 0;
+  #dropped = 0;
+  /** Live database bytes: measured exactly (#measureUsed), plus estimates of what was appended since. */
+  #usedEst = 0;
+  #measuredAt = 0;
+  /** drop-oldest: live pages went above the high watermark; maintenance drops down to the low one. */
+  #quotaDropWanted = false;
+  #retentionWanted = false;
+  #retentionCheckedAt = 0;
+  #diskBytes = 0;
+  #diskStatAt = 0;
   /** See LOW_SPACE_TRIM_CHUNK. Left once the reserve could be re-created. */
   #lowSpace = false;
   /** Pages were vacuumed since the last checkpoint: the file only shrinks on disk when the WAL is checkpointed. */
   #vacuumed = false;
 
-  constructor(db: SqlDb, lock: DirLock, dir: string, file: string, opts: LogOptions) {
+  constructor(db: SqlDb, lock: DirLock, dir: string, file: string, opts: LogOptions, plan: QuotaPlan) {
     this.#db = db;
     this.#lock = lock;
     this.#dir = dir;
     this.#file = file;
     this.#beforeCommit = opts.beforeCommit;
     this.#syncFull = opts.sync === 'full';
-    this.#reserve = new SpaceReserve(dir, opts.reserveBytes ?? DEFAULT_RESERVE_BYTES);
+    this.#now = opts.now ?? Date.now;
+    this.#plan = plan;
+    this.#whenFull = opts.whenFull ?? 'drop-oldest';
+    this.#retentionMs = opts.retentionMs ?? null;
+    this.#reserve = new SpaceReserve(dir, plan.reserveBytes);
     const p = (sql: string): SqlStmt => {
       const st = db.prepare(sql);
       this.#stmts.push(st);
       return st;
     };
     try {
+      this.#pageSize = pragmaInt(db, 'page_size');
       this.#begin = p('BEGIN IMMEDIATE');
       this.#commit = p('COMMIT');
       this.#rollback = p('ROLLBACK');
-      this.#insert = p('INSERT INTO events(seq, topic, key, value, headers, ts, size) VALUES (?, ?, ?, ?, ?, ?, ?)');
       this.#setMeta = p('INSERT INTO meta(k, v) VALUES (?, ?) ON CONFLICT(k) DO UPDATE SET v = excluded.v');
       this.#getMeta = p('SELECT v FROM meta WHERE k = ?');
-      this.#read = p('SELECT seq, topic, key, value, headers, ts, size FROM events WHERE seq > ? ORDER BY seq LIMIT ?');
-      this.#firstAfter = p('SELECT seq, ts FROM events WHERE seq > ? ORDER BY seq LIMIT 1');
-      this.#rangeStats = p('SELECT count(*) AS n, total(size) AS bytes FROM events WHERE seq > ? AND seq <= ?');
-      this.#setCursor = p(`UPDATE cursors SET seq = ? WHERE dest = '${DEST_KAFKA}'`);
-      this.#trim = p('DELETE FROM events WHERE seq > ? AND seq <= ?');
-      this.#eventSize = p('SELECT size FROM events WHERE seq = ?');
-      this.#dlInsert = p(
-        'INSERT INTO dead_letters(seq, topic, key, value, headers, ts, size, reason, dead_at) ' +
-          'SELECT seq, topic, key, value, headers, ts, size, ?, ? FROM events WHERE seq = ?',
-      );
-      this.#deleteOne = p('DELETE FROM events WHERE seq = ?');
-      this.#dlList = p('SELECT seq, topic, key, value, headers, ts, reason, dead_at FROM dead_letters ORDER BY seq DESC LIMIT ?');
+      this.#dlList = p('SELECT seq, topic, key, value, headers, ts, reason, dead_at, lane FROM dead_letters ORDER BY seq DESC LIMIT ?');
       this.#freelist = p('PRAGMA freelist_count');
       this.#pageCount = p('PRAGMA page_count');
+      this.#bulk = new LaneState('bulk', 'events', DEST_KAFKA, p);
+      this.#priority = new LaneState('priority', 'events_priority', DEST_KAFKA_PRIORITY, p);
+      this.#lanes = [this.#bulk, this.#priority];
 
       // Initial state: a handful of indexed/aggregate queries, once.
       const one = (sql: string, params: unknown[] = NO_PARAMS): Row => {
@@ -309,25 +426,25 @@ class SqliteLog implements EventLog {
           st.finalize();
         }
       };
-      const cursorRow = one(`SELECT seq FROM cursors WHERE dest = '${DEST_KAFKA}'`);
-      if (cursorRow.seq === undefined) throw new LogOpenError(`${file}: cursor row missing`, 'KEDGE_LOG_DAMAGED');
-      this.#cursor = Number(cursorRow.seq);
-      const ev = one('SELECT max(seq) AS hi, min(seq) AS lo FROM events');
+      let hi = 0;
+      for (const lane of this.#lanes) {
+        const cursorRow = one(`SELECT seq FROM cursors WHERE dest = '${lane.dest}'`);
+        if (cursorRow.seq === undefined) throw new LogOpenError(`${file}: cursor row ${lane.dest} missing`, 'KEDGE_LOG_DAMAGED');
+        lane.cursor = Number(cursorRow.seq);
+        const ev = one(`SELECT max(seq) AS hi, min(seq) AS lo FROM ${lane.table}`);
+        lane.trimmedUpTo = ev.lo == null ? lane.cursor : Math.min(Number(ev.lo) - 1, lane.cursor);
+        const backlog = one(`SELECT count(*) AS n, total(size) AS bytes FROM ${lane.table} WHERE seq > ?`, [lane.cursor]);
+        lane.backlogEvents = Number(backlog.n ?? 0);
+        lane.backlogBytes = Number(backlog.bytes ?? 0);
+        if (lane.backlogEvents === 0) lane.oldestTs = null;
+        hi = Math.max(hi, Number(ev.hi ?? 0), lane.cursor);
+      }
       const dl = one('SELECT max(seq) AS hi, count(*) AS n FROM dead_letters');
       const metaLast = one(`SELECT v FROM meta WHERE k = 'last_seq'`);
-      this.#lastSeq = Math.max(
-        Number(ev.hi ?? 0),
-        this.#cursor,
-        Number(dl.hi ?? 0),
-        metaLast.v == null ? 0 : Number(metaLast.v) || 0,
-      );
+      this.#lastSeq = Math.max(hi, Number(dl.hi ?? 0), metaLast.v == null ? 0 : Number(metaLast.v) || 0);
       this.#nextSeq = this.#lastSeq + 1;
       this.#deadLetters = Number(dl.n ?? 0);
-      this.#trimmedUpTo = ev.lo == null ? this.#cursor : Math.min(Number(ev.lo) - 1, this.#cursor);
-      const backlog = one('SELECT count(*) AS n, total(size) AS bytes FROM events WHERE seq > ?', [this.#cursor]);
-      this.#backlogEvents = Number(backlog.n ?? 0);
-      this.#backlogBytes = Number(backlog.bytes ?? 0);
-      if (this.#backlogEvents === 0) this.#oldestTs = null;
+      this.#measureUsed();
     } catch (err) {
       for (const st of this.#stmts) {
         try {
@@ -340,7 +457,30 @@ class SqliteLog implements EventLog {
     }
     this.#reserve.ensure();
     // Rows forwarded before a crash but not yet deleted: trim them soon.
-    if (this.#trimmedUpTo < this.#cursor) this.#scheduleMaintenance();
+    if (this.#lanes.some((l) => l.trimmedUpTo < l.cursor)) this.#scheduleMaintenance();
+    // Over the quota already (e.g. it was lowered): drop in the background.
+    if (this.#plan.quotaBytes !== null && this.#whenFull === 'drop-oldest' && this.#usedEst > this.#plan.highBytes) {
+      this.#quotaDropWanted = true;
+      this.#scheduleMaintenance();
+    }
+    if (this.#retentionMs !== null) {
+      // Once right after open (listeners are attached by then: they subscribe as soon as openLog resolves), then on a timer.
+      this.#retentionWanted = true;
+      this.#retentionCheckedAt = this.#now();
+      this.#scheduleMaintenance();
+      this.#retentionTimer = setInterval(() => {
+        this.#retentionCheckedAt = this.#now();
+        this.#retentionWanted = true;
+        this.#scheduleMaintenance();
+      }, RETENTION_CHECK_MS);
+      this.#retentionTimer.unref();
+    }
+  }
+
+  #lane(name: Lane | undefined): LaneState {
+    if (name === undefined || name === 'bulk') return this.#bulk;
+    if (name === 'priority') return this.#priority;
+    throw new TypeError(`lane must be 'bulk' or 'priority', not ${String(name)}`);
   }
 
   // ---- append (group commit) ----
@@ -349,30 +489,41 @@ class SqliteLog implements EventLog {
     if (this.#closed || this.#closing) return Promise.reject(new LogWriteError('the log is closed', 'KEDGE_LOG_CLOSED'));
     const problem = validate(events);
     if (problem) return Promise.reject(new LogWriteError(problem, 'KEDGE_INVALID_EVENT'));
+    const est = this.#plan.quotaBytes === null ? 0 : estimateBytes(events);
     return new Promise<AppendResult>((resolve, reject) => {
-      this.#pending.push({ events, resolve, reject, firstSeq: 0, lastSeq: 0 });
+      this.#pending.push({ events, resolve, reject, firstSeq: 0, lastSeq: 0, est });
       if (this.#flushHandle === null) this.#flushHandle = setImmediate(this.#flush);
     });
   }
 
   readonly #flush = (): void => {
     this.#flushHandle = null;
-    const batch = this.#pending;
+    let batch = this.#pending;
     if (batch.length === 0) return;
     this.#pending = [];
+    if (this.#plan.quotaBytes !== null) {
+      batch = this.#admit(batch);
+      if (batch.length === 0) return;
+    }
 
     const firstSeq = this.#nextSeq;
     let seq = firstSeq;
-    let bytes = 0;
-    const ts = Date.now();
+    let bulkN = 0;
+    let bulkBytes = 0;
+    let prioN = 0;
+    let prioBytes = 0;
+    let est = 0;
+    const ts = this.#now();
     const row = this.#row;
-    const insert = this.#insert;
+    const bulkInsert = this.#bulk.insert;
+    const prioInsert = this.#priority.insert;
     row[5] = ts;
     try {
       this.#begin.run(NO_PARAMS);
       for (let b = 0; b < batch.length; b++) {
         const req = batch[b];
         const evs = req.events;
+        est += req.est;
         req.firstSeq = seq;
         for (let i = 0; i < evs.length; i++) {
           const ev = evs[i];
@@ -384,8 +535,15 @@ class SqliteLog implements EventLog {
           row[3] = ev.value;
           row[4] = headersJson(ev.headers);
           row[6] = size;
-          insert.run(row);
-          bytes += size;
+          if (ev.lane === 'priority') {
+            prioInsert.run(row);
+            prioN++;
+            prioBytes += size;
+          } else {
+            bulkInsert.run(row);
+            bulkN++;
+            bulkBytes += size;
+          }
         }
         req.lastSeq = seq - 1;
       }
@@ -402,13 +560,13 @@ class SqliteLog implements EventLog {
     }
     row[2] = row[3] = null;
 
-    const count = seq - firstSeq;
     this.#nextSeq = seq;
     this.#lastSeq = seq - 1;
     this.#commits++;
-    if (this.#backlogEvents === 0) this.#oldestTs = ts;
-    this.#backlogEvents += count;
-    this.#backlogBytes += bytes;
+    if (bulkN > 0) this.#grow(this.#bulk, bulkN, bulkBytes, ts);
+    if (prioN > 0) this.#grow(this.#priority, prioN, prioBytes, ts);
+    if (this.#plan.quotaBytes !== null) this.#afterCommitQuota(est, ts);
+    else if (this.#retentionMs !== null) this.#maybeRetention(ts);
 
     for (const req of batch) req.resolve({ firstSeq: req.firstSeq, lastSeq: req.lastSeq });
     for (const l of this.#listeners) {
@@ -420,10 +578,170 @@ class SqliteLog implements EventLog {
     }
   };
 
+  #grow(lane: LaneState, n: number, bytes: number, ts: number): void {
+    if (lane.backlogEvents === 0) lane.oldestTs = ts;
+    lane.backlogEvents += n;
+    lane.backlogBytes += bytes;
+  }
+
+  // ---- quota ----
+
+  /** Live pages in bytes, exactly (two header reads, no file system call). */
+  #measureUsed(): void {
+    const pages = Number(Object.values(this.#pageCount.get(NO_PARAMS) ?? {})[0] ?? 0);
+    const free = Number(Object.values(this.#freelist.get(NO_PARAMS) ?? {})[0] ?? 0);
+    this.#usedEst = (pages - free) * this.#pageSize;
+    this.#measuredAt = Date.now();
+  }
+
+  /**
+   * Which of the queued appends fit under the quota. drop-oldest first makes
+   * room by dropping (synchronously: the commit must not push the log over);
+   * whatever still does not fit (reject-new, or nothing left that may be
+   * dropped) is refused with KEDGE_QUOTA_FULL and stores nothing.
+   */
+  #admit(batch: PendingAppend[]): PendingAppend[] {
+    let incoming = 0;
+    for (const req of batch) incoming += req.est;
+    const limit = this.#plan.dataLimitBytes;
+    if (this.#usedEst + incoming <= limit) return batch;
+    this.#measureUsed();
+    if (this.#usedEst + incoming > limit && this.#whenFull === 'drop-oldest') {
+      // Aim below the high watermark (not just the limit), so the next commits do not each need a synchronous drop.
+      this.#dropForQuota(this.#usedEst + incoming - this.#plan.highBytes);
+    }
+    if (this.#usedEst + incoming <= limit) return batch;
+    const fits: PendingAppend[] = [];
+    let used = this.#usedEst;
+    for (const req of batch) {
+      if (used + req.est <= limit) {
+        used += req.est;
+        fits.push(req);
+      } else {
+        req.reject(this.#quotaFullError());
+      }
+    }
+    return fits;
+  }
+
+  #quotaFullError(): LogWriteError {
+    const q = this.#plan.quotaBytes!;
+    const why =
+      this.#whenFull === 'reject-new'
+        ? 'KEDGE_WHEN_FULL=reject-new keeps stored events until they are forwarded'
+        : 'the events that could be dropped are being forwarded right now';
+    return new LogWriteError(
+      `the log is at its disk quota (KEDGE_DISK_QUOTA=${q} bytes); ${why}, so new events are refused until forwarding frees space; retry later`,
+      'KEDGE_QUOTA_FULL',
+    );
+  }
+
+  /** After a commit: account for it, and start background drops / re-measure when near the limit. */
+  #afterCommitQuota(est: number, ts: number): void {
+    this.#usedEst += est;
+    if (this.#usedEst > this.#plan.highBytes || Date.now() - this.#measuredAt >= MEASURE_EVERY_MS) this.#measureUsed();
+    if (this.#whenFull === 'drop-oldest' && this.#usedEst > this.#plan.highBytes && !this.#quotaDropWanted) {
+      this.#quotaDropWanted = true;
+      this.#scheduleMaintenance();
+    }
+    if (this.#retentionMs !== null) this.#maybeRetention(ts);
+  }
+
+  /** Injected clocks move in jumps: check retention on appends too once the clock moved far enough. */
+  #maybeRetention(now: number): void {
+    if (!this.#retentionWanted && Math.abs(now - this.#retentionCheckedAt) >= RETENTION_CHECK_MS) {
+      this.#retentionCheckedAt = now;
+      this.#retentionWanted = true;
+      this.#scheduleMaintenance();
+    }
+  }
+
+  /** Drop at least `bytes` of the oldest unforwarded events, bulk lane first, in bounded transactions. */
+  #dropForQuota(bytes: number): void {
+    const target = this.#usedEst - bytes;
+    // Bounded: every pass either drops rows or stops; the backlog is finite.
+    while (this.#usedEst > target) {
+      let n = 0;
+      // At least a few pages per transaction: rows only free space once their whole page is empty.
+      const want = Math.max(this.#usedEst - target, MIN_DROP_PAGES * this.#pageSize);
+      for (const lane of this.#lanes) {
+        n = this.#dropStep(lane, 'quota', { wantBytes: want });
+        if (n > 0) break;
+      }
+      if (n === 0) return;
+    }
+  }
+
+  /**
+   * One bounded drop transaction in `lane`: the oldest unforwarded rows after
+   * what the forwarder may hold in flight, up to `wantBytes` (quota) or while
+   * older than `beforeTs` (retention). Counts per topic in the same
+   * transaction, then reports. Returns the number of events dropped.
+   */
+  #dropStep(lane: LaneState, reason: DropReason, limit: { wantBytes?: number; beforeTs?: number }): number {
+    const from = Math.max(lane.cursor, lane.inflight);
+    const rows = lane.head.all([from, DROP_CHUNK]);
+    let to = from;
+    let est = 0;
+    for (const r of rows) {
+      if (limit.beforeTs !== undefined && (r.ts as number) >= limit.beforeTs) break;
+      to = r.seq as number;
+      est += estimateRowBytes(r.size as number, 0, 0);
+      if (limit.wantBytes !== undefined && est >= limit.wantBytes) break;
+    }
+    if (to === from) return 0;
+    let groups: Row[] = [];
+    try {
+      this.#begin.run(NO_PARAMS);
+      groups = lane.topicCounts.all([from, to]);
+      lane.trim.run([from, to]);
+      this.#commit.run(NO_PARAMS);
+    } catch (err) {
+      this.#rollbackQuietly();
+      throw this.#writeError(err, `drop events (${reason})`);
+    }
+    let n = 0;
+    const reports: DropReport[] = [];
+    for (const g of groups) {
+      const events = Number(g.n);
+      const bytes = Number(g.bytes);
+      n += events;
+      lane.backlogEvents -= events;
+      lane.backlogBytes -= bytes;
+      reports.push({ reason, lane: lane.name, topic: g.topic as string, events, bytes });
+    }
+    this.#dropped += n;
+    lane.oldestTs = lane.backlogEvents === 0 ? null : undefined;
+    this.#measureUsed();
+    for (const d of reports) {
+      for (const l of this.#dropListeners) {
+        try {
+          l(d);
+        } catch (err) {
+          process.emitWarning(`kedge log: onDrop listener threw: ${(err as Error)?.message ?? err}`);
+        }
+      }
+    }
+    return n;
+  }
+
+  /** One retention step over both lanes (head first). Returns whether old events may remain. */
+  #retentionStep(): boolean {
+    const before = this.#now() - this.#retentionMs!;
+    let more = false;
+    for (const lane of this.#lanes) {
+      const s = lane.stats();
+      if (s.oldestTs === null || s.oldestTs >= before) continue;
+      if (this.#dropStep(lane, 'retention', { beforeTs: before }) >= DROP_CHUNK) more = true;
+    }
+    return more;
+  }
+
   // ---- read / ack / dead letters ----
 
-  readBatch(afterSeq: number, maxCount: number, maxBytes: number): StoredEvent[] {
+  readBatch(afterSeq: number, maxCount: number, maxBytes: number, laneName?: Lane): StoredEvent[] {
     this.#assertOpen();
+    const lane = this.#lane(laneName);
     const out: StoredEvent[] = [];
     maxCount = Math.floor(maxCount);
     if (!(maxCount >= 1)) return out;
@@ -433,53 +751,60 @@ class SqliteLog implements EventLog {
     // (plus one page) into memory, even though the driver API returns whole result sets.
     let want = Math.min(maxCount, READ_FIRST_PAGE);
     for (;;) {
-      const rows = this.#read.all([after, want]);
+      const rows = lane.read.all([after, want]);
       for (let i = 0; i < rows.length; i++) {
         const r = rows[i];
         const size = r.size as number;
-        if (out.length > 0 && bytes + size > maxBytes) return out;
-        out.push(toStored(r));
+        if (out.length > 0 && bytes + size > maxBytes) return this.#handedOut(lane, out);
+        out.push(toStored(r, lane.name));
         bytes += size;
         after = r.seq as number;
-        if (out.length >= maxCount) return out;
+        if (out.length >= maxCount) return this.#handedOut(lane, out);
       }
-      if (rows.length < want || bytes >= maxBytes) return out;
+      if (rows.length < want || bytes >= maxBytes) return this.#handedOut(lane, out);
       const avg = bytes / out.length || 1;
       want = Math.min(maxCount - out.length, READ_MAX_PAGE, Math.max(16, Math.ceil((maxBytes - bytes) / avg) + 1));
     }
   }
 
-  ack(seq: number): void {
+  #handedOut(lane: LaneState, out: StoredEvent[]): StoredEvent[] {
+    if (out.length > 0) lane.inflight = Math.max(lane.inflight, out[out.length - 1].seq);
+    return out;
+  }
+
+  ack(seq: number, laneName?: Lane): void {
     this.#assertOpen();
+    const lane = this.#lane(laneName);
     if (!Number.isSafeInteger(seq) || seq < 0) throw new RangeError(`ack: seq must be a non-negative integer, not ${seq}`);
     if (seq > this.#lastSeq) throw new RangeError(`ack: seq ${seq} is beyond the last appended seq ${this.#lastSeq}`);
-    if (seq <= this.#cursor) return; // already acknowledged (a resend)
-    this.#relaxed(() => this.#withReserve('acknowledge', () => this.#ackTx(seq)));
+    if (seq <= lane.cursor) return; // already acknowledged (a resend)
+    this.#relaxed(() => this.#withReserve('acknowledge', () => this.#ackTx(lane, seq)));
     this.#scheduleMaintenance();
   }
 
-  #ackTx(seq: number): void {
-    const from = this.#cursor;
+  #ackTx(lane: LaneState, seq: number): void {
+    const from = lane.cursor;
     let n = 0;
     let bytes = 0;
-    let trimmed = this.#trimmedUpTo;
+    let trimmed = lane.trimmedUpTo;
     try {
       this.#begin.run(NO_PARAMS);
-      const agg = this.#rangeStats.get([from, seq])!;
+      const agg = lane.rangeStats.get([from, seq])!;
       n = Number(agg.n);
       bytes = Number(agg.bytes);
-      this.#setCursor.run([seq]);
-      trimmed = this.#trimChunk(seq);
+      lane.setCursor.run([seq]);
+      trimmed = this.#trimChunk(lane, seq);
       this.#commit.run(NO_PARAMS);
     } catch (err) {
       this.#rollbackQuietly();
       throw this.#writeError(err, 'acknowledge');
     }
-    this.#cursor = seq;
-    this.#trimmedUpTo = trimmed;
-    this.#backlogEvents -= n;
-    this.#backlogBytes -= bytes;
-    this.#oldestTs = this.#backlogEvents === 0 ? null : undefined;
+    lane.cursor = seq;
+    lane.trimmedUpTo = trimmed;
+    lane.backlogEvents -= n;
+    lane.backlogBytes -= bytes;
+    lane.oldestTs = lane.backlogEvents === 0 ? null : undefined;
+    this.#forwarded += n;
   }
 
   /**
@@ -538,20 +863,24 @@ class SqliteLog implements EventLog {
     this.#assertOpen();
     const seq = event?.seq;
     if (!Number.isSafeInteger(seq)) throw new TypeError('deadLetter: event.seq must be an integer');
-    const sizeRow = this.#eventSize.get([seq]);
-    if (!sizeRow) throw new RangeError(`deadLetter: event ${seq} is not in the log (already forwarded or dead-lettered)`);
+    const lane = this.#lane(event.lane);
+    const sizeRow = lane.eventSize.get([seq]);
+    if (!sizeRow) throw new RangeError(`deadLetter: event ${seq} is not in the ${lane.name} lane of the log (already forwarded or dead-lettered)`);
     const size = Number(sizeRow.size);
-    let cursor = this.#cursor;
+    let cursor = lane.cursor;
     this.#relaxed(() => {
       try {
         this.#begin.run(NO_PARAMS);
-        this.#dlInsert.run([String(reason), Date.now(), seq]);
-        this.#deleteOne.run([seq]);
-        if (seq === cursor + 1) {
+        // Is it the lane's next event? (seqs of a lane have gaps: the other lane, drops.)
+        const first = lane.firstAfter.get([cursor]);
+        const isNext = first !== undefined && (first.seq as number) === seq;
+        lane.dlInsert.run([String(reason), Date.now(), seq]);
+        lane.deleteOne.run([seq]);
+        if (isNext) {
           // Past it and past any later seqs already gone (dead-lettered out of order).
-          const next = this.#firstAfter.get([seq]);
+          const next = lane.firstAfter.get([seq]);
           cursor = next ? (next.seq as number) - 1 : this.#lastSeq;
-          this.#setCursor.run([cursor]);
+          lane.setCursor.run([cursor]);
         }
         this.#commit.run(NO_PARAMS);
       } catch (err) {
@@ -559,35 +888,48 @@ class SqliteLog implements EventLog {
         throw this.#writeError(err, 'dead-letter');
       }
     });
-    if (seq > this.#cursor) {
-      this.#backlogEvents -= 1;
-      this.#backlogBytes -= size;
+    if (seq > lane.cursor) {
+      lane.backlogEvents -= 1;
+      lane.backlogBytes -= size;
     }
-    this.#cursor = cursor;
+    lane.cursor = cursor;
     this.#deadLetters += 1;
-    this.#oldestTs = this.#backlogEvents === 0 ? null : undefined;
+    lane.oldestTs = lane.backlogEvents === 0 ? null : undefined;
     this.#scheduleMaintenance();
   }
 
   listDeadLetters(limit: number): DeadLetter[] {
     this.#assertOpen();
     return this.#dlList.all([Math.max(0, Math.floor(limit))]).map((r) => ({
-      ...toStored(r),
+      ...toStored(r, r.lane === 'priority' ? 'priority' : 'bulk'),
       reason: r.reason as string,
       deadAt: r.dead_at as number,
     }));
   }
 
   stats(): LogStats {
-    if (this.#oldestTs === undefined && !this.#closed) {
-      const first = this.#firstAfter.get([this.#cursor]);
-      this.#oldestTs = first ? (first.ts as number) : null;
+    const open = !this.#closed;
+    const lane = (l: LaneState): LaneStats =>
+      open ? l.stats() : { backlogEvents: l.backlogEvents, backlogBytes: l.backlogBytes, oldestTs: l.oldestTs ?? null, cursor: l.cursor };
+    const bulk = lane(this.#bulk);
+    const priority = lane(this.#priority);
+    let oldestTs = bulk.oldestTs;
+    if (priority.oldestTs !== null && (oldestTs === null || priority.oldestTs < oldestTs)) oldestTs = priority.oldestTs;
+    const now = Date.now();
+    if (open && now - this.#diskStatAt >= DISK_STAT_EVERY_MS) {
+      this.#diskBytes = logFilesBytes(this.#dir, DB_FILE);
+      this.#diskStatAt = now;
     }
     return {
-      backlogEvents: this.#backlogEvents,
-      backlogBytes: this.#backlogBytes,
-      oldestTs: this.#oldestTs ?? null,
-      cursor: this.#cursor,
+      backlogEvents: bulk.backlogEvents + priority.backlogEvents,
+      backlogBytes: bulk.backlogBytes + priority.backlogBytes,
+      oldestTs,
+      cursor: bulk.cursor,
+      lanes: { bulk, priority },
+      forwardedEvents: this.#forwarded,
+      droppedEvents: this.#dropped,
+      diskBytes: this.#diskBytes,
+      quotaBytes: this.#plan.quotaBytes,
       lastSeq: this.#lastSeq,
       deadLetters: this.#deadLetters,
       commits: this.#commits,
@@ -599,6 +941,14 @@ class SqliteLog implements EventLog {
     this.#listeners.add(l);
     return () => {
       this.#listeners.delete(l);
+    };
+  }
+
+  onDrop(listener: (d: DropReport) => void): () => void {
+    const l = (d: DropReport): void => listener(d);
+    this.#dropListeners.add(l);
+    return () => {
+      this.#dropListeners.delete(l);
     };
   }
 
@@ -620,12 +970,19 @@ class SqliteLog implements EventLog {
 
   // ---- trimming and space ----
 
-  /** Inside a transaction: delete up to TRIM_CHUNK forwarded rows; returns the new trimmed-up-to mark. */
-  #trimChunk(cursor: number): number {
-    const from = this.#trimmedUpTo;
+  /** Inside a transaction: delete up to TRIM_CHUNK forwarded rows of `lane`; returns its new trimmed-up-to mark. */
+  #trimChunk(lane: LaneState, cursor: number): number {
+    let from = lane.trimmedUpTo;
     if (from >= cursor) return from;
-    const to = Math.min(cursor, from + (this.#lowSpace ? LOW_SPACE_TRIM_CHUNK : TRIM_CHUNK));
-    this.#trim.run([from, to]);
+    const chunk = this.#lowSpace ? LOW_SPACE_TRIM_CHUNK : TRIM_CHUNK;
+    if (from + chunk < cursor) {
+      // The lane's seqs may have long gaps (the other lane's events): jump to its next row.
+      const next = lane.firstAfter.get([from]);
+      if (next === undefined || (next.seq as number) > cursor) return cursor;
+      from = (next.seq as number) - 1;
+    }
+    const to = Math.min(cursor, from + chunk);
+    lane.trim.run([from, to]);
     return to;
   }
 
@@ -635,7 +992,9 @@ class SqliteLog implements EventLog {
     if (free < VACUUM_MIN_FREE_PAGES) return false;
     const pages = Number(Object.values(this.#pageCount.get(NO_PARAMS) ?? {})[0] ?? 0);
     if ((pages - free) * VACUUM_USED_RATIO > pages) return false;
-    const n = Math.min(free, this.#lowSpace ? LOW_SPACE_VACUUM_PAGES : VACUUM_MAX_PAGES);
+    // Vacuumed pages are written to the WAL: stay within its limit under a small quota.
+    const maxPages = Math.max(16, Math.min(VACUUM_MAX_PAGES, Math.floor(this.#plan.walLimitBytes / this.#pageSize / 2)));
+    const n = Math.min(free, this.#lowSpace ? LOW_SPACE_VACUUM_PAGES : maxPages);
     this.#db.exec(`PRAGMA incremental_vacuum(${n})`);
     this.#vacuumed = true;
     return free - n >= VACUUM_MIN_FREE_PAGES;
@@ -645,32 +1004,37 @@ class SqliteLog implements EventLog {
     if (this.#maintHandle === null && !this.#closed) this.#maintHandle = setImmediate(this.#maintain);
   }
 
-  /** One short transaction of trimming and/or vacuuming; reschedules itself while work remains. */
+  /**
+   * One short transaction of trimming and/or vacuuming, then at most one drop
+   * step (quota, else retention); reschedules itself while work remains.
+   */
   readonly #maintain = (): void => {
     this.#maintHandle = null;
     if (this.#closed) return;
     let more = false;
     try {
       this.#relaxed(() => this.#withReserve('delete forwarded events', () => {
-        let trimmed = this.#trimmedUpTo;
+        const trimmed = this.#lanes.map((l) => l.trimmedUpTo);
         try {
           this.#begin.run(NO_PARAMS);
-          trimmed = this.#trimChunk(this.#cursor);
+          this.#lanes.forEach((l, i) => (trimmed[i] = this.#trimChunk(l, l.cursor)));
           more = this.#maybeVacuum();
           this.#commit.run(NO_PARAMS);
         } catch (err) {
           this.#rollbackQuietly();
           throw this.#writeError(err, 'delete forwarded events');
         }
-        this.#trimmedUpTo = trimmed;
+        this.#lanes.forEach((l, i) => (l.trimmedUpTo = trimmed[i]));
         if (this.#lowSpace) this.#checkpoint();
       }));
+      if (this.#plan.quotaBytes !== null) this.#measureUsed();
     } catch (err) {
       // Not fatal: the rows stay until the next ack or open retries.
       process.emitWarning(`kedge log: ${(err as Error)?.message ?? err}`);
       return;
     }
-    if (more || this.#trimmedUpTo < this.#cursor) {
+    more = this.#dropWork() || more;
+    if (more || this.#lanes.some((l) => l.trimmedUpTo < l.cursor)) {
       this.#scheduleMaintenance();
       return;
     }
@@ -688,6 +1052,34 @@ class SqliteLog implements EventLog {
       if (this.#reserve.ensure()) this.#lowSpace = false;
     }
   };
+
+  /** At most one bounded drop step (quota first, then retention). Returns whether more drop work remains. */
+  #dropWork(): boolean {
+    try {
+      if (this.#quotaDropWanted) {
+        const excess = this.#usedEst - this.#plan.lowBytes;
+        let n = 0;
+        if (excess > 0) {
+          for (const lane of this.#lanes) {
+            n = this.#dropStep(lane, 'quota', { wantBytes: excess });
+            if (n > 0) break;
+          }
+        }
+        // Done when below the low watermark, or when nothing may be dropped (all in flight): the next commit retries.
+        if (n === 0 || this.#usedEst <= this.#plan.lowBytes) this.#quotaDropWanted = false;
+        return this.#quotaDropWanted || this.#retentionWanted;
+      }
+      if (this.#retentionWanted) {
+        this.#retentionWanted = this.#retentionStep();
+        return this.#retentionWanted;
+      }
+    } catch (err) {
+      this.#quotaDropWanted = false;
+      this.#retentionWanted = false;
+      process.emitWarning(`kedge log: ${(err as Error)?.message ?? err}`);
+    }
+    return false;
+  }
 
   // ---- helpers ----
 
@@ -725,8 +1117,10 @@ class SqliteLog implements EventLog {
         clearImmediate(this.#maintHandle);
         this.#maintHandle = null;
       }
+      if (this.#retentionTimer !== null) clearInterval(this.#retentionTimer);
       this.#closed = true;
       this.#listeners.clear();
+      this.#dropListeners.clear();
       try {
         for (const st of this.#stmts) st.finalize();
         try {
