@@ -4,7 +4,7 @@
  *
  *   - `KEY=VALUE` per line; blank lines and lines starting with `#` or `;` are ignored
  *   - a leading `export ` is tolerated (files shared with shell scripts)
- *   - `'single'` quotes are literal; `"double"` quotes understand `\"` `\\` `\n` `\t`
+ *   - `'single'` quotes are literal; `"double"` quotes understand `\"` `\\` `\n` `\t` `\r`
  *     `\$` `` \` `` (any other backslash stays as written); both may span lines
  *   - unquoted values lose trailing whitespace; a trailing `\` continues the line
  *   - a later assignment of the same key wins, as in systemd
@@ -95,6 +95,10 @@ export function parseEnvFile(text: string, path: string): EnvFileResult {
               break;
             case 't':
               value += '\t';
+              break;
+            case 'r':
+              // A raw CR would be read as a line break (CRLF files), so a CR in a value is written \r.
+              value += '\r';
               break;
             case '\n':
               line++; // continuation inside quotes: drop backslash and newline

@@ -24,11 +24,50 @@ function decodeUtf8(buf: Buffer, what: string): string {
   }
 }
 
-function parseJson(text: string, what: string): unknown {
+function parseJson(text: string, what: string, reviver?: (k: string, v: unknown) => unknown): unknown {
   try {
-    return JSON.parse(text);
+    return JSON.parse(text, reviver);
   } catch (e) {
+    // The reviver walk recurses: a document thousands of levels deep overflows the stack.
+    if (e instanceof RangeError) throw new IngestError(400, 'bad_json', `${what} is nested too deeply to be re-serialised; send it as NDJSON or as one event (kept byte for byte)`);
     throw new IngestError(400, 'bad_json', `${what} is not valid JSON: ${(e as Error).message}`);
+  }
+}
+
+/**
+ * Parses JSON whose values kedge will re-serialise (envelope records): a number
+ * that JSON.stringify cannot write back as sent (1e400 would become null,
+ * 12345678901234567890 would lose its last digits) is refused, never changed.
+ */
+export function parseJsonExact(text: string, what: string): unknown {
+  let lossy: string | null = null;
+  const reviver = function (_key: string, v: unknown, ctx?: { source?: string }): unknown {
+    if (lossy === null && typeof v === 'number' && ctx?.source !== undefined && !numberKeptExactly(v, ctx.source)) lossy = ctx.source;
+    return v;
+  };
+  const parsed = parseJson(text, what, reviver as (k: string, v: unknown) => unknown);
+  if (lossy !== null) {
+    throw new IngestError(400, 'bad_number', `${what} has the number ${(lossy as string).slice(0, 40)}, which cannot be stored exactly (larger than a 64-bit float holds): send it as a string, or send the event as NDJSON (kept byte for byte)`);
+  }
+  return parsed;
+}
+
+function numberKeptExactly(v: number, source: string): boolean {
+  if (!Number.isFinite(v)) return false;
+  if (/^-?\d+$/.test(source) && !Number.isSafeInteger(v)) return BigInt(source) === BigInt(v);
+  return true;
+}
+
+/**
+ * JSON.stringify recurses: a value nested thousands of levels deep overflows the
+ * stack. That is the client's document, not an agent failure: answer 400.
+ */
+export function serialiseJson(v: unknown, where: string): Buffer {
+  try {
+    return Buffer.from(JSON.stringify(v), 'utf8');
+  } catch (e) {
+    if (e instanceof RangeError) throw new IngestError(400, 'bad_record', `${where} is nested too deeply to be re-serialised; send it as NDJSON (kept byte for byte)`);
+    throw e;
   }
 }
 
@@ -82,8 +121,11 @@ export function eventsFromBody(kind: BodyKind, body: Buffer, topic: string, quer
     return events;
   }
 
-  const parsed = parseJson(decodeUtf8(body, 'the body'), 'the body');
-  if (!isEnvelope(parsed)) return [{ topic, key: queryKey, value: body, source: 'http' }];
+  const text = decodeUtf8(body, 'the body');
+  const first = parseJson(text, 'the body');
+  if (!isEnvelope(first)) return [{ topic, key: queryKey, value: body, source: 'http' }];
+  // Only an envelope is re-serialised, so only an envelope needs the (slower) exact-number parse.
+  const parsed = parseJsonExact(text, 'the body') as { records: unknown[] };
   if (parsed.records.length === 0) throw new IngestError(400, 'empty_body', '"records" is empty: send at least one record');
   return parsed.records.map((r, i) => {
     const where = `records[${i}]`;
@@ -94,7 +136,7 @@ export function eventsFromBody(kind: BodyKind, body: Buffer, topic: string, quer
       if (k !== 'key' && k !== 'value' && k !== 'headers') throw new IngestError(400, 'bad_record', `${where}: unknown field "${k}" (expected key, value, headers)`);
     }
     const headers = parseHeaders(rec.headers, where);
-    const ev: EventInput = { topic, key: keyBytes(rec.key, where) ?? queryKey, value: Buffer.from(JSON.stringify(rec.value), 'utf8'), source: 'http' };
+    const ev: EventInput = { topic, key: keyBytes(rec.key, where) ?? queryKey, value: serialiseJson(rec.value, `${where}.value`), source: 'http' };
     if (headers) ev.headers = headers;
     return ev;
   });

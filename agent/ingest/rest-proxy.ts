@@ -5,6 +5,7 @@
  */
 import type { AppendResult, EventInput } from '../log/types.ts';
 import { IngestError } from './errors.ts';
+import { parseJsonExact, serialiseJson } from './bodies.ts';
 
 export type RestFormat = 'json' | 'binary';
 
@@ -25,12 +26,14 @@ function decodeBinary(v: unknown, where: string): Buffer | null {
 }
 
 export function eventsFromRestProxy(format: RestFormat, body: Buffer, topic: string): EventInput[] {
-  let parsed: unknown;
+  let text: string;
   try {
-    parsed = JSON.parse(new TextDecoder('utf-8', { fatal: true }).decode(body));
-  } catch (e) {
-    throw new IngestError(400, 'bad_json', `the body is not valid JSON: ${(e as Error).message}`);
+    text = new TextDecoder('utf-8', { fatal: true }).decode(body);
+  } catch {
+    throw new IngestError(400, 'bad_encoding', 'the body is not valid UTF-8');
   }
+  // json embedded format re-serialises keys and values: numbers must survive that exactly.
+  const parsed = parseJsonExact(text, 'the body');
   const records = (parsed as { records?: unknown })?.records;
   if (typeof parsed !== 'object' || parsed === null || !Array.isArray(records)) throw new IngestError(400, 'bad_record', 'expected {"records":[{"key":...,"value":...}]}');
   if (records.length === 0) throw new IngestError(400, 'empty_body', '"records" is empty');
@@ -48,8 +51,8 @@ export function eventsFromRestProxy(format: RestFormat, body: Buffer, topic: str
       return { topic, key: decodeBinary(rec.key, `${where}.key`), value, source: 'http' as const };
     }
     // json embedded format: key and value are JSON documents, stored serialised.
-    const key = rec.key === undefined || rec.key === null ? null : Buffer.from(JSON.stringify(rec.key), 'utf8');
-    return { topic, key, value: Buffer.from(JSON.stringify(rec.value ?? null), 'utf8'), source: 'http' as const };
+    const key = rec.key === undefined || rec.key === null ? null : serialiseJson(rec.key, `${where}.key`);
+    return { topic, key, value: serialiseJson(rec.value ?? null, `${where}.value`), source: 'http' as const };
   });
 }
 
