@@ -12,5 +12,7 @@ import { e2eLatency } from './e2e-latency.ts';
 import { rss } from './rss.ts';
 import { mqttIngest } from './mqtt.ts';
 import { executable } from './executable.ts';
+import { codecs } from './codecs.ts';
+import { rateDrain } from './rate-drain.ts';
 
-export const SCENARIOS: readonly Scenario[] = [ingestNdjson, ingestSingle, forwardBacklog, e2eLatency, rss, mqttIngest, executable];
+export const SCENARIOS: readonly Scenario[] = [ingestNdjson, ingestSingle, forwardBacklog, e2eLatency, rss, mqttIngest, executable, codecs, rateDrain];
