@@ -1,16 +1,27 @@
 /**
- * The forwarder: reads the log from the cursor in seq order, one bounded batch
- * at a time, sends it, and advances the cursor only after Kafka acknowledged.
- * Errors never drop data: transient ones are retried for ever with backoff,
- * records Kafka refuses for good go to the dead-letter table (counted, logged).
+ * The forwarder: reads the log from each lane's cursor in seq order, one bounded
+ * batch at a time, sends it, and advances that lane's cursor only after Kafka
+ * acknowledged. Errors never drop data: transient ones are retried for ever with
+ * backoff, records Kafka refuses for good go to the dead-letter table (counted, logged).
+ *
+ * Link policy, checked every loop turn: pause (operator) stops everything; the
+ * priority lane is served before the bulk lane and also outside transfer windows;
+ * a rate cap makes the next batch wait until the wire bytes of the previous ones
+ * are paid for.
  */
-import type { EventLog, StoredEvent } from '../log/types.ts';
+import { LANES, type EventLog, type Lane, type StoredEvent } from '../log/types.ts';
 import type { Logger } from '../observe/logger.ts';
 import type { Metrics } from '../observe/metrics.ts';
+import type { TimeWindow } from '../config.ts';
 import { Backoff } from '../backoff.ts';
 import { describeKafkaError, errorTypes, permanentReason, type OutRecord, type RecordSink } from './kafka-producer.ts';
+import { TransferWindows } from './windows.ts';
+import { TokenBucket } from './token-bucket.ts';
+import { WireRate, type WireMeter } from './wire-meter.ts';
 
-export type LinkState = 'starting' | 'up' | 'degraded' | 'down' | 'paused';
+export type LinkState = 'starting' | 'up' | 'degraded' | 'down' | 'paused' | 'outside-window';
+/** What the last sends say about Kafka; the shown state adds pause and windows on top. */
+type Health = 'starting' | 'up' | 'degraded' | 'down';
 
 export interface ForwarderOptions {
   log: EventLog;
@@ -31,6 +42,26 @@ export interface ForwarderOptions {
   unknownTopicGraceMs: number;
   metrics: Metrics;
   logger: Logger;
+  /** KEDGE_FORWARD_WINDOWS; empty: always open. */
+  windows?: readonly TimeWindow[];
+  /** KEDGE_FORWARD_RATE in wire bytes per second; null/absent: unlimited. Needs `wire`. */
+  rateBytesPerSecond?: number | null;
+  /** Counts the bytes the sink's sockets write (rate cap, status, metrics). */
+  wire?: WireMeter;
+  /**
+   * Wall clock in ms since the epoch, for transfer windows only (tests inject a
+   * fake one). Timeouts, backoff and the rate cap use the real monotonic clock.
+   */
+  now?: () => number;
+  /** After a send timeout halved the batch size, hold it this long before growing ×2 per success again (default 5 min). */
+  batchRegrowAfterMs?: number;
+}
+
+export interface LinkChange {
+  state: LinkState;
+  from: LinkState;
+  at: string;
+  reason: string | null;
 }
 
 export interface ForwarderStatus {
@@ -41,6 +72,15 @@ export interface ForwarderStatus {
   lastForwardAt: string | null;
   paused: boolean;
   consecutiveFailures: number;
+  /** Most recent last, at most HISTORY_SIZE. */
+  history: LinkChange[];
+  rateCapBytesPerSecond: number | null;
+  /** Measured over the last minute; null without a wire meter. */
+  wireBytesPerSecond: number | null;
+  /** null when no windows are configured (always open). */
+  window: { open: boolean; nextChangeAt: string | null } | null;
+  /** Byte budget of the next batch (shrinks after timeouts, grows back after successes). */
+  batchBytes: number;
 }
 
 class SendDeadlineError extends Error {
@@ -50,11 +90,57 @@ class SendDeadlineError extends Error {
   }
 }
 
+/** Under a rate cap, a batch holds at most this much time of the rate. */
+const RATE_BATCH_MS = 2_000;
+/** How long batches stay at the size a timeout halved them to before they grow again. */
+const BATCH_REGROW_AFTER_MS = 5 * 60_000;
+/** Kept in status so an operator sees a flapping link without reading logs. */
+const HISTORY_SIZE = 20;
+/**
+ * Longest sleep before the policy is evaluated again: the wall clock can jump
+ * (NTP, a test's fake clock), so a window change is never missed by more than this.
+ */
+const POLICY_RECHECK_MS = 1_000;
+
+/** A request that ran out of time (ours or kafkajs'), as opposed to a refusal. */
+function isTimeout(e: unknown): boolean {
+  for (let cur: any = e, depth = 0; cur && depth < 8; cur = cur.cause, depth++) {
+    if (cur instanceof SendDeadlineError || cur.name === 'KafkaJSRequestTimeoutError') return true;
+  }
+  return false;
+}
+
 export class Forwarder {
   private readonly o: ForwarderOptions;
   private readonly backoff: Backoff;
-  private state: LinkState = 'starting';
+  private readonly windows: TransferWindows;
+  private readonly bucket: TokenBucket | null;
+  /** performance.now() when the last batch send began (see chargeWire). */
+  private sendStartedAt: number | null = null;
+  private readonly wireRate: WireRate | null;
+  private readonly now: () => number;
+  /** Most log bytes per batch (configured); the adaptive budget grows back to it. */
+  private readonly maxBytes: number;
+  private budget: { events: number; bytes: number };
+  /** Under a rate cap: wire bytes one batch may take. */
+  private readonly rateBatchWireBytes: number | null;
+  /**
+   * Wire bytes per log byte of recent batches (compression makes it < 1, headers and
+   * framing of small events > 1): turns the wire budget into a log-bytes budget.
+   */
+  private wirePerLogByte = 1;
+  /** After a timeout the batch size does not grow before this (performance.now()). */
+  private budgetCeilingUntil = 0;
+  private health: Health = 'starting';
+  /** Outside every transfer window (bulk waits). */
+  private windowClosed = false;
+  /** The priority lane had events at the last loop turn. */
+  private priorityPending = false;
+  private shown: LinkState = 'starting';
   private since = Date.now();
+  private readonly history: LinkChange[] = [];
+  private windowOpen: boolean | null = null;
+  private wireCharged = 0;
   private lastError: string | null = null;
   private lastErrorAt: number | null = null;
   private lastForwardAt: number | null = null;
@@ -62,34 +148,65 @@ export class Forwarder {
   private stopping = false;
   private loop: Promise<void> | null = null;
   private wake: (() => void) | null = null;
+  private wakeOnAppend = false;
   private unsubscribe: (() => void) | null = null;
   private unknownTopicSince: number | null = null;
 
   constructor(o: ForwarderOptions) {
     this.o = o;
     this.backoff = new Backoff(o.backoffMinMs, o.backoffMaxMs);
+    this.windows = new TransferWindows(o.windows ?? []);
+    this.now = o.now ?? Date.now;
+    const rate = o.rateBytesPerSecond ?? null;
+    if (rate !== null && !o.wire) throw new TypeError('a rate cap needs a wire meter (ForwarderOptions.wire)');
+    this.maxBytes = o.maxBatchBytes;
+    this.budget = { events: o.maxBatchEvents, bytes: this.maxBytes };
+    // Under a cap, a batch must go out well within the request timeout (a quarter of
+    // it at the capped rate), and at most ~2 s of the rate: a batch is also the
+    // largest burst, so smaller batches keep the wire rate smooth.
+    this.rateBatchWireBytes = rate === null ? null : Math.max(1, Math.floor((rate * Math.min(o.sendDeadlineMs / 4, RATE_BATCH_MS)) / 1000));
+    // No credit saved up while idle: a batch is sent, then paid for, so the largest
+    // burst above the rate is exactly one batch (a saved-up batch of credit would allow two).
+    this.bucket = rate === null ? null : new TokenBucket(rate, 0);
+    this.wireRate = o.wire ? new WireRate(o.wire) : null;
+    this.wireCharged = o.wire?.total() ?? 0;
     this.paused = o.log.meta('forwarding.paused') === '1';
+    if (this.paused) this.shown = 'paused';
   }
 
   linkState(): LinkState {
-    return this.paused ? 'paused' : this.state;
+    return this.shown;
   }
 
   status(): ForwarderStatus {
     const iso = (t: number | null) => (t === null ? null : new Date(t).toISOString());
+    let window: ForwarderStatus['window'] = null;
+    if (!this.windows.always) {
+      const now = this.now();
+      const ms = this.windows.msUntilNextChange(new Date(now));
+      window = { open: this.windows.isOpen(new Date(now)), nextChangeAt: ms === null ? null : iso(now + ms) };
+    }
     return {
-      state: this.linkState(),
+      state: this.shown,
       since: new Date(this.since).toISOString(),
       lastError: this.lastError,
       lastErrorAt: iso(this.lastErrorAt),
       lastForwardAt: iso(this.lastForwardAt),
       paused: this.paused,
       consecutiveFailures: this.backoff.failures,
+      history: [...this.history],
+      rateCapBytesPerSecond: this.bucket?.rate ?? null,
+      wireBytesPerSecond: this.wireRate ? Math.round(this.wireRate.bytesPerSecond()) : null,
+      window,
+      batchBytes: this.batchBytes(),
     };
   }
 
   start(): void {
-    this.unsubscribe = this.o.log.onAppend(() => this.wake?.());
+    this.unsubscribe = this.o.log.onAppend(() => {
+      if (this.wakeOnAppend) this.wake?.();
+    });
+    this.wireRate?.start();
     this.loop = this.run().catch((e) => {
       this.o.logger.fatal({ err: e }, 'forwarder stopped unexpectedly');
       throw e;
@@ -102,7 +219,7 @@ export class Forwarder {
     this.paused = paused;
     this.o.log.setMeta('forwarding.paused', paused ? '1' : '0');
     this.o.logger.info({ paused }, paused ? 'forwarding paused by operator' : 'forwarding resumed by operator');
-    this.since = Date.now();
+    this.refresh();
     this.wake?.();
   }
 
@@ -112,24 +229,48 @@ export class Forwarder {
     this.unsubscribe?.();
     this.wake?.();
     await this.loop?.catch(() => {});
+    this.wireRate?.stop();
     await this.o.sink.disconnect();
   }
 
-  private setState(s: LinkState, err?: string): void {
+  private setHealth(h: Health, err?: string): void {
     if (err) {
       this.lastError = err;
       this.lastErrorAt = Date.now();
     }
-    if (s === this.state) return;
-    const prev = this.state;
-    this.state = s;
-    this.since = Date.now();
-    const log = this.o.logger;
-    if (s === 'up') log.info({ link: s, from: prev }, 'kafka link up');
-    else log.warn({ link: s, from: prev, reason: this.lastError }, `kafka link ${s}`);
+    this.health = h;
+    this.refresh();
   }
 
-  private sleep(ms: number): Promise<void> {
+  /** Recomputes the shown state; a change is logged once, counted and kept in the history. */
+  private refresh(): void {
+    // Outside a window the state stays outside-window while priority events flow
+    // fine (no flapping per alarm); a failing link shows, as that needs action.
+    const failing = this.health === 'degraded' || this.health === 'down';
+    const s: LinkState = this.paused ? 'paused' : this.windowClosed && !(this.priorityPending && failing) ? 'outside-window' : this.health;
+    if (s === this.shown) return;
+    const from = this.shown;
+    this.shown = s;
+    this.since = Date.now();
+    const reason = s === 'degraded' || s === 'down' ? this.lastError : null;
+    this.history.push({ state: s, from, at: new Date(this.since).toISOString(), reason });
+    if (this.history.length > HISTORY_SIZE) this.history.shift();
+    this.o.metrics.linkStateChanges.inc({ state: s });
+    const log = this.o.logger;
+    if (s === 'degraded' || s === 'down') log.warn({ link: s, from, reason }, `kafka link ${s}`);
+    else if (s === 'up') log.info({ link: s, from }, 'kafka link up');
+    else if (s === 'paused') log.info({ link: s, from }, 'forwarding paused');
+    else if (s === 'outside-window') log.info({ link: s, from }, 'outside the transfer window: only priority topics are forwarded');
+    else log.info({ link: s, from }, `kafka link ${s}`);
+  }
+
+  /**
+   * Sleeps `ms`; pause/resume or stop ends it early, and so does an append when
+   * `untilAppend` (waiting for work) — not during backoff or a rate-cap wait,
+   * which busy ingest would otherwise cut short.
+   */
+  private sleep(ms: number, untilAppend = false): Promise<void> {
+    this.wakeOnAppend = untilAppend;
     return new Promise((resolve) => {
       const t = setTimeout(done, ms);
       function done() {
@@ -143,20 +284,83 @@ export class Forwarder {
     });
   }
 
+  /** Evaluates the transfer windows at the (injectable) wall clock; logs when one opens or closes. */
+  private checkWindow(): { open: boolean; nextChangeMs: number | null } {
+    if (this.windows.always) return { open: true, nextChangeMs: null };
+    const now = new Date(this.now());
+    const open = this.windows.isOpen(now);
+    const nextChangeMs = this.windows.msUntilNextChange(now);
+    if (open !== this.windowOpen) {
+      const next = nextChangeMs === null ? null : new Date(now.getTime() + nextChangeMs).toISOString();
+      if (open) this.o.logger.info({ window: 'open', closesAt: next }, 'transfer window opened: all topics are forwarded');
+      else this.o.logger.info({ window: 'closed', opensAt: next }, 'transfer window closed: only priority topics are forwarded');
+      this.windowOpen = open;
+    }
+    return { open, nextChangeMs };
+  }
+
+  /** Charges the rate cap with every byte written since the last call (sends, probes, metadata). */
+  private chargeWire(): void {
+    const w = this.o.wire;
+    if (!w) return;
+    const total = w.total();
+    const delta = total - this.wireCharged;
+    this.wireCharged = total;
+    if (delta > 0) {
+      // As of the start of the last send: the time the send itself took is not lost credit.
+      this.bucket?.charge(delta, this.sendStartedAt ?? undefined);
+      this.o.metrics.wireBytes.inc(delta);
+    }
+  }
+
+  /** The lane to serve now: priority first; bulk only inside a transfer window. */
+  private pickLane(windowOpen: boolean): { lane: Lane; cursor: number } | null {
+    const s = this.o.log.stats();
+    for (const lane of LANES) {
+      if (lane === 'bulk' && !windowOpen) continue;
+      const l = s.lanes[lane];
+      if (l.backlogEvents > 0) return { lane, cursor: l.cursor };
+    }
+    return null;
+  }
+
   private async run(): Promise<void> {
     const o = this.o;
     while (!this.stopping) {
+      this.chargeWire();
       if (this.paused) {
         await this.sleep(60_000);
         continue;
       }
-      const batch = o.log.readBatch(o.log.stats().cursor, o.maxBatchEvents, o.maxBatchBytes);
-      if (batch.length === 0) {
-        if (this.state === 'starting' || this.state === 'down') await this.probe();
-        if (!this.stopping && o.log.stats().backlogEvents === 0) await this.sleep(this.state === 'down' ? this.backoff.next() : 5_000);
+      const win = this.checkWindow();
+      const pick = this.pickLane(win.open);
+      this.windowClosed = !win.open;
+      this.priorityPending = pick?.lane === 'priority';
+      this.refresh();
+      if (pick === null) {
+        if (this.windowClosed) {
+          // Wakes for appends (a priority event may have arrived) and when the window opens.
+          await this.sleep(Math.min(POLICY_RECHECK_MS, win.nextChangeMs ?? POLICY_RECHECK_MS), true);
+          continue;
+        }
+        if (this.health === 'starting' || this.health === 'down') await this.probe();
+        if (!this.stopping && this.pickLane(this.checkWindow().open) === null) {
+          await this.sleep(this.health === 'down' ? this.backoff.next() : 5_000, true);
+        }
         continue;
       }
-      await this.sendBatch(batch);
+      const debtMs = this.bucket?.waitMs() ?? 0;
+      if (debtMs > 0) {
+        await this.sleep(Math.min(debtMs, POLICY_RECHECK_MS));
+        continue;
+      }
+      const batch = o.log.readBatch(pick.cursor, this.budget.events, this.batchBytes(), pick.lane);
+      if (batch.length === 0) {
+        // Stats said there is backlog but the read found none (e.g. a retention trim in between).
+        await this.sleep(100);
+        continue;
+      }
+      await this.sendBatch(batch, pick.lane);
     }
   }
 
@@ -164,9 +368,9 @@ export class Forwarder {
   private async probe(): Promise<void> {
     try {
       await this.withDeadline(this.o.sink.connect());
-      this.setState('up');
+      this.setHealth('up');
     } catch (e) {
-      this.setState('down', describeKafkaError(e));
+      this.setHealth('down', describeKafkaError(e));
       await this.o.sink.disconnect();
     }
   }
@@ -189,19 +393,22 @@ export class Forwarder {
     ]).finally(() => clearTimeout(timer));
   }
 
-  private async sendBatch(batch: StoredEvent[]): Promise<void> {
+  private async sendBatch(batch: StoredEvent[], lane: Lane): Promise<void> {
     const o = this.o;
     const started = process.hrtime.bigint();
+    const wireBefore = o.wire?.total() ?? 0;
+    this.sendStartedAt = performance.now();
     try {
       await this.withDeadline(o.sink.send(batch.map((e) => this.toRecord(e))));
     } catch (e) {
+      if (isTimeout(e)) this.shrinkBudget(batch);
       const permanent = permanentReason(e);
-      if (permanent) return this.isolate(batch, false);
+      if (permanent) return this.isolate(batch, lane, false);
       if (errorTypes(e).has('UNKNOWN_TOPIC_OR_PARTITION')) {
         this.unknownTopicSince ??= Date.now();
         if (Date.now() - this.unknownTopicSince >= o.unknownTopicGraceMs) {
           this.unknownTopicSince = null;
-          return this.isolate(batch, true);
+          return this.isolate(batch, lane, true);
         }
       } else this.unknownTopicSince = null;
       await this.onFailure(e);
@@ -209,12 +416,50 @@ export class Forwarder {
     }
     o.metrics.sendSeconds.observe(Number(process.hrtime.bigint() - started) / 1e9);
     o.metrics.batchEvents.observe(batch.length);
-    this.acknowledge(batch);
+    const logBytes = batch.reduce((n, e) => n + e.value.length + (e.key?.length ?? 0), 0);
+    o.metrics.batchBytes.observe(logBytes);
+    if (o.wire && logBytes > 0) {
+      const ratio = (o.wire.total() - wireBefore) / logBytes;
+      if (ratio > 0) this.wirePerLogByte = 0.5 * this.wirePerLogByte + 0.5 * ratio;
+    }
+    this.growBudget();
+    this.acknowledge(batch, lane);
   }
 
-  private acknowledge(batch: StoredEvent[]): void {
+  /**
+   * A timeout on a slow link: halve the next batch (down to one event) so that a
+   * batch fits within the request timeout. A smaller batch also makes no
+   * progress-free retries of a big one.
+   */
+  private shrinkBudget(batch: StoredEvent[]): void {
+    const bytes = batch.reduce((n, e) => n + e.value.length + (e.key?.length ?? 0), 0);
+    this.budget = {
+      events: Math.max(1, Math.ceil(Math.min(this.budget.events, batch.length) / 2)),
+      bytes: Math.max(1, Math.floor(Math.min(this.budget.bytes, bytes) / 2)),
+    };
+    // Growing straight back would time out every other batch: hold this size for a while.
+    this.budgetCeilingUntil = performance.now() + (this.o.batchRegrowAfterMs ?? BATCH_REGROW_AFTER_MS);
+    this.o.logger.info({ batchBytes: this.budget.bytes, batchEvents: this.budget.events }, 'send timed out: sending smaller batches');
+  }
+
+  /** Log bytes for the next batch: the adaptive budget, and under a cap about RATE_BATCH_MS of wire bytes. */
+  private batchBytes(): number {
+    if (this.rateBatchWireBytes === null) return this.budget.bytes;
+    return Math.max(1, Math.min(this.budget.bytes, Math.floor(this.rateBatchWireBytes / this.wirePerLogByte)));
+  }
+
+  /** After a success, back towards the configured size (×2 per batch). */
+  private growBudget(): void {
+    if (performance.now() < this.budgetCeilingUntil) return;
+    this.budget = {
+      events: Math.min(this.o.maxBatchEvents, this.budget.events * 2),
+      bytes: Math.min(this.maxBytes, this.budget.bytes * 2),
+    };
+  }
+
+  private acknowledge(batch: StoredEvent[], lane: Lane): void {
     const o = this.o;
-    o.log.ack(batch[batch.length - 1].seq);
+    o.log.ack(batch[batch.length - 1].seq, lane);
     const perTopic = new Map<string, [number, number]>();
     for (const e of batch) {
       const c = perTopic.get(e.topic) ?? [0, 0];
@@ -228,17 +473,22 @@ export class Forwarder {
     }
     this.lastForwardAt = Date.now();
     this.backoff.reset();
-    this.setState('up');
+    this.setHealth('up');
   }
 
   private async onFailure(e: unknown): Promise<void> {
     const reason = describeKafkaError(e);
-    this.o.metrics.sendErrors.inc({ kind: e instanceof SendDeadlineError ? 'timeout' : 'error' });
+    this.o.metrics.sendErrors.inc({ kind: isTimeout(e) ? 'timeout' : 'error' });
+    // A send that got no answer at all is a hang outage (black hole, half-open
+    // connection): that is `down`, not `degraded`. The state is set before the
+    // disconnect below, which can itself wait on the hung connection.
+    const recentlyUp = this.lastForwardAt !== null && Date.now() - this.lastForwardAt < 60_000;
+    this.setHealth(!isTimeout(e) && recentlyUp && this.backoff.failures < 3 ? 'degraded' : 'down', reason);
     // A fresh producer after a failure: kafkajs' idempotent sequence state can be
     // out of step with the broker after a timeout, which would fail every later send.
-    await this.o.sink.disconnect();
-    const recentlyUp = this.lastForwardAt !== null && Date.now() - this.lastForwardAt < 60_000;
-    this.setState(recentlyUp && this.backoff.failures < 3 ? 'degraded' : 'down', reason);
+    // kafkajs' disconnect waits for requests in flight; on a hung link that is another
+    // request timeout, so it is bounded here (the old producer finishes on its own).
+    await boundedWait(this.o.sink.disconnect(), DISCONNECT_WAIT_MS);
     const wait = this.backoff.next();
     this.o.logger.debug({ reason, retryInMs: wait }, 'send failed; will retry');
     await this.sleep(wait);
@@ -248,7 +498,7 @@ export class Forwarder {
    * Kafka refused something in the batch for good. Send the records one by one,
    * in order, so only the refused ones are dead-lettered and the rest go through.
    */
-  private async isolate(batch: StoredEvent[], unknownTopicIsPermanent: boolean): Promise<void> {
+  private async isolate(batch: StoredEvent[], lane: Lane, unknownTopicIsPermanent: boolean): Promise<void> {
     const o = this.o;
     // Topics found uncreatable in this pass: their other events are not sent again one by one.
     const deadTopics = new Map<string, string>();
@@ -268,7 +518,7 @@ export class Forwarder {
       else {
         try {
           await this.withDeadline(o.sink.send([this.toRecord(ev)]));
-          this.acknowledge([ev]);
+          this.acknowledge([ev], lane);
           continue;
         } catch (e) {
           permanent = permanentReason(e);
@@ -297,4 +547,13 @@ export class Forwarder {
     }
     report();
   }
+}
+
+/** How long a failed send waits for the old producer to close before retrying with a new one. */
+const DISCONNECT_WAIT_MS = 5_000;
+
+/** Waits for `p` at most `ms`; its outcome is ignored either way. */
+function boundedWait(p: Promise<unknown>, ms: number): Promise<void> {
+  let t: NodeJS.Timeout;
+  return Promise.race([p.then(() => undefined, () => undefined), new Promise<void>((r) => (t = setTimeout(r, ms)))]).finally(() => clearTimeout(t));
 }

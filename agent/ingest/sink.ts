@@ -2,17 +2,20 @@
  * The one door from every ingest source into the log: it appends, waits for
  * the commit and counts. Sources acknowledge only after `submit` resolves.
  */
-import type { AppendResult, EventInput, EventLog } from '../log/types.ts';
+import type { AppendResult, EventInput, EventLog, Lane } from '../log/types.ts';
 import type { Metrics } from '../observe/metrics.ts';
 
 export class IngestSink {
   private readonly log: EventLog;
   private readonly metrics: Metrics;
   private accepting = true;
+  private readonly priorityTopics: ReadonlySet<string>;
 
-  constructor(log: EventLog, metrics: Metrics) {
+  /** `priorityTopics` (KEDGE_PRIORITY_TOPICS, without the topic prefix): their events go to the priority lane. */
+  constructor(log: EventLog, metrics: Metrics, priorityTopics: readonly string[] = []) {
     this.log = log;
     this.metrics = metrics;
+    this.priorityTopics = new Set(priorityTopics);
   }
 
   /** False once shutdown began: sources answer 503 / send no PUBACK. */
@@ -27,6 +30,10 @@ export class IngestSink {
   /** Appends all events in one all-or-nothing unit; rejects with LogWriteError when the log refuses. */
   async submit(events: EventInput[]): Promise<AppendResult> {
     const started = process.hrtime.bigint();
+    if (this.priorityTopics.size > 0) {
+      const lane = (topic: string): Lane => (this.priorityTopics.has(topic) ? 'priority' : 'bulk');
+      for (const e of events) e.lane = lane(e.topic);
+    }
     const res = await this.log.append(events);
     this.metrics.commitSeconds.observe(Number(process.hrtime.bigint() - started) / 1e9);
     // Count per topic once per request, not per event: requests are usually one topic.
