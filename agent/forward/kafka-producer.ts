@@ -5,7 +5,7 @@
 import type { Config } from '../config.ts';
 import type { Logger } from '../observe/logger.ts';
 import { readFileSync } from 'node:fs';
-import type { Kafka, Producer, Message, SASLOptions } from 'kafkajs';
+import type { ISocketFactory, Kafka, Producer, Message, SASLOptions } from 'kafkajs';
 // kafkajs is CommonJS: a default import works in Node ESM and bundles with esbuild.
 import kafkajs from 'kafkajs';
 
@@ -31,6 +31,8 @@ export interface KafkaSinkOptions {
   compression: number;
   requestTimeoutMs: number;
   logger: Logger;
+  /** Opens the broker connections (WireMeter.socketFactory() counts wire bytes); default: kafkajs' own. */
+  socketFactory?: ISocketFactory;
 }
 
 /** A refusal that retrying will not fix (record too large, invalid topic, not authorised). */
@@ -55,14 +57,56 @@ export function errorTypes(e: unknown, out = new Set<string>(), depth = 0): Set<
   return errorTypes(cur.cause, out, depth + 1);
 }
 
-/** The innermost useful message of a kafkajs error chain, for status and logs. */
+/**
+ * The kafkajs error chain for status and logs, led by what an operator should check when
+ * the cause is a TLS or SASL failure (those never heal by retrying).
+ */
 export function describeKafkaError(e: unknown): string {
   const parts: string[] = [];
+  const seen = new Set<string>();
   for (let cur: any = e, depth = 0; cur && depth < 6; cur = cur.cause, depth++) {
-    const m = `${cur.type ?? cur.name ?? 'Error'}: ${cur.message ?? String(cur)}`;
-    if (!parts.includes(m)) parts.push(m);
+    // Node suggests a Node flag for untrusted certificates; the fix for kedge is KEDGE_KAFKA_CA_FILE.
+    const msg = String(cur.message ?? String(cur)).replace(/; if the root CA is installed locally, try running Node\.js with --use-system-ca/, '');
+    if (seen.has(msg)) continue;
+    seen.add(msg);
+    parts.push(`${cur.type ?? cur.name ?? 'Error'}: ${msg}`);
   }
-  return parts.join(' <- ').slice(0, 500);
+  const hint = securityHint(e);
+  return (hint ? `${hint} [${parts.join(' <- ')}]` : parts.join(' <- ')).slice(0, 600);
+}
+
+const TLS_HINTS: [RegExp, string][] = [
+  [/UNABLE_TO_VERIFY|SELF_SIGNED|UNABLE_TO_GET_ISSUER|CERT_UNTRUSTED|unable to verify|self[- ]signed certificate|unable to get (local )?issuer/i,
+    "TLS certificate error: Kafka's certificate is not signed by a CA kedge trusts (check KEDGE_KAFKA_CA_FILE)"],
+  [/ALTNAME|does not match certificate|Hostname\/IP does not match/i,
+    "TLS certificate error: Kafka's certificate does not name the address in KEDGE_KAFKA_BROKERS (use a name or IP the certificate lists)"],
+  [/CERT_HAS_EXPIRED|CERT_NOT_YET_VALID|certificate has expired|certificate is not yet valid/i,
+    "TLS certificate error: Kafka's certificate has expired or is not valid yet"],
+  [/alert (bad certificate|certificate unknown|certificate required|unknown ca|certificate expired)|ALERT_(BAD_CERTIFICATE|CERTIFICATE_UNKNOWN|CERTIFICATE_REQUIRED|UNKNOWN_CA|CERTIFICATE_EXPIRED)/i,
+    'TLS certificate error: Kafka refused kedge\'s client certificate (check KEDGE_KAFKA_CERT_FILE and KEDGE_KAFKA_KEY_FILE, and that Kafka trusts their CA)'],
+  [/WRONG_VERSION_NUMBER|wrong version number|packet length too long|unknown protocol/i,
+    'TLS error: the broker port does not speak TLS (point KEDGE_KAFKA_BROKERS at the TLS listener, or set KEDGE_KAFKA_TLS=false)'],
+];
+
+/** One line naming the thing to fix, for TLS and SASL failures anywhere in a kafkajs error chain; null otherwise. */
+export function securityHint(e: unknown, depth = 0): string | null {
+  const cur = e as { name?: unknown; type?: unknown; code?: unknown; message?: unknown; cause?: unknown; errors?: unknown } | null;
+  if (!cur || typeof cur !== 'object' || depth > 8) return null;
+  if (cur.type === 'UNSUPPORTED_SASL_MECHANISM') {
+    return 'authentication failed: Kafka does not offer KEDGE_KAFKA_SASL_MECHANISM on this listener (check the mechanism and KEDGE_KAFKA_BROKERS)';
+  }
+  if (cur.name === 'KafkaJSSASLAuthenticationError' || cur.type === 'SASL_AUTHENTICATION_FAILED') {
+    return 'authentication failed: Kafka refused the SASL username or password (check KEDGE_KAFKA_USERNAME, KEDGE_KAFKA_PASSWORD and KEDGE_KAFKA_SASL_MECHANISM)';
+  }
+  const text = `${String(cur.code ?? '')} ${String(cur.message ?? '')}`;
+  for (const [re, hint] of TLS_HINTS) if (re.test(text)) return hint;
+  if (Array.isArray(cur.errors)) {
+    for (const sub of cur.errors) {
+      const h = securityHint(sub, depth + 1);
+      if (h) return h;
+    }
+  }
+  return securityHint(cur.cause, depth + 1);
 }
 
 export class KafkaSink implements RecordSink {
@@ -85,6 +129,7 @@ export class KafkaSink implements RecordSink {
       clientId: opts.clientId,
       brokers: k.brokers,
       ssl,
+      ...(opts.socketFactory ? { socketFactory: opts.socketFactory } : {}),
       sasl: k.sasl ? ({ mechanism: k.sasl.mechanism, username: k.sasl.username, password: k.sasl.password } as SASLOptions) : undefined,
       connectionTimeout: 5000,
       authenticationTimeout: 5000,

@@ -333,6 +333,91 @@ export interface ExtraListener {
   props?: Record<string, string>
 }
 
+export type ScramMechanism = 'SCRAM-SHA-256' | 'SCRAM-SHA-512'
+
+export interface ScramUser {
+  mechanism: ScramMechanism
+  name: string
+  password: string
+}
+
+/**
+ * Secured listeners, each node: `SSL` (TLS, server authentication only), `MTLS` (TLS, client
+ * certificate required, signed by `tls.caFile`) and `SASL_SSL` (TLS plus SASL PLAIN and/or
+ * SCRAM-SHA-256/512). PLAINTEXT stays for inter-broker traffic, `bootstrap` and the harness.
+ * Address them with cluster.bootstrapFor(SECURE_LISTENERS.sasl) etc.
+ */
+export interface KafkaSecurityOptions {
+  /**
+   * PEM files. Kafka reads the key as PKCS#8, unencrypted, or encrypted with `keyPassword` (Java 17
+   * cannot decrypt openssl 3's default PBES2 encryption: "PBES2 SecretKeyFactory not available").
+   */
+  tls: { certFile: string; keyFile: string; keyPassword?: string; caFile: string }
+  /** SASL/PLAIN users (name → password), kept in the listener's JAAS config. */
+  plainUsers?: Record<string, string>
+  /** SCRAM credentials, written into the cluster metadata when the storage is formatted. */
+  scramUsers?: ScramUser[]
+}
+
+export const SECURE_LISTENERS = { tls: 'SSL', mtls: 'MTLS', sasl: 'SASL_SSL' } as const
+
+/** `kafka-storage format --add-scram` arguments for these users (the StorageTool syntax). */
+export function scramFormatArgs(users: readonly ScramUser[]): string[] {
+  const args: string[] = []
+  for (const u of users) {
+    // The tool's [name=…,password=…] syntax has no escaping for these.
+    for (const [what, v] of [['name', u.name], ['password', u.password]] as const) {
+      if (!/^[A-Za-z0-9._~!@#%^*+\-]+$/.test(v)) {
+        throw new KafkaHarnessError('KEDGE_KAFKA_OPTS', `SCRAM user ${what} ${JSON.stringify(v)} has characters the format tool cannot take (use letters, digits and ._~!@#%^*+-)`)
+      }
+    }
+    args.push('--add-scram', `${u.mechanism}=[name=${u.name},password=${u.password}]`)
+  }
+  return args
+}
+
+/** JAAS strings are double-quoted; a quote or backslash inside would end or escape them. */
+function jaasQuote(v: string): string {
+  if (/["\\\n]/.test(v)) throw new KafkaHarnessError('KEDGE_KAFKA_OPTS', `SASL/PLAIN credential ${JSON.stringify(v)} contains a quote, backslash or newline`)
+  return `"${v}"`
+}
+
+/** The listeners and their server.properties for `security`; `keystore` is the combined PEM key store file. */
+export function securityListeners(sec: KafkaSecurityOptions, keystore: string): ExtraListener[] {
+  const tlsProps: Record<string, string> = {
+    'ssl.keystore.type': 'PEM',
+    'ssl.keystore.location': keystore,
+    'ssl.truststore.type': 'PEM',
+    'ssl.truststore.location': sec.tls.caFile,
+    ...(sec.tls.keyPassword ? { 'ssl.key.password': sec.tls.keyPassword } : {}),
+  }
+  const mechanisms: string[] = []
+  const sasl: Record<string, string> = {}
+  const plain = Object.entries(sec.plainUsers ?? {})
+  if (plain.length > 0) {
+    mechanisms.push('PLAIN')
+    const users = plain.map(([name, pw]) => `user_${name}=${jaasQuote(pw)}`).join(' ')
+    sasl['listener.name.sasl_ssl.plain.sasl.jaas.config'] = `org.apache.kafka.common.security.plain.PlainLoginModule required ${users};`
+  }
+  for (const m of ['SCRAM-SHA-256', 'SCRAM-SHA-512'] as const) {
+    if (!(sec.scramUsers ?? []).some((u) => u.mechanism === m)) continue
+    mechanisms.push(m)
+    sasl[`listener.name.sasl_ssl.${m.toLowerCase()}.sasl.jaas.config`] = 'org.apache.kafka.common.security.scram.ScramLoginModule required;'
+  }
+  const listeners: ExtraListener[] = [
+    { name: SECURE_LISTENERS.tls, protocol: 'SSL', props: tlsProps },
+    { name: SECURE_LISTENERS.mtls, protocol: 'SSL', props: { 'listener.name.mtls.ssl.client.auth': 'required' } },
+  ]
+  if (mechanisms.length > 0) {
+    listeners.push({
+      name: SECURE_LISTENERS.sasl,
+      protocol: 'SASL_SSL',
+      props: { 'listener.name.sasl_ssl.sasl.enabled.mechanisms': mechanisms.join(','), ...sasl },
+    })
+  }
+  return listeners
+}
+
 export interface StartKafkaOptions {
   brokers?: 1 | 3
   /** Base folder for the node folders; default a new temp folder, removed by stop(). A given folder is kept. */
@@ -343,6 +428,8 @@ export interface StartKafkaOptions {
   listenersFn?: (node: NodeInfo) => ExtraListener[]
   /** Extra `kafka.tools.StorageTool format` arguments, e.g. `['--add-scram', 'SCRAM-SHA-256=[name=u,password=p]']`. */
   formatArgs?: string[]
+  /** TLS and SASL listeners (SSL, MTLS, SASL_SSL) on every node, and SCRAM users; see KafkaSecurityOptions. */
+  security?: KafkaSecurityOptions
   /** JVM max heap; default 512m for one broker, 384m per node for three. */
   heap?: string
   /**
@@ -494,7 +581,14 @@ async function startKafkaOnce(opts: StartKafkaOptions): Promise<KafkaCluster> {
     const voters = infos.map((n) => `${n.id}@${HOST}:${n.controllerPort}`).join(',')
 
     for (const info of infos) {
-      const extra = opts.listenersFn?.(info) ?? []
+      const extra = [...(opts.listenersFn?.(info) ?? [])]
+      if (opts.security) {
+        // One PEM file holding the key and the certificate chain: Kafka's file-based PEM key store.
+        const keystore = path.join(info.dir, 'keystore.pem')
+        await fsp.mkdir(info.dir, { recursive: true })
+        await fsp.writeFile(keystore, fs.readFileSync(opts.security.tls.keyFile, 'utf8').trimEnd() + '\n' + fs.readFileSync(opts.security.tls.certFile, 'utf8'), { mode: 0o600 })
+        extra.push(...securityListeners(opts.security, keystore))
+      }
       const needPorts = extra.filter((l) => l.port === undefined).length
       const extraPorts = needPorts ? await freePorts(needPorts, taken) : []
       extraPorts.forEach((p) => taken.add(p))
@@ -573,6 +667,7 @@ async function startKafkaOnce(opts: StartKafkaOptions): Promise<KafkaCluster> {
           '-t', clusterId,
           '-c', path.join(node.dir, 'server.properties'),
           ...(opts.formatArgs ?? []),
+          ...scramFormatArgs(opts.security?.scramUsers ?? []),
         ], { timeoutMs: 120_000 })
         cds.onExit(res.code === null ? 'SIGKILL' : null)
         await fsp.writeFile(path.join(node.dir, 'format.log'), res.output)
