@@ -5,6 +5,7 @@
  * as a child process; Kafka is an unreachable address (events simply stay in the log).
  */
 import t from 'tap';
+import { spawnSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import mqtt from 'mqtt';
@@ -186,6 +187,17 @@ t.test('HTTPS and MQTTS listeners', async (t) => {
     const err = await request(`${https}/healthz`, { dispatcher: plainAgent }).then(() => null, (e: Error & { code?: string }) => e);
     t.ok(err, 'refused');
     t.match(err?.code ?? err?.message, /UNABLE_TO_VERIFY|SELF_SIGNED|CERT/i, `certificate error: ${err?.code} ${err?.message}`);
+  });
+
+  await t.test('kedge status reaches the HTTPS listener by pinning its own certificate', async (t) => {
+    const env = { PATH: process.env.PATH ?? '', KEDGE_HTTP_LISTEN: `127.0.0.1:${httpPort}`, KEDGE_HTTP_TLS_CERT: certs.serverCertFile, KEDGE_HTTP_TLS_KEY: certs.serverKeyFile };
+    const ok = spawnSync(process.execPath, [...CLI.slice(1), 'status', '--json'], { env, encoding: 'utf8', timeout: 30_000 });
+    t.not(ok.status, 3, `reachable (exit ${ok.status}; ${ok.stderr.trim()})`);
+    t.equal(JSON.parse(ok.stdout).backlog.events, 1, 'the status of this agent');
+    // Another certificate in KEDGE_HTTP_TLS_CERT (the client one, same CA): the pin refuses the listener.
+    const wrong = spawnSync(process.execPath, [...CLI.slice(1), 'status'], { env: { ...env, KEDGE_HTTP_TLS_CERT: certs.clientCertFile, KEDGE_HTTP_TLS_KEY: certs.clientKeyFile }, encoding: 'utf8', timeout: 30_000 });
+    t.equal(wrong.status, 3, 'a different certificate: unreachable');
+    t.match(wrong.stderr, /not the one in KEDGE_HTTP_TLS_CERT/, wrong.stderr.trim());
   });
 
   await t.test('plain HTTP to the TLS port is refused, nothing stored', async (t) => {

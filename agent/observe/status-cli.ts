@@ -3,7 +3,9 @@
  * API (undici) and summarises. The exit code makes it a health check:
  * 0 healthy, 1 degraded (Kafka link degraded or down), 3 unreachable.
  */
-import { request } from 'undici';
+import { readFileSync } from 'node:fs';
+import { request, type Dispatcher } from 'undici';
+import { pinnedDispatcher } from './local-tls.ts';
 import type { Config } from '../config.ts';
 import { formatBytes, formatDuration } from '../units.ts';
 
@@ -53,9 +55,9 @@ export function exitCodeFor(s: StatusDoc): number {
   return HEALTHY_LINK_STATES.has(s.link?.state) ? STATUS_EXIT.healthy : STATUS_EXIT.degraded;
 }
 
-async function fetchStatus(url: string): Promise<Fetched> {
+async function fetchStatus(url: string, dispatcher?: Dispatcher): Promise<Fetched> {
   try {
-    const res = await request(url, { headersTimeout: 5_000, bodyTimeout: 5_000 });
+    const res = await request(url, { headersTimeout: 5_000, bodyTimeout: 5_000, dispatcher });
     if (res.statusCode !== 200) {
       await res.body.dump();
       return { ok: false, error: `HTTP ${res.statusCode}` };
@@ -140,8 +142,25 @@ export async function runStatus(cfg: Config, opts: StatusCliOptions): Promise<nu
     return STATUS_EXIT.unreachable;
   }
   const out = opts.out ?? process.stdout;
-  if (opts.watch) return watch(url, opts, out);
-  const r = await fetchStatus(url);
+  let dispatcher: Dispatcher | undefined;
+  if (cfg.http.tlsCert) {
+    try {
+      dispatcher = pinnedDispatcher(readFileSync(cfg.http.tlsCert), cfg.http.tlsCert);
+    } catch (e) {
+      process.stderr.write(`kedge: cannot read KEDGE_HTTP_TLS_CERT ${cfg.http.tlsCert} (${(e as NodeJS.ErrnoException).code ?? (e as Error).message}); status needs it to reach the HTTPS listener\n`);
+      return STATUS_EXIT.unreachable;
+    }
+  }
+  try {
+    if (opts.watch) return await watch(url, opts, out, dispatcher);
+    return await once(url, opts, out, dispatcher);
+  } finally {
+    await dispatcher?.close();
+  }
+}
+
+async function once(url: string, opts: StatusCliOptions, out: NodeJS.WriteStream, dispatcher: Dispatcher | undefined): Promise<number> {
+  const r = await fetchStatus(url, dispatcher);
   if (!r.ok) {
     process.stderr.write(`kedge: no answer from the agent at ${url}: ${r.error} (is the service running?)\n`);
     return STATUS_EXIT.unreachable;
@@ -155,7 +174,7 @@ export async function runStatus(cfg: Config, opts: StatusCliOptions): Promise<nu
  * Ctrl-C or `count` screens. While a backlog drains, a progress bar measures it against the
  * largest backlog seen since the watch began.
  */
-async function watch(url: string, opts: StatusCliOptions, out: NodeJS.WriteStream): Promise<number> {
+async function watch(url: string, opts: StatusCliOptions, out: NodeJS.WriteStream, dispatcher: Dispatcher | undefined): Promise<number> {
   const tty = Boolean(out.isTTY) && !opts.json;
   let stopped = false;
   let wake: (() => void) | null = null;
@@ -170,7 +189,7 @@ async function watch(url: string, opts: StatusCliOptions, out: NodeJS.WriteStrea
     for (let n = 0; !stopped && (opts.count === null || n < opts.count); n++) {
       if (n > 0) await new Promise<void>((r) => { const t = setTimeout(r, 1_000); wake = () => { clearTimeout(t); r(); }; });
       if (stopped) break;
-      const r = await fetchStatus(url);
+      const r = await fetchStatus(url, dispatcher);
       if (!r.ok) {
         code = STATUS_EXIT.unreachable;
         const msg = `no answer from the agent at ${url}: ${r.error}`;
