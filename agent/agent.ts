@@ -9,15 +9,18 @@ import { redactedConfig, type Config } from './config.ts';
 import { openLog } from './log/index.ts';
 import type { EventLog } from './log/types.ts';
 import { IngestSink } from './ingest/sink.ts';
-import { HttpIngest } from './ingest/http.ts';
+import { DEFAULT_HTTP_LIMITS, HttpIngest, type HttpLimits } from './ingest/http.ts';
 import { MqttClientIngest } from './ingest/mqtt-client.ts';
 import { MqttBrokerIngest } from './ingest/mqtt-broker.ts';
 import { Forwarder } from './forward/forwarder.ts';
 import { KafkaSink } from './forward/kafka-producer.ts';
+import { WireMeter } from './forward/wire-meter.ts';
 import { kafkaCompression } from './forward/codecs.ts';
 import { Metrics } from './observe/metrics.ts';
 import type { Logger } from './observe/logger.ts';
 import { buildStatus, RateMeter } from './observe/status.ts';
+import { DropTracker } from './observe/drops.ts';
+import { Heartbeat } from './observe/heartbeat.ts';
 import { KEDGE_VERSION } from './version.ts';
 
 export interface AgentTuning {
@@ -30,6 +33,12 @@ export interface AgentTuning {
   unknownTopicGraceMs: number;
   /** SIGTERM: everything must be closed within this. */
   stopDeadlineMs: number;
+  /** HTTP timeouts and connection cap (slow and idle clients); see HttpLimits. */
+  httpLimits: HttpLimits;
+  /** Embedded MQTT broker: time a new connection gets to send CONNECT. */
+  mqttConnectTimeoutMs: number;
+  /** Wall clock for transfer windows (tests inject a fake one); default Date.now. */
+  now?: () => number;
 }
 
 export const DEFAULT_TUNING: AgentTuning = {
@@ -41,19 +50,9 @@ export const DEFAULT_TUNING: AgentTuning = {
   backoffMaxMs: 30_000,
   stopDeadlineMs: 9_000,
   unknownTopicGraceMs: 120_000,
+  httpLimits: DEFAULT_HTTP_LIMITS,
+  mqttConnectTimeoutMs: 10_000,
 };
-
-/** Settings this version parses but does not act on yet: refusing them beats ignoring them. */
-export function unsupportedSettings(cfg: Config): string[] {
-  const p: string[] = [];
-  const no = (name: string, what: string) => p.push(`${name} is set, but ${what} is not available in kedge ${KEDGE_VERSION} yet; unset it`);
-  if (cfg.forward.rate !== null) no('KEDGE_FORWARD_RATE', 'the uplink rate cap');
-  if (cfg.forward.windows.length > 0) no('KEDGE_FORWARD_WINDOWS', 'transfer windows');
-  if (cfg.forward.priorityTopics.length > 0) no('KEDGE_PRIORITY_TOPICS', 'priority forwarding');
-  if (cfg.retention.maxAge !== null) no('KEDGE_RETENTION', 'age-based retention');
-  if (cfg.retention.whenFull !== 'drop-oldest') no('KEDGE_WHEN_FULL', 'the reject-new quota policy');
-  return p;
-}
 
 export class Agent {
   readonly cfg: Config;
@@ -65,6 +64,8 @@ export class Agent {
   private forwarder: Forwarder | null = null;
   private sink: IngestSink | null = null;
   private rates: RateMeter | null = null;
+  private drops: DropTracker | null = null;
+  private heartbeat: Heartbeat | null = null;
   private mqttClient: MqttClientIngest | null = null;
   private mqttBroker: MqttBrokerIngest | null = null;
   mqttAddress: AddressInfo | null = null;
@@ -82,7 +83,14 @@ export class Agent {
   async start(): Promise<void> {
     const cfg = this.cfg;
     const compression = kafkaCompression(cfg.kafka.compression);
-    const log = await openLog({ dir: cfg.dataDir, driver: cfg.storage, sync: cfg.sync });
+    const log = await openLog({
+      dir: cfg.dataDir, driver: cfg.storage, sync: cfg.sync,
+      quotaBytes: cfg.retention.diskQuota, whenFull: cfg.retention.whenFull, retentionMs: cfg.retention.maxAge,
+    });
+    // Before anything else: retention may drop at the first tick after open.
+    const drops = new DropTracker(this.metrics, this.logger);
+    this.drops = drops;
+    log.onDrop((d) => drops.record(d));
     this.log = log;
     this.agentId = cfg.agentId ?? log.meta('agent_id') ?? generateAgentId();
     if (log.meta('agent_id') !== this.agentId) log.setMeta('agent_id', this.agentId);
@@ -90,10 +98,11 @@ export class Agent {
     const stats = log.stats();
     this.logger.info({ agentId: this.agentId, dataDir: cfg.dataDir, storage: cfg.storage, sync: cfg.sync, backlog: stats.backlogEvents, lastSeq: stats.lastSeq }, 'log open');
 
-    this.sink = new IngestSink(log, this.metrics);
+    this.sink = new IngestSink(log, this.metrics, cfg.forward.priorityTopics);
+    const wire = new WireMeter();
     this.forwarder = new Forwarder({
       log,
-      sink: new KafkaSink({ kafka: cfg.kafka, clientId: `kedge-${this.agentId}`, compression, requestTimeoutMs: this.tuning.requestTimeoutMs, logger: this.logger }),
+      sink: new KafkaSink({ kafka: cfg.kafka, clientId: `kedge-${this.agentId}`, compression, requestTimeoutMs: this.tuning.requestTimeoutMs, logger: this.logger, socketFactory: wire.socketFactory() }),
       agentId: this.agentId,
       topicPrefix: cfg.kafka.topicPrefix,
       maxBatchEvents: this.tuning.maxBatchEvents,
@@ -104,6 +113,10 @@ export class Agent {
       unknownTopicGraceMs: this.tuning.unknownTopicGraceMs,
       metrics: this.metrics,
       logger: this.logger,
+      windows: cfg.forward.windows,
+      rateBytesPerSecond: cfg.forward.rate,
+      wire,
+      now: this.tuning.now,
     });
     const fwd = this.forwarder;
     this.metrics.bindSources(log, fwd);
@@ -111,8 +124,9 @@ export class Agent {
     this.rates.start();
     const rates = this.rates;
     const status = () => ({
-      ...buildStatus({ agentId: this.agentId, version: KEDGE_VERSION, startedAt: this.startedAt, log, forwarder: () => fwd.status(), config: redactedConfig(cfg), warnings: () => this.warnings }, rates),
+      ...buildStatus({ agentId: this.agentId, version: KEDGE_VERSION, startedAt: this.startedAt, log, forwarder: () => fwd.status(), config: redactedConfig(cfg), warnings: () => this.warnings, drops: () => drops.summary() }, rates),
       mqtt: { client: this.mqttClient?.status() ?? null, broker: this.mqttBroker?.status() ?? null },
+      heartbeat: this.heartbeat?.status() ?? null,
     });
 
     if (cfg.http.listen) {
@@ -130,6 +144,7 @@ export class Agent {
         sink: this.sink,
         metrics: this.metrics,
         logger: this.logger,
+        limits: this.tuning.httpLimits,
         api: {
           status,
           metrics: async () => ({ contentType: this.metrics.registry.contentType, body: await this.metrics.registry.metrics() }),
@@ -151,6 +166,7 @@ export class Agent {
         listen: cfg.mqtt.listen, username: cfg.mqtt.username, password: cfg.mqtt.password, kafkaTopic: cfg.mqtt.kafkaTopic,
         topicPrefixLength: cfg.kafka.topicPrefix.length, maxPayload: cfg.mqtt.maxPayload, tlsCert: cfg.mqtt.tlsCert, tlsKey: cfg.mqtt.tlsKey,
         agentId: this.agentId, sink: this.sink, metrics: this.metrics, logger: this.logger,
+        connectTimeoutMs: this.tuning.mqttConnectTimeoutMs,
       });
       this.mqttAddress = await this.mqttBroker.start();
     }
@@ -164,6 +180,21 @@ export class Agent {
       await this.mqttClient.start();
     }
     fwd.start();
+    if (cfg.heartbeat.topic) {
+      this.heartbeat = new Heartbeat({
+        // Prefixed like every topic kedge writes: prefix-scoped ACLs then cover it too.
+        topic: cfg.kafka.topicPrefix + cfg.heartbeat.topic,
+        intervalMs: cfg.heartbeat.intervalMs,
+        agentId: this.agentId,
+        // Its own producer and connections: a heartbeat never queues behind a forwarder batch.
+        sink: new KafkaSink({ kafka: cfg.kafka, clientId: `kedge-${this.agentId}-heartbeat`, compression, requestTimeoutMs: 10_000, logger: this.logger, socketFactory: wire.socketFactory() }),
+        link: () => fwd.status(),
+        status,
+        logger: this.logger,
+        sendTimeoutMs: 15_000,
+      });
+      this.heartbeat.start();
+    }
   }
 
   /**
@@ -178,9 +209,11 @@ export class Agent {
       withTimeout(this.mqttBroker?.stop() ?? Promise.resolve(), 4_000),
     ]);
     await withTimeout(this.http?.stop() ?? Promise.resolve(), 3_000);
+    await withTimeout(this.heartbeat?.stop() ?? Promise.resolve(), 2_500);
     await withTimeout(this.forwarder?.stop() ?? Promise.resolve(), Math.max(500, deadline - Date.now() - 1_500));
     this.rates?.stop();
     await this.log?.close();
+    this.drops?.stop();
     this.log = null;
   }
 }

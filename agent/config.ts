@@ -802,5 +802,5 @@ function configToEnv(cfg: Config): Record<EnvVarName, string> {
 /** Quotes a value only when the env-file parser would otherwise change it. */
 function quoteEnvValue(value: string): string {
   if (/^[A-Za-z0-9_.:/,@%+=[\]#*-]*$/.test(value)) return value;
-  return `"${value.replace(/[\\"$`]/g, (c) => `\\${c}`).replace(/\n/g, '\\n').replace(/\t/g, '\\t')}"`;
+  return `"${value.replace(/[\\"$`]/g, (c) => `\\${c}`).replace(/\n/g, '\\n').replace(/\t/g, '\\t').replace(/\r/g, '\\r')}"`;
 }

@@ -5,11 +5,11 @@
 import { createServer as createHttpServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import { createServer as createHttpsServer } from 'node:https';
 import { readFileSync } from 'node:fs';
-import type { AddressInfo } from 'node:net';
+import type { AddressInfo, Socket } from 'node:net';
 import { isValidTopic } from '../config.ts';
 import type { ListenAddress } from '../config.ts';
 import { LogWriteError } from '../log/types.ts';
-import type { Logger } from '../observe/logger.ts';
+import { RateLimitedLog, type Logger } from '../observe/logger.ts';
 import type { Metrics } from '../observe/metrics.ts';
 import { bodyKind, eventsFromBody } from './bodies.ts';
 import { IngestError } from './errors.ts';
@@ -37,13 +37,36 @@ export interface HttpIngestOptions {
   api: ApiHandlers;
   metrics: Metrics;
   logger: Logger;
+  /** Protection against slow and idle clients; defaults in DEFAULT_HTTP_LIMITS (tests shorten them). */
+  limits?: Partial<HttpLimits>;
 }
+
+/** Timeouts and the connection cap that keep slow or idle clients from pinning the agent. */
+export interface HttpLimits {
+  /** A connection must deliver a request's complete headers within this (else 408 and closed). */
+  headersTimeoutMs: number;
+  /** ... and the complete request, body included (a body trickled byte by byte is cut off). */
+  requestTimeoutMs: number;
+  /** An idle keep-alive connection is closed after this. */
+  keepAliveTimeoutMs: number;
+  /** Open connections beyond this are closed at once (the OS backlog is not an unbounded queue). */
+  maxConnections: number;
+}
+
+export const DEFAULT_HTTP_LIMITS: HttpLimits = {
+  headersTimeoutMs: 10_000,
+  requestTimeoutMs: 30_000,
+  keepAliveTimeoutMs: 30_000,
+  maxConnections: 512,
+};
 
 const TOPIC_PATH = /^\/v1\/topics\/([^/]*)$/;
 const REST_PROXY_PATH = /^\/topics\/([^/]*)$/;
 
 export class HttpIngest {
   private readonly opts: HttpIngestOptions;
+  /** A full disk or quota refuses every request: one line a minute with the count, not one per request. */
+  private readonly refusedLog = new RateLimitedLog(60_000);
   private server: Server | null = null;
 
   constructor(opts: HttpIngestOptions) {
@@ -59,17 +82,39 @@ export class HttpIngest {
         else res.destroy();
       });
     };
+    const lim = { ...DEFAULT_HTTP_LIMITS, ...o.limits };
     const serverOpts = {
-      // Slow or idle clients must not pin resources for ever.
-      requestTimeout: 60_000,
-      headersTimeout: 20_000,
-      keepAliveTimeout: 30_000,
+      // Slow or idle clients must not pin resources for ever. Node starts these
+      // clocks at a request's first byte; a connection that never sends one is
+      // closed by the silent-connection timer below.
+      requestTimeout: lim.requestTimeoutMs,
+      headersTimeout: lim.headersTimeoutMs,
+      keepAliveTimeout: lim.keepAliveTimeoutMs,
+      // Node checks the two timeouts above only every connectionsCheckingInterval
+      // (default 30 s, which would double them); check often, it is a cheap list walk.
+      connectionsCheckingInterval: Math.max(100, Math.min(1_000, Math.floor(lim.headersTimeoutMs / 4))),
       maxHeaderSize: 16 * 1024,
     };
     this.server = o.tlsCert && o.tlsKey
-      ? createHttpsServer({ ...serverOpts, cert: readFileSync(o.tlsCert), key: readFileSync(o.tlsKey) }, handler)
+      ? createHttpsServer({ ...serverOpts, handshakeTimeout: lim.headersTimeoutMs, cert: readFileSync(o.tlsCert), key: readFileSync(o.tlsKey) }, handler)
       : createHttpServer(serverOpts, handler);
-    this.server.maxConnections = 2048;
+    this.server.maxConnections = lim.maxConnections;
+    // Measured: Node's headersTimeout never fires for a connection that sends
+    // nothing at all, so a thousand silent sockets would hold every slot under
+    // maxConnections for ever. A connection that has not delivered a complete
+    // request head within headersTimeout is closed. (socket.bytesRead cannot
+    // tell: the HTTP parser reads the socket natively and it stays 0.)
+    const served = new WeakSet<object>();
+    this.server.on('request', (req: IncomingMessage) => served.add(req.socket));
+    const guard = (socket: Socket) => {
+      const timer = setTimeout(() => {
+        if (!served.has(socket)) socket.destroy();
+      }, lim.headersTimeoutMs);
+      timer.unref();
+      socket.once('close', () => clearTimeout(timer));
+    };
+    // With TLS, a silent TCP connection is closed by handshakeTimeout; the guard starts after the handshake.
+    this.server.on(o.tlsCert && o.tlsKey ? 'secureConnection' : 'connection', guard);
     const server = this.server;
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject);
@@ -146,7 +191,8 @@ export class HttpIngest {
         result = await o.sink.submit(events);
       } catch (e) {
         if (e instanceof LogWriteError) {
-          o.logger.warn({ err: e.message, code: e.code }, 'append refused');
+          const suppressed = this.refusedLog.shouldLog();
+          if (suppressed >= 0) o.logger.warn({ err: e.message, code: e.code, suppressed }, 'append refused: request answered with an error, nothing stored');
           if (e.code === 'KEDGE_DISK_FULL' || e.code === 'KEDGE_QUOTA_FULL') throw new IngestError(507, 'insufficient_storage', e.message, { 'retry-after': '30' });
           throw new IngestError(503, 'log_unavailable', e.message, { 'retry-after': '5' });
         }

@@ -45,6 +45,8 @@ export interface MqttBrokerIngestOptions {
   logger: Logger;
   /** Time a new connection gets to send CONNECT; default 10 s. */
   connectTimeoutMs?: number;
+  /** Open TCP connections beyond this are closed at once; default 1024. */
+  maxConnections?: number;
   /** `stop()` waits at most this long for appends in flight to commit and be acknowledged; default 5 s. */
   drainTimeoutMs?: number;
 }
@@ -74,6 +76,34 @@ const SYS_PREFIX = '$SYS/';
 
 class OversizeError extends Error {
   readonly code = 'KEDGE_MQTT_OVERSIZE';
+}
+
+/** A PUBLISH kedge refused on purpose ($SYS/, shutting down): counted as a refusal, not a protocol error. */
+class PublishRefusedError extends Error {
+  readonly code = 'KEDGE_MQTT_REFUSED';
+}
+
+/** A PUBLISH whose topic is ill-formed UTF-8 or holds U+0000: MQTT 3.1.1 [MQTT-1.5.3-1/2] says close the connection. */
+class MalformedTopicError extends Error {}
+
+/** Errors the packet parser raised for a connection (an unparsable packet). */
+const parseErrors = new WeakSet<Error>();
+
+/**
+ * Which protocol error an aedes connection error is, or null when it is not
+ * the client breaking MQTT: socket errors (ECONNRESET), kedge's own refusals
+ * (oversize, log, $SYS/, shutdown) and bad credentials are counted elsewhere.
+ */
+function protocolErrorKind(err: Error & { code?: unknown; errorCode?: unknown }): string | null {
+  if (parseErrors.has(err)) return err instanceof OversizeError ? null : 'malformed';
+  if (err instanceof MalformedTopicError) return 'malformed';
+  if (typeof err.code === 'string') return null;
+  if (err.errorCode === 4 || err.errorCode === 5) return null;
+  if (err.message === 'connect did not arrive in time') return 'connect_timeout';
+  if (err.message === 'keep alive timeout') return 'keepalive_timeout';
+  // A packet before CONNECT, a second CONNECT ("Invalid protocol"), an unacceptable protocol level
+  // (CONNACK code 1..3), a wildcard or empty topic in a PUBLISH: whatever aedes refused in the packet stream.
+  return 'protocol';
 }
 
 export class MqttBrokerIngest {
@@ -177,6 +207,8 @@ export class MqttBrokerIngest {
       throw new Error(`KEDGE_MQTT_LISTEN ${o.listen.host}:${o.listen.port}: ${why}`, { cause: err });
     }
     server.on('error', (err) => this.noteError(`listener: ${err.message}`));
+    // Past the cap the OS still accepts, Node closes at once: idle sockets cannot exhaust file descriptors.
+    server.maxConnections = o.maxConnections ?? 1024;
     this.address = server.address() as AddressInfo;
     this.setState('listening');
     this.logger.info({ listen: `${this.address.address}:${this.address.port}`, tls: this.tls, auth: this.opts.username !== null }, 'embedded MQTT broker listening');
@@ -261,7 +293,9 @@ export class MqttBrokerIngest {
     const parser = client._parser;
     if (!parser) return;
     // A parse error ends the connection (aedes closes it): count it as malformed, except our own oversize refusal.
-    parser.on('error', (err: Error) => {
+    // prependListener: the mark must be set before aedes' own listener reports the error as connectionError.
+    parser.prependListener('error', (err: Error) => {
+      parseErrors.add(err);
       if (!(err instanceof OversizeError)) this.refuse('malformed');
     });
     if (typeof parser._parseLength !== 'function' || typeof parser._emitError !== 'function') return;
@@ -312,10 +346,17 @@ export class MqttBrokerIngest {
       }
     };
     const topic = packet.topic;
+    // The parser decodes topics leniently: ill-formed UTF-8 arrives as U+FFFD. Storing it would
+    // invent a topic the publisher never sent; MQTT says close the connection, and so we do.
+    if (topic.includes('\uFFFD') || topic.includes('\u0000')) {
+      this.refuse('malformed');
+      done(new MalformedTopicError('PUBLISH topic is not well-formed UTF-8 (or contains U+0000)'));
+      return;
+    }
     if (topic.startsWith(SYS_PREFIX)) {
       // aedes' own default rule, kept: $SYS/ is the broker's.
       this.refuse('sys-topic');
-      done(new Error(`${SYS_PREFIX} topic is reserved`));
+      done(new PublishRefusedError(`${SYS_PREFIX} topic is reserved`));
       return;
     }
     this.counts.received++;
@@ -329,7 +370,7 @@ export class MqttBrokerIngest {
     if (this.stopping || !this.opts.sink.ready) {
       // No ack: the connection closes and the publisher resends to the next kedge.
       this.refuse('stopping');
-      done(new Error('kedge is shutting down'));
+      done(new PublishRefusedError('kedge is shutting down'));
       return;
     }
     const broker = this.broker;
@@ -389,6 +430,8 @@ export class MqttBrokerIngest {
   }
 
   private onClientError(client: Client | null, err: Error): void {
+    const kind = protocolErrorKind(err);
+    if (kind !== null) this.opts.metrics.mqttProtocolErrors.inc({ kind });
     if (err instanceof OversizeError) return; // counted and logged where it was detected
     const n = this.logs.client.shouldLog();
     if (n >= 0) this.logger.info({ clientId: client?.id ?? null, remote: client ? remoteOf(client) : undefined, err: err.message, suppressed: n }, 'MQTT client connection closed on error');
@@ -416,7 +459,7 @@ interface ParserInternals {
   packet: { cmd: string; length: number };
   _parseLength(): boolean;
   _emitError(err: Error): void;
-  on(event: 'error', listener: (err: Error) => void): unknown;
+  prependListener(event: 'error', listener: (err: Error) => void): unknown;
 }
 
 /** aedes-persistence's QoS 2 store of packets awaiting PUBREL (untyped in aedes' declarations). */

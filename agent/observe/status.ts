@@ -2,8 +2,9 @@
  * `/v1/status`: what an operator checks first. Rates are measured over a
  * sliding window from the counters the log keeps, so they need no per-event work.
  */
-import type { EventLog } from '../log/types.ts';
+import type { EventLog, LogStats } from '../log/types.ts';
 import type { ForwarderStatus } from '../forward/forwarder.ts';
+import type { DropSummary } from './drops.ts';
 
 export interface StatusSources {
   agentId: string;
@@ -13,15 +14,18 @@ export interface StatusSources {
   forwarder: () => ForwarderStatus;
   config: Record<string, unknown>;
   warnings: () => string[];
+  /** What the log dropped (quota, retention) since start; without it only the count is shown. */
+  drops?: () => DropSummary;
 }
 
 interface Sample {
   t: number;
   lastSeq: number;
-  cursor: number;
+  /** Events acknowledged by Kafka (monotonic). */
+  forwarded: number;
 }
 
-/** Samples seq positions every few seconds; ingest rate = seq growth, forward rate = cursor growth. */
+/** Samples counters every few seconds; ingest rate = seq growth, forward rate = growth of the forwarded count. */
 export class RateMeter {
   private readonly samples: Sample[] = [];
   private readonly log: EventLog;
@@ -42,24 +46,52 @@ export class RateMeter {
   private sample(): void {
     const s = this.log.stats();
     const now = Date.now();
-    this.samples.push({ t: now, lastSeq: s.lastSeq, cursor: s.cursor });
+    this.samples.push({ t: now, lastSeq: s.lastSeq, forwarded: forwardedCount(s) });
     while (this.samples.length > 2 && now - this.samples[0].t > this.windowMs) this.samples.shift();
   }
-  /** Events per second over the window: [ingest, forward]. */
-  rates(): { ingest: number; forward: number } {
+  /** Events per second over the window (or the last `windowMs` of it): [ingest, forward]. */
+  rates(windowMs = this.windowMs): { ingest: number; forward: number } {
     const s = this.log.stats();
-    const first = this.samples[0];
+    const now = Date.now();
+    const first = this.samples.find((x) => now - x.t <= windowMs) ?? this.samples[this.samples.length - 1];
     if (!first) return { ingest: 0, forward: 0 };
     const dt = (Date.now() - first.t) / 1000;
     if (dt < 0.5) return { ingest: 0, forward: 0 };
-    return { ingest: (s.lastSeq - first.lastSeq) / dt, forward: (s.cursor - first.cursor) / dt };
+    return { ingest: (s.lastSeq - first.lastSeq) / dt, forward: (forwardedCount(s) - first.forwarded) / dt };
+  }
+  /**
+   * Forward rate of the current drain, over at most `windowMs`: measured from the first sample
+   * after the last idle stretch, so a drain that just began is not averaged with the pause before it.
+   * 0 when nothing was forwarded lately (or too little time to tell).
+   */
+  drainRate(windowMs: number): number {
+    const now = Date.now();
+    let from: Sample | null = null;
+    for (let i = this.samples.length - 1; i >= 0; i--) {
+      const x = this.samples[i];
+      if (now - x.t > windowMs) break;
+      from = x;
+      if (i > 0 && this.samples[i - 1].forwarded === x.forwarded) break;
+    }
+    if (!from) return 0;
+    const dt = (now - from.t) / 1000;
+    return dt < 0.5 ? 0 : (forwardedCount(this.log.stats()) - from.forwarded) / dt;
   }
 }
+
+/** Before the log counts forwarded events itself, the (single-lane) cursor's growth is the count. */
+function forwardedCount(s: LogStats): number {
+  return s.forwardedEvents ?? s.cursor;
+}
+
+/** The ETA uses the rate of the last few seconds of the current drain (see RateMeter.drainRate). */
+export const ETA_RATE_WINDOW_MS = 10_000;
 
 export function buildStatus(src: StatusSources, rates: RateMeter) {
   const s = src.log.stats();
   const now = Date.now();
   const r = rates.rates();
+  const recentForward = rates.drainRate(ETA_RATE_WINDOW_MS);
   const fwd = src.forwarder();
   return {
     agent_id: src.agentId,
@@ -73,17 +105,28 @@ export function buildStatus(src: StatusSources, rates: RateMeter) {
       last_forward_at: fwd.lastForwardAt,
       paused: fwd.paused,
       consecutive_failures: fwd.consecutiveFailures,
+      rate_cap_bytes_per_second: fwd.rateCapBytesPerSecond,
+      wire_bytes_per_second: fwd.wireBytesPerSecond,
+      batch_bytes: fwd.batchBytes,
+      window: fwd.window === null ? null : { open: fwd.window.open, next_change_at: fwd.window.nextChangeAt },
+      history: fwd.history,
     },
     backlog: {
       events: s.backlogEvents,
       bytes: s.backlogBytes,
       oldest_age_seconds: s.oldestTs === null ? null : Math.max(0, (now - s.oldestTs) / 1000),
-      eta_seconds: s.backlogEvents === 0 ? 0 : r.forward > 0 ? Math.ceil(s.backlogEvents / r.forward) : null,
+      // null: not draining (link down, paused, or nothing forwarded in the last few seconds).
+      eta_seconds: s.backlogEvents === 0 ? 0 : recentForward > 0 ? Math.ceil(s.backlogEvents / recentForward) : null,
     },
     rates: { ingest_events_per_second: round(r.ingest), forward_events_per_second: round(r.forward) },
     log: { last_seq: s.lastSeq, cursor: s.cursor, commits: s.commits },
     dead_letters: { events: s.deadLetters, recent: src.log.listDeadLetters(10).map((d) => ({ seq: d.seq, topic: d.topic, reason: d.reason, dead_at: new Date(d.deadAt).toISOString(), bytes: d.value.length })) },
-    drops: { events: 0 },
+    drops: src.drops?.() ?? { events: s.droppedEvents ?? 0 },
+    disk: {
+      bytes: s.diskBytes ?? null,
+      quota_bytes: s.quotaBytes ?? null,
+      used_ratio: s.quotaBytes && s.diskBytes != null ? Math.round((s.diskBytes / s.quotaBytes) * 1000) / 1000 : null,
+    },
     warnings: src.warnings(),
   };
 }
