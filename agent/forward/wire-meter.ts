@@ -11,6 +11,7 @@
 import net from 'node:net';
 import tls from 'node:tls';
 import type { ISocketFactory } from 'kafkajs';
+import { CounterSampler } from '../observe/sampler.ts';
 
 // kafkajs' default (network/socketFactory.js) uses the same keep-alive delay.
 const KEEP_ALIVE_DELAY_MS = 60_000;
@@ -54,37 +55,21 @@ export class WireMeter {
 
 /** Bytes per second over the last `windowMs`, from periodic samples of a meter's total. */
 export class WireRate {
-  private readonly samples: Array<{ t: number; bytes: number }> = [];
-  private readonly meter: WireMeter;
-  private readonly windowMs: number;
-  private timer: NodeJS.Timeout | null = null;
+  private readonly sampler: CounterSampler<'bytes'>;
 
   constructor(meter: WireMeter, windowMs = 60_000) {
-    this.meter = meter;
-    this.windowMs = windowMs;
+    this.sampler = new CounterSampler(() => ({ bytes: meter.total() }), windowMs, () => performance.now());
   }
 
   start(intervalMs = 2_000): void {
-    this.sample();
-    this.timer = setInterval(() => this.sample(), intervalMs);
-    this.timer.unref();
+    this.sampler.start(intervalMs);
   }
 
   stop(): void {
-    if (this.timer) clearInterval(this.timer);
-    this.timer = null;
-  }
-
-  private sample(): void {
-    const t = performance.now();
-    this.samples.push({ t, bytes: this.meter.total() });
-    while (this.samples.length > 2 && t - this.samples[0].t > this.windowMs) this.samples.shift();
+    this.sampler.stop();
   }
 
   bytesPerSecond(): number {
-    const first = this.samples[0];
-    if (!first) return 0;
-    const dt = (performance.now() - first.t) / 1000;
-    return dt < 0.5 ? 0 : (this.meter.total() - first.bytes) / dt;
+    return this.sampler.rate('bytes');
   }
 }

@@ -2,9 +2,10 @@
  * `/v1/status`: what an operator checks first. Rates are measured over a
  * sliding window from the counters the log keeps, so they need no per-event work.
  */
-import type { EventLog, LogStats } from '../log/types.ts';
+import type { EventLog } from '../log/types.ts';
 import type { ForwarderStatus } from '../forward/forwarder.ts';
 import type { DropSummary } from './drops.ts';
+import { CounterSampler } from './sampler.ts';
 
 export interface StatusSources {
   agentId: string;
@@ -18,46 +19,24 @@ export interface StatusSources {
   drops?: () => DropSummary;
 }
 
-interface Sample {
-  t: number;
-  lastSeq: number;
-  /** Events acknowledged by Kafka (monotonic). */
-  forwarded: number;
-}
-
-/** Samples counters every few seconds; ingest rate = seq growth, forward rate = growth of the forwarded count. */
+/** Samples the log's counters every few seconds; ingest rate = seq growth, forward rate = growth of the forwarded count. */
 export class RateMeter {
-  private readonly samples: Sample[] = [];
-  private readonly log: EventLog;
-  private readonly windowMs: number;
-  private timer: NodeJS.Timeout | null = null;
+  private readonly sampler: CounterSampler<'lastSeq' | 'forwarded'>;
   constructor(log: EventLog, windowMs = 60_000) {
-    this.log = log;
-    this.windowMs = windowMs;
+    this.sampler = new CounterSampler(() => {
+      const s = log.stats();
+      return { lastSeq: s.lastSeq, forwarded: s.forwardedEvents };
+    }, windowMs);
   }
   start(intervalMs = 2_000): void {
-    this.sample();
-    this.timer = setInterval(() => this.sample(), intervalMs);
-    this.timer.unref();
+    this.sampler.start(intervalMs);
   }
   stop(): void {
-    if (this.timer) clearInterval(this.timer);
-  }
-  private sample(): void {
-    const s = this.log.stats();
-    const now = Date.now();
-    this.samples.push({ t: now, lastSeq: s.lastSeq, forwarded: forwardedCount(s) });
-    while (this.samples.length > 2 && now - this.samples[0].t > this.windowMs) this.samples.shift();
+    this.sampler.stop();
   }
   /** Events per second over the window (or the last `windowMs` of it): [ingest, forward]. */
-  rates(windowMs = this.windowMs): { ingest: number; forward: number } {
-    const s = this.log.stats();
-    const now = Date.now();
-    const first = this.samples.find((x) => now - x.t <= windowMs) ?? this.samples[this.samples.length - 1];
-    if (!first) return { ingest: 0, forward: 0 };
-    const dt = (Date.now() - first.t) / 1000;
-    if (dt < 0.5) return { ingest: 0, forward: 0 };
-    return { ingest: (s.lastSeq - first.lastSeq) / dt, forward: (forwardedCount(s) - first.forwarded) / dt };
+  rates(windowMs?: number): { ingest: number; forward: number } {
+    return { ingest: this.sampler.rate('lastSeq', windowMs), forward: this.sampler.rate('forwarded', windowMs) };
   }
   /**
    * Forward rate of the current drain, over at most `windowMs`: measured from the first sample
@@ -65,23 +44,17 @@ export class RateMeter {
    * 0 when nothing was forwarded lately (or too little time to tell).
    */
   drainRate(windowMs: number): number {
-    const now = Date.now();
-    let from: Sample | null = null;
-    for (let i = this.samples.length - 1; i >= 0; i--) {
-      const x = this.samples[i];
+    const list = this.sampler.samples;
+    const now = this.sampler.now();
+    let from: (typeof list)[number] | null = null;
+    for (let i = list.length - 1; i >= 0; i--) {
+      const x = list[i];
       if (now - x.t > windowMs) break;
       from = x;
-      if (i > 0 && this.samples[i - 1].forwarded === x.forwarded) break;
+      if (i > 0 && list[i - 1].v.forwarded === x.v.forwarded) break;
     }
-    if (!from) return 0;
-    const dt = (now - from.t) / 1000;
-    return dt < 0.5 ? 0 : (forwardedCount(this.log.stats()) - from.forwarded) / dt;
+    return from ? this.sampler.rate('forwarded', windowMs, from) : 0;
   }
-}
-
-/** Before the log counts forwarded events itself, the (single-lane) cursor's growth is the count. */
-function forwardedCount(s: LogStats): number {
-  return s.forwardedEvents ?? s.cursor;
 }
 
 /** The ETA uses the rate of the last few seconds of the current drain (see RateMeter.drainRate). */

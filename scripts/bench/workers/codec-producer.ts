@@ -9,6 +9,7 @@
  */
 import kafkajs from 'kafkajs';
 import { kafkaCompression } from '../../../agent/forward/codecs.ts';
+import { baselineProducer } from '../lib/baseline-producer.ts';
 import type { Compression } from '../../../agent/config.ts';
 import { TelemetryGenerator } from '../telemetry.ts';
 import { kedgeHeaders } from '../lib/records.ts';
@@ -34,21 +35,7 @@ export interface CodecProducerResult {
 
 async function run(c: CodecProducerConfig): Promise<CodecProducerResult> {
   const compression = kafkaCompression(c.compression);
-  const kafka = new kafkajs.Kafka({
-    clientId: 'kedge-bench-codec-baseline',
-    brokers: c.bootstrap.split(','),
-    connectionTimeout: 5000,
-    requestTimeout: 30_000,
-    retry: { retries: 3, initialRetryTime: 200, maxRetryTime: 2000 },
-    logLevel: kafkajs.logLevel.NOTHING,
-  });
-  const producer = kafka.producer({
-    idempotent: true,
-    maxInFlightRequests: 1,
-    allowAutoTopicCreation: true,
-    createPartitioner: kafkajs.Partitioners.DefaultPartitioner,
-    retry: { retries: 3, initialRetryTime: 200, maxRetryTime: 2000 },
-  });
+  const producer = baselineProducer('kedge-bench-codec-baseline', c.bootstrap);
   await producer.connect();
   // Made before the clock starts: kedge's events are in its log before its drain starts, too.
   const events = new TelemetryGenerator({ seed: c.seed }).take(c.count).map((e) => ({ key: Buffer.from(e.key), value: Buffer.from(e.value), headers: e.headers }));

@@ -6,8 +6,8 @@
  * one sendBatch after another, as kedge's forwarder does. What it does not do:
  * read SQLite, advance a cursor, delete forwarded rows.
  */
-import kafkajs from 'kafkajs';
 import { kafkaCompression } from '../../../agent/forward/codecs.ts';
+import { baselineProducer } from '../lib/baseline-producer.ts';
 import { valueBytes, keyFor, kedgeHeaders } from '../lib/records.ts';
 
 export interface KafkajsProducerConfig {
@@ -33,21 +33,7 @@ export interface KafkajsProducerResult {
 
 async function run(c: KafkajsProducerConfig): Promise<KafkajsProducerResult> {
   const compression = kafkaCompression('zstd');
-  const kafka = new kafkajs.Kafka({
-    clientId: 'kedge-bench-baseline',
-    brokers: c.bootstrap.split(','),
-    connectionTimeout: 5000,
-    requestTimeout: 30_000,
-    retry: { retries: 3, initialRetryTime: 200, maxRetryTime: 2000 },
-    logLevel: kafkajs.logLevel.NOTHING,
-  });
-  const producer = kafka.producer({
-    idempotent: true,
-    maxInFlightRequests: 1,
-    allowAutoTopicCreation: true,
-    createPartitioner: kafkajs.Partitioners.DefaultPartitioner,
-    retry: { retries: 3, initialRetryTime: 200, maxRetryTime: 2000 },
-  });
+  const producer = baselineProducer('kedge-bench-baseline', c.bootstrap);
   const tc = performance.now();
   await producer.connect();
   const connectMs = performance.now() - tc;
