@@ -464,6 +464,21 @@ for (const driver of DRIVERS) {
         fs.closeSync(fd);
         await t.rejects(open(dir), { name: 'LogOpenError', code: 'KEDGE_LOG_DAMAGED', message: new RegExp(file) });
       });
+
+      t.test('an emptied (0-byte) database of a data dir that held a log', async (t) => {
+        const dir = tmpDir(t);
+        const file = path.join(dir, DB_FILE);
+        const log = await open(dir);
+        await log.append([ev('t', 'kept until forwarded')]);
+        await log.close();
+        fs.truncateSync(file, 0); // what a power cut can leave on some file systems
+        await t.rejects(open(dir), { name: 'LogOpenError', code: 'KEDGE_LOG_DAMAGED', message: /empty \(0 bytes\)/ });
+        t.equal(fs.statSync(file).size, 0, 'left as it was');
+        fs.renameSync(file, `${file}.damaged`); // the fix the message gives
+        const fresh = await open(dir);
+        t.equal(fresh.stats().backlogEvents, 0, 'after moving it aside: a new, empty log');
+        await fresh.close();
+      });
     });
 
     t.test('kill -9 while appending loses no acknowledged event', async (t) => {

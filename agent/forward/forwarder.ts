@@ -115,6 +115,8 @@ export class Forwarder {
   private readonly backoff: Backoff;
   private readonly windows: TransferWindows;
   private readonly bucket: TokenBucket | null;
+  /** The pause setting changed but could not be saved yet (see persistPaused). */
+  private pausePending = false;
   /** performance.now() when the last batch send began (see chargeWire). */
   private sendStartedAt: number | null = null;
   private readonly wireRate: WireRate | null;
@@ -214,13 +216,31 @@ export class Forwarder {
   }
 
   /** Pausing is kept in the log's meta table, so it survives a restart. */
-  async setPaused(paused: boolean): Promise<void> {
-    if (this.paused === paused) return;
-    this.paused = paused;
-    this.o.log.setMeta('forwarding.paused', paused ? '1' : '0');
-    this.o.logger.info({ paused }, paused ? 'forwarding paused by operator' : 'forwarding resumed by operator');
-    this.refresh();
-    this.wake?.();
+  async setPaused(paused: boolean): Promise<{ persisted: boolean }> {
+    if (this.paused !== paused) {
+      // In memory first: on a full disk the operator must still be able to resume
+      // (that is when a drain is wanted most), even if the setting cannot be saved yet.
+      this.paused = paused;
+      this.o.logger.info({ paused }, paused ? 'forwarding paused by operator' : 'forwarding resumed by operator');
+      this.refresh();
+      this.wake?.();
+    }
+    return { persisted: this.persistPaused() };
+  }
+
+  /** Saves the pause setting; on failure (disk full) it is retried each loop turn until it sticks. */
+  private persistPaused(): boolean {
+    try {
+      this.o.log.setMeta('forwarding.paused', this.paused ? '1' : '0');
+      this.pausePending = false;
+      return true;
+    } catch (e) {
+      if (!this.pausePending) {
+        this.o.logger.warn({ err: (e as Error).message }, `could not save the ${this.paused ? 'pause' : 'resume'} (it holds until a restart); retrying`);
+      }
+      this.pausePending = true;
+      return false;
+    }
   }
 
   /** Finishes the send in flight (bounded by its deadline), then disconnects. */
@@ -328,6 +348,7 @@ export class Forwarder {
     const o = this.o;
     while (!this.stopping) {
       this.chargeWire();
+      if (this.pausePending) this.persistPaused();
       if (this.paused) {
         await this.sleep(60_000);
         continue;

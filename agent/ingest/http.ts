@@ -23,8 +23,9 @@ export interface ApiHandlers {
   metrics(): Promise<{ contentType: string; body: string }>;
   /** True when the log is open and ingest is accepted. */
   ready(): boolean;
-  pause(): Promise<void>;
-  resume(): Promise<void>;
+  /** `persisted: false`: in force, but not yet saved (disk full); kedge keeps trying. */
+  pause(): Promise<{ persisted: boolean }>;
+  resume(): Promise<{ persisted: boolean }>;
 }
 
 export interface HttpIngestOptions {
@@ -163,9 +164,8 @@ export class HttpIngest {
       if (method !== 'POST') return methodNotAllowed(req, res, 'POST');
       if (!this.authorized(req, res)) return;
       await drain(req);
-      if (path.endsWith('pause')) await o.api.pause();
-      else await o.api.resume();
-      return sendJson(res, 200, { forwarding: path.endsWith('pause') ? 'paused' : 'running' });
+      const { persisted } = path.endsWith('pause') ? await o.api.pause() : await o.api.resume();
+      return sendJson(res, 200, { forwarding: path.endsWith('pause') ? 'paused' : 'running', persisted });
     }
 
     const v1 = TOPIC_PATH.exec(path);

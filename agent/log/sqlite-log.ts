@@ -42,7 +42,7 @@ import type { Row, SqlDb, SqlStmt } from './driver.ts';
 import { openDriver, sqlErrorKind } from './driver.ts';
 import { acquireDirLock } from './lockfile.ts';
 import type { DirLock } from './lockfile.ts';
-import { DEFAULT_RESERVE_BYTES, SpaceReserve } from './reserve.ts';
+import { DEFAULT_RESERVE_BYTES, RESERVE_FILE, SpaceReserve } from './reserve.ts';
 import { DEST_KAFKA, DEST_KAFKA_PRIORITY, migrate, pragmaInt, schemaObjectCount } from './schema.ts';
 import { estimateRowBytes, logFilesBytes, planQuota } from './quota.ts';
 import type { QuotaPlan } from './quota.ts';
@@ -126,6 +126,7 @@ export async function openLog(opts: LogOptions): Promise<EventLog> {
   const file = path.join(dir, DB_FILE);
   let db: SqlDb | undefined;
   try {
+    refuseEmptiedLog(dir, file);
     db = await openDriver(opts.driver, { file, wasmPath: opts.wasmPath, wasmBinary: opts.wasmBinary });
     const plan = configure(db, file, opts);
     return new SqliteLog(db, lock, dir, file, opts, plan);
@@ -137,6 +138,24 @@ export async function openLog(opts: LogOptions): Promise<EventLog> {
     }
     lock.release();
     throw toOpenError(err, file);
+  }
+}
+
+/**
+ * SQLite treats a 0-byte file as a new, empty database. kedge.db is only empty
+ * before its first commit, and kedge.reserve is created after that; so an empty
+ * kedge.db beside a reserve is a log that was emptied (a power cut on some file
+ * systems, a bad copy, a stray `> kedge.db`): refuse it rather than start on nothing.
+ */
+function refuseEmptiedLog(dir: string, file: string): void {
+  let size: number;
+  try {
+    size = fs.statSync(file).size;
+  } catch {
+    return; // no database yet: a new log
+  }
+  if (size === 0 && fs.existsSync(path.join(dir, RESERVE_FILE))) {
+    throw damaged(file, 'the file is empty (0 bytes) but this data dir held a log before');
   }
 }
 
