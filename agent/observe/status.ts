@@ -66,6 +66,8 @@ export function buildStatus(src: StatusSources, rates: RateMeter) {
   const r = rates.rates();
   const recentForward = rates.drainRate(ETA_RATE_WINDOW_MS);
   const fwd = src.forwarder();
+  // Paused, down or waiting for a window: no ETA, even if a last batch was acknowledged a moment ago.
+  const draining = fwd.state === 'up' || fwd.state === 'degraded';
   return {
     agent_id: src.agentId,
     version: src.version,
@@ -89,7 +91,7 @@ export function buildStatus(src: StatusSources, rates: RateMeter) {
       bytes: s.backlogBytes,
       oldest_age_seconds: s.oldestTs === null ? null : Math.max(0, (now - s.oldestTs) / 1000),
       // null: not draining (link down, paused, or nothing forwarded in the last few seconds).
-      eta_seconds: s.backlogEvents === 0 ? 0 : recentForward > 0 ? Math.ceil(s.backlogEvents / recentForward) : null,
+      eta_seconds: s.backlogEvents === 0 ? 0 : draining && recentForward > 0 ? Math.ceil(s.backlogEvents / recentForward) : null,
     },
     rates: { ingest_events_per_second: round(r.ingest), forward_events_per_second: round(r.forward) },
     log: { last_seq: s.lastSeq, cursor: s.cursor, commits: s.commits },
