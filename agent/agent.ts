@@ -98,7 +98,7 @@ export class Agent {
     const stats = log.stats();
     this.logger.info({ agentId: this.agentId, dataDir: cfg.dataDir, storage: cfg.storage, sync: cfg.sync, backlog: stats.backlogEvents, lastSeq: stats.lastSeq }, 'log open');
 
-    this.sink = new IngestSink(log, this.metrics, cfg.forward.priorityTopics);
+    this.sink = new IngestSink(log, this.metrics, cfg.forward.priorityTopics, this.logger);
     const wire = new WireMeter();
     this.forwarder = new Forwarder({
       log,

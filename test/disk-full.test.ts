@@ -103,6 +103,11 @@ t.test('reject-new: 507 with Retry-After at the quota, nothing acknowledged is l
   for (let k = 0; k < PER_REQUEST; k++) acked.push(n + k);
   await agent.waitDrained(60_000);
   checkDelivered(t, await delivered('df-reject', acked.length), acked, 'df-reject');
+  // One line when the quota is reached and one when ingest resumes, not one per refused request.
+  const reached = agent.lines.filter((l) => l.includes('disk quota reached'));
+  t.equal(reached.length, 1, 'one "disk quota reached" line for all the refused requests');
+  t.match(reached[0], /"level":"warn"/, 'at warn level');
+  t.equal(agent.lines.filter((l) => l.includes('space available again')).length, 1, 'one line when events are accepted again');
 });
 
 t.test('drop-oldest: dropped = acknowledged - delivered, exactly, in /metrics, /v1/status and the log', async (t) => {

@@ -4,18 +4,36 @@
  */
 import type { AppendResult, EventInput, EventLog, Lane } from '../log/types.ts';
 import type { Metrics } from '../observe/metrics.ts';
+import type { Logger } from '../observe/logger.ts';
+import { LogWriteError } from '../log/types.ts';
+
+/** Refusals that last until space comes back: logged once when they begin and once when they end. */
+const STORAGE_FULL = new Set(['KEDGE_QUOTA_FULL', 'KEDGE_DISK_FULL']);
 
 export class IngestSink {
   private readonly log: EventLog;
   private readonly metrics: Metrics;
   private accepting = true;
   private readonly priorityTopics: ReadonlySet<string>;
+  private readonly logger: Logger | null;
+  /** The code of the storage refusal in force (quota reached, disk full), or null. */
+  private full: string | null = null;
 
   /** `priorityTopics` (KEDGE_PRIORITY_TOPICS, without the topic prefix): their events go to the priority lane. */
-  constructor(log: EventLog, metrics: Metrics, priorityTopics: readonly string[] = []) {
+  constructor(log: EventLog, metrics: Metrics, priorityTopics: readonly string[] = [], logger: Logger | null = null) {
     this.log = log;
     this.metrics = metrics;
     this.priorityTopics = new Set(priorityTopics);
+    this.logger = logger;
+  }
+
+  /** One line when ingest starts being refused for lack of space, one when it is accepted again. */
+  private noteStorage(code: string | null, detail?: string): void {
+    if (code === this.full) return;
+    const was = this.full;
+    this.full = code;
+    if (code) this.logger?.warn({ code, detail }, code === 'KEDGE_QUOTA_FULL' ? 'disk quota reached: new events are refused (HTTP 507, no MQTT PUBACK) until forwarding frees space' : 'disk full: new events are refused (HTTP 507, no MQTT PUBACK) until space comes back');
+    else if (was) this.logger?.info({ was }, 'space available again: new events are accepted');
   }
 
   /** False once shutdown began: sources answer 503 / send no PUBACK. */
@@ -34,7 +52,14 @@ export class IngestSink {
       const lane = (topic: string): Lane => (this.priorityTopics.has(topic) ? 'priority' : 'bulk');
       for (const e of events) e.lane = lane(e.topic);
     }
-    const res = await this.log.append(events);
+    let res: AppendResult;
+    try {
+      res = await this.log.append(events);
+    } catch (e) {
+      if (e instanceof LogWriteError && STORAGE_FULL.has(e.code)) this.noteStorage(e.code, e.message);
+      throw e;
+    }
+    if (this.full) this.noteStorage(null);
     this.metrics.commitSeconds.observe(Number(process.hrtime.bigint() - started) / 1e9);
     // Count per topic once per request, not per event: requests are usually one topic.
     const perTopic = new Map<string, { n: number; bytes: number; source: string }>();
