@@ -61,6 +61,20 @@ function checkDelivered(t: Test, got: number[], acked: number[], what: string): 
   t.same(got, acked, `${what}: exactly the acknowledged events, in ingest order`);
 }
 
+/** Posts readings until the agent refuses one (at most 1,000 requests); acknowledged ids go to `acked`. */
+async function postUntilRefused(agent: AgentProc, topic: string, acked: number[]): Promise<{ n: number; refused: PostResult | undefined }> {
+  let n = 0;
+  let refused: PostResult | undefined;
+  for (let i = 0; i < 1000 && !refused; i++) {
+    const r = await postReadings(agent, topic, n);
+    if (r.status === 200) {
+      for (let k = 0; k < PER_REQUEST; k++) acked.push(n + k);
+      n += PER_REQUEST;
+    } else refused = r;
+  }
+  return { n, refused };
+}
+
 t.test('reject-new: 507 with Retry-After at the quota, nothing acknowledged is lost', async (t) => {
   const dir = tempDir();
   await kafka.stopNode(NODE);
@@ -72,15 +86,7 @@ t.test('reject-new: 507 with Retry-After at the quota, nothing acknowledged is l
     cleanup(dir);
   });
   const acked: number[] = [];
-  let n = 0;
-  let refused: PostResult | undefined;
-  for (let i = 0; i < 1000 && !refused; i++) {
-    const r = await postReadings(agent, 'df-reject', n);
-    if (r.status === 200) {
-      for (let k = 0; k < PER_REQUEST; k++) acked.push(n + k);
-      n += PER_REQUEST;
-    } else refused = r;
-  }
+  const { n, refused } = await postUntilRefused(agent, 'df-reject', acked);
   t.ok(refused, `refused after ${acked.length} acknowledged events`);
   t.equal(refused!.status, 507);
   t.equal(refused!.headers['retry-after'], '30');
@@ -177,15 +183,7 @@ t.test('a really full disk: 507, no crash, ingest works again when space is back
   fs.closeSync(fd);
 
   const acked: number[] = [];
-  let n = 0;
-  let refused: PostResult | undefined;
-  for (let i = 0; i < 1000 && !refused; i++) {
-    const r = await postReadings(agent, 'df-enospc', n);
-    if (r.status === 200) {
-      for (let k = 0; k < PER_REQUEST; k++) acked.push(n + k);
-      n += PER_REQUEST;
-    } else refused = r;
-  }
+  const { n, refused } = await postUntilRefused(agent, 'df-enospc', acked);
   t.ok(refused, `refused after ${acked.length} acknowledged events`);
   t.equal(refused!.status, 507);
   t.equal(refused!.headers['retry-after'], '30');
