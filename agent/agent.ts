@@ -189,6 +189,7 @@ export class Agent {
         // Its own producer and connections: a heartbeat never queues behind a forwarder batch.
         sink: new KafkaSink({ kafka: cfg.kafka, clientId: `kedge-${this.agentId}-heartbeat`, compression, requestTimeoutMs: 10_000, logger: this.logger, socketFactory: wire.socketFactory() }),
         link: () => fwd.status(),
+        onLinkChange: (listener) => fwd.onStateChange(listener),
         status,
         logger: this.logger,
         sendTimeoutMs: 15_000,

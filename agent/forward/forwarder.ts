@@ -141,6 +141,7 @@ export class Forwarder {
   private shown: LinkState = 'starting';
   private since = Date.now();
   private readonly history: LinkChange[] = [];
+  private readonly stateListeners = new Set<(state: LinkState, atMs: number) => void>();
   private windowOpen: boolean | null = null;
   private wireCharged = 0;
   private lastError: string | null = null;
@@ -243,6 +244,14 @@ export class Forwarder {
     }
   }
 
+  /** `listener` runs on every change of the shown link state, with the time it began; returns an unsubscribe function. */
+  onStateChange(listener: (state: LinkState, atMs: number) => void): () => void {
+    this.stateListeners.add(listener);
+    return () => {
+      this.stateListeners.delete(listener);
+    };
+  }
+
   /** Finishes the send in flight (bounded by its deadline), then disconnects. */
   async stop(): Promise<void> {
     this.stopping = true;
@@ -276,6 +285,7 @@ export class Forwarder {
     this.history.push({ state: s, from, at: new Date(this.since).toISOString(), reason });
     if (this.history.length > HISTORY_SIZE) this.history.shift();
     this.o.metrics.linkStateChanges.inc({ state: s });
+    for (const l of this.stateListeners) l(s, this.since);
     const log = this.o.logger;
     if (s === 'degraded' || s === 'down') log.warn({ link: s, from, reason }, `kafka link ${s}`);
     else if (s === 'up') log.info({ link: s, from }, 'kafka link up');

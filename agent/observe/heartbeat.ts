@@ -32,9 +32,9 @@ interface Segment {
 }
 
 /**
- * Remembers the link's recent states from periodic looks at the forwarder's
- * {state, since}. A change of `since` with the same state means a flap between two
- * looks: it is counted as a change too.
+ * Remembers the link's recent states, fed with every change the forwarder makes
+ * (Heartbeat subscribes to them). An observation with the same state and start as
+ * the last one is ignored; the same state with a new start counts as a change.
  */
 export class LinkHistory {
   private readonly segments: Segment[] = [];
@@ -118,6 +118,8 @@ export interface HeartbeatOptions {
   sink: RecordSink;
   /** The forwarder's link state, looked at every `pollMs`. Heartbeats go out while it is 'up' (and once when it turns paused/outside-window). */
   link: () => { state: string; since: string };
+  /** Subscribes to every link state change (for the history in the record); returns an unsubscribe function. */
+  onLinkChange?: (listener: (state: string, atMs: number) => void) => () => void;
   /** The agent's status at send time. */
   status: () => AgentStatus;
   logger: Logger;
@@ -147,6 +149,7 @@ export class Heartbeat {
   readonly history = new LinkHistory();
   private readonly o: HeartbeatOptions;
   private timer: NodeJS.Timeout | null = null;
+  private unsubscribe: (() => void) | null = null;
   private inFlight: Promise<void> | null = null;
   private lastAttemptAt: number | null = null;
   private lastAttemptState: string | null = null;
@@ -161,6 +164,9 @@ export class Heartbeat {
   }
 
   start(): void {
+    const link = this.o.link();
+    this.history.observe(link.state, Date.parse(link.since));
+    this.unsubscribe = this.o.onLinkChange?.((state, at) => this.history.observe(state, at)) ?? null;
     this.tick();
     this.timer = setInterval(() => this.tick(), this.o.pollMs ?? 1_000);
     this.timer.unref();
@@ -168,6 +174,8 @@ export class Heartbeat {
 
   /** Waits at most `graceMs` for a send in flight, then drops the producer. */
   async stop(graceMs = 2_000): Promise<void> {
+    this.unsubscribe?.();
+    this.unsubscribe = null;
     if (this.timer) clearInterval(this.timer);
     this.timer = null;
     if (this.inFlight) {
@@ -192,7 +200,6 @@ export class Heartbeat {
   private tick(): void {
     const now = Date.now();
     const link = this.o.link();
-    this.history.observe(link.state, Date.parse(link.since), now);
     if (this.inFlight) return;
     // Paused or outside a window the uplink is not to be used, but one last beat right when
     // that starts tells the fleet why this agent went quiet.
