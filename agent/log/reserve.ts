@@ -6,10 +6,12 @@
  * checkpoint that may extend the database file). On a full disk without a
  * reserve, ack() fails with SQLITE_FULL, nothing is ever trimmed, no space is
  * ever freed, and the agent is wedged until someone intervenes. With it, the
- * first failing ack/trim releases the reserve and retries; freed pages are
- * then reused by new events. The reserve is re-created once the disk has room
- * for it twice over. Appends never get the reserve: they are refused with
- * KEDGE_DISK_FULL, which is the signal ingest and retention act on.
+ * first failing ack/trim releases the reserve and retries. Appends never get
+ * the reserve: from the release until the reserve could be re-created (the
+ * disk has room for it twice over) every append is refused with
+ * KEDGE_DISK_FULL, so the freed space stays available to the acks and trims
+ * that drain the log. Otherwise ingest would take it at once and the next ack
+ * would fail again.
  */
 import fs from 'node:fs';
 import path from 'node:path';

@@ -84,6 +84,8 @@ const VACUUM_MAX_PAGES = 512;
  */
 const LOW_SPACE_TRIM_CHUNK = 250;
 const LOW_SPACE_VACUUM_PAGES = 128;
+/** In low-space mode, appends check at most this often whether the reserve can be re-created. */
+const LOW_SPACE_RECHECK_MS = 1000;
 /** A disk with less than this free is "full" when the wasm VFS reports only a generic I/O error. */
 const DISK_FULL_SLACK = 1 << 20;
 /** First page size readBatch asks for before it knows the typical event size. */
@@ -348,6 +350,7 @@ class SqliteLog implements EventLog {
   readonly #dir: string;
   readonly #file: string;
   readonly #beforeCommit: LogOptions['beforeCommit'];
+  readonly #beforeDrop: LogOptions['beforeDrop'];
   readonly #reserve: SpaceReserve;
   readonly #stmts: SqlStmt[] = [];
   readonly #now: () => number;
@@ -400,8 +403,12 @@ class SqliteLog implements EventLog {
   #retentionCheckedAt = 0;
   #diskBytes = 0;
   #diskStatAt = 0;
-  /** See LOW_SPACE_TRIM_CHUNK. Left once the reserve could be re-created. */
+  /**
+   * See LOW_SPACE_TRIM_CHUNK. Appends are refused meanwhile (the freed reserve is
+   * for deleting forwarded rows). Left once the reserve could be re-created.
+   */
   #lowSpace = false;
+  #lowSpaceCheckedAt = 0;
   /** Pages were vacuumed since the last checkpoint: the file only shrinks on disk when the WAL is checkpointed. */
   #vacuumed = false;
 
@@ -411,6 +418,7 @@ class SqliteLog implements EventLog {
     this.#dir = dir;
     this.#file = file;
     this.#beforeCommit = opts.beforeCommit;
+    this.#beforeDrop = opts.beforeDrop;
     this.#syncFull = opts.sync === 'full';
     this.#now = opts.now ?? Date.now;
     this.#plan = plan;
@@ -520,8 +528,25 @@ class SqliteLog implements EventLog {
     let batch = this.#pending;
     if (batch.length === 0) return;
     this.#pending = [];
+    // The reserve was given up so forwarded rows can be deleted: that space is for
+    // the drain, not for new events (they would take it and wedge the next ack).
+    if (this.#lowSpace && !this.#tryLeaveLowSpace()) {
+      const e = this.#lowSpaceError();
+      for (const req of batch) req.reject(e);
+      return;
+    }
     if (this.#plan.quotaBytes !== null) {
-      batch = this.#admit(batch);
+      try {
+        batch = this.#admit(batch);
+      } catch (err) {
+        // A drop that could not make room (its DELETE failed: full disk, I/O error)
+        // is a full log to the callers. This runs in a setImmediate callback: a throw
+        // here would be an uncaught exception, and these promises would never settle.
+        const cause = this.#writeError(err, 'make room under the disk quota');
+        const e = new LogWriteError(`${cause.message}; new events are refused until it succeeds`, 'KEDGE_DISK_FULL', { cause });
+        for (const req of batch) req.reject(e);
+        return;
+      }
       if (batch.length === 0) return;
     }
 
@@ -584,8 +609,13 @@ class SqliteLog implements EventLog {
     this.#commits++;
     if (bulkN > 0) this.#grow(this.#bulk, bulkN, bulkBytes, ts);
     if (prioN > 0) this.#grow(this.#priority, prioN, prioBytes, ts);
-    if (this.#plan.quotaBytes !== null) this.#afterCommitQuota(est, ts);
-    else if (this.#retentionMs !== null) this.#maybeRetention(ts);
+    try {
+      if (this.#plan.quotaBytes !== null) this.#afterCommitQuota(est, ts);
+      else if (this.#retentionMs !== null) this.#maybeRetention(ts);
+    } catch (err) {
+      // Committed is committed: a failed re-measure must not keep the callers from their answer.
+      process.emitWarning(`kedge log: ${(err as Error)?.message ?? err}`);
+    }
 
     for (const req of batch) req.resolve({ firstSeq: req.firstSeq, lastSeq: req.lastSeq });
     for (const l of this.#listeners) {
@@ -630,17 +660,44 @@ class SqliteLog implements EventLog {
       this.#dropForQuota(this.#usedEst + incoming - this.#plan.highBytes);
     }
     if (this.#usedEst + incoming <= limit) return batch;
+    // FIFO: from the first append that does not fit, every later one is refused too,
+    // even a smaller one that would fit. A publisher resends what was refused, and it
+    // must not land behind something that came after it (order per key).
     const fits: PendingAppend[] = [];
     let used = this.#usedEst;
+    let refusing = false;
     for (const req of batch) {
-      if (used + req.est <= limit) {
+      if (!refusing && used + req.est <= limit) {
         used += req.est;
         fits.push(req);
       } else {
+        refusing = true;
         req.reject(this.#quotaFullError());
       }
     }
     return fits;
+  }
+
+  /**
+   * In low-space mode: has the disk room for the reserve again (someone freed space,
+   * or trimming and vacuuming gave pages back)? Checked at most once a second from
+   * the append path, so that ingest resumes even when nothing is being forwarded.
+   */
+  #tryLeaveLowSpace(): boolean {
+    const now = Date.now();
+    if (now - this.#lowSpaceCheckedAt < LOW_SPACE_RECHECK_MS) return false;
+    this.#lowSpaceCheckedAt = now;
+    if (!this.#reserve.ensure()) return false;
+    this.#lowSpace = false;
+    return true;
+  }
+
+  #lowSpaceError(): LogWriteError {
+    return new LogWriteError(
+      `cannot append: disk full (${this.#dir}); kedge gave up its space reserve (${this.#reserve.file}) to delete ` +
+        'forwarded events, so new events are refused until the disk has room for the reserve again; free space or let the backlog drain',
+      'KEDGE_DISK_FULL',
+    );
   }
 
   #quotaFullError(): LogWriteError {
@@ -713,6 +770,7 @@ class SqliteLog implements EventLog {
     try {
       this.#begin.run(NO_PARAMS);
       groups = lane.topicCounts.all([from, to]);
+      this.#beforeDrop?.({ reason, lane: lane.name, afterSeq: from, toSeq: to });
       lane.trim.run([from, to]);
       this.#commit.run(NO_PARAMS);
     } catch (err) {
@@ -845,6 +903,7 @@ class SqliteLog implements EventLog {
         );
       }
       this.#lowSpace = true;
+      this.#lowSpaceCheckedAt = Date.now();
       this.#checkpoint();
       fn();
     }

@@ -111,6 +111,11 @@ export interface LogOptions {
    */
   beforeCommit?: (info: { firstSeq: number; lastSeq: number }) => void;
   /**
+   * Test hook: called inside every drop transaction (quota or retention), before its
+   * DELETE. Throw from it to make that DELETE fail (an I/O error, a full disk).
+   */
+  beforeDrop?: (info: { reason: DropReason; lane: Lane; afterSeq: number; toSeq: number }) => void;
+  /**
    * Hard cap on the database file size (SQLite `max_page_count`); an append
    * that would grow the file beyond it fails with code KEDGE_DISK_FULL and
    * stores nothing. A last line of defence under the disk quota (retention
