@@ -14,7 +14,7 @@ import type { Logger } from '../observe/logger.ts';
 import type { Metrics } from '../observe/metrics.ts';
 import type { TimeWindow } from '../config.ts';
 import { Backoff } from '../backoff.ts';
-import { describeKafkaError, errorTypes, permanentReason, type OutRecord, type RecordSink } from './kafka-producer.ts';
+import { describeKafkaError, graceReason, permanentReason, type OutRecord, type RecordSink } from './kafka-producer.ts';
 import { TransferWindows } from './windows.ts';
 import { TokenBucket } from './token-bucket.ts';
 import { WireRate, type WireMeter } from './wire-meter.ts';
@@ -35,9 +35,10 @@ export interface ForwarderOptions {
   backoffMinMs: number;
   backoffMaxMs: number;
   /**
-   * A topic Kafka keeps calling unknown (auto-creation disabled, no such topic) for
-   * this long, while the link otherwise works, is treated as one that cannot be
-   * created: its events are dead-lettered instead of blocking the log for ever.
+   * A topic Kafka keeps calling unknown (auto-creation disabled, no such topic) or
+   * not authorised (an ACL missing) for this long since its last successful send
+   * is treated as one that cannot be written: its events are dead-lettered instead
+   * of blocking the log for ever. Per topic, on the monotonic clock.
    */
   unknownTopicGraceMs: number;
   metrics: Metrics;
@@ -153,7 +154,16 @@ export class Forwarder {
   private wake: (() => void) | null = null;
   private wakeOnAppend = false;
   private unsubscribe: (() => void) | null = null;
-  private unknownTopicSince: number | null = null;
+  /**
+   * Per topic: performance.now() when Kafka first refused it with a GRACE_ERRORS type
+   * since its last successful send. Monotonic, so an NTP step cannot end a grace early;
+   * cleared by any success on that topic, so an old blip cannot shorten a new one's grace.
+   */
+  private readonly refusedSince = new Map<string, number>();
+  /** Kafka acknowledged this batch but the log could not record it (disk full): retried before anything else. */
+  private pendingAck: { batch: StoredEvent[]; lane: Lane } | null = null;
+  /** A log read or write is failing; logged once per streak. */
+  private storageFailing = false;
 
   constructor(o: ForwarderOptions) {
     this.o = o;
@@ -210,9 +220,10 @@ export class Forwarder {
       if (this.wakeOnAppend) this.wake?.();
     });
     this.wireRate?.start();
+    // run() handles every error of a turn itself; this only guards against a bug
+    // there. Rethrowing would be an unhandled rejection, which ends the process.
     this.loop = this.run().catch((e) => {
       this.o.logger.fatal({ err: e }, 'forwarder stopped unexpectedly');
-      throw e;
     });
   }
 
@@ -354,45 +365,85 @@ export class Forwarder {
     return null;
   }
 
+  /**
+   * The loop never ends before stop(): a turn that throws (the log cannot be read,
+   * a bug) shows as `degraded` with the reason and is retried after a backoff.
+   */
   private async run(): Promise<void> {
-    const o = this.o;
     while (!this.stopping) {
-      this.chargeWire();
-      if (this.pausePending) this.persistPaused();
-      if (this.paused) {
-        await this.sleep(60_000);
-        continue;
+      try {
+        await this.turn();
+      } catch (e) {
+        this.storageFailed('read the log', e);
+        await this.sleep(this.backoff.next());
       }
-      const win = this.checkWindow();
-      const pick = this.pickLane(win.open);
-      this.windowClosed = !win.open;
-      this.priorityPending = pick?.lane === 'priority';
-      this.refresh();
-      if (pick === null) {
-        if (this.windowClosed) {
-          // Wakes for appends (a priority event may have arrived) and when the window opens.
-          await this.sleep(Math.min(POLICY_RECHECK_MS, win.nextChangeMs ?? POLICY_RECHECK_MS), true);
-          continue;
-        }
-        if (this.health === 'starting' || this.health === 'down') await this.probe();
-        if (!this.stopping && this.pickLane(this.checkWindow().open) === null) {
-          await this.sleep(this.health === 'down' ? this.backoff.next() : 5_000, true);
-        }
-        continue;
-      }
-      const debtMs = this.bucket?.waitMs() ?? 0;
-      if (debtMs > 0) {
-        await this.sleep(Math.min(debtMs, POLICY_RECHECK_MS));
-        continue;
-      }
-      const batch = o.log.readBatch(pick.cursor, this.budget.events, this.batchBytes(), pick.lane);
-      if (batch.length === 0) {
-        // Stats said there is backlog but the read found none (e.g. a retention trim in between).
-        await this.sleep(100);
-        continue;
-      }
-      await this.sendBatch(batch, pick.lane);
     }
+  }
+
+  private async turn(): Promise<void> {
+    const o = this.o;
+    if (this.pendingAck) {
+      // Only the log write is retried: resending would make duplicates for nothing.
+      if (!this.acknowledge(this.pendingAck.batch, this.pendingAck.lane)) await this.sleep(this.backoff.next());
+      return;
+    }
+    this.chargeWire();
+    if (this.pausePending) this.persistPaused();
+    if (this.paused) {
+      await this.sleep(60_000);
+      return;
+    }
+    const win = this.checkWindow();
+    const pick = this.pickLane(win.open);
+    this.windowClosed = !win.open;
+    this.priorityPending = pick?.lane === 'priority';
+    this.refresh();
+    if (pick === null) {
+      if (this.windowClosed) {
+        // Wakes for appends (a priority event may have arrived) and when the window opens.
+        await this.sleep(Math.min(POLICY_RECHECK_MS, win.nextChangeMs ?? POLICY_RECHECK_MS), true);
+        return;
+      }
+      if (this.health === 'starting' || this.health === 'down') await this.probe();
+      if (!this.stopping && this.pickLane(this.checkWindow().open) === null) {
+        await this.sleep(this.health === 'down' ? this.backoff.next() : 5_000, true);
+      }
+      return;
+    }
+    const debtMs = this.bucket?.waitMs() ?? 0;
+    if (debtMs > 0) {
+      await this.sleep(Math.min(debtMs, POLICY_RECHECK_MS));
+      return;
+    }
+    const batch = o.log.readBatch(pick.cursor, this.budget.events, this.batchBytes(), pick.lane);
+    if (batch.length === 0) {
+      // Stats said there is backlog but the read found none (e.g. a retention trim in between).
+      await this.sleep(100);
+      return;
+    }
+    await this.sendBatch(batch, pick.lane);
+  }
+
+  /** The log failed under the forwarder (disk full, I/O error): visible in status, logged once per streak. */
+  private storageFailed(what: string, e: unknown): void {
+    const msg = (e as Error)?.message ?? String(e);
+    if (!this.storageFailing) {
+      this.o.logger.error({ err: msg }, `cannot ${what}; forwarding retries with backoff (the events stay in the log)`);
+    }
+    this.storageFailing = true;
+    this.setHealth('degraded', `log: ${msg}`);
+  }
+
+  /** Starts the grace clock of each topic Kafka refused (if not running); true when one of them has run out. */
+  private graceOver(topics: Iterable<string>): boolean {
+    const now = performance.now();
+    let over = false;
+    for (const topic of topics) {
+      const since = this.refusedSince.get(topic);
+      if (since === undefined) this.refusedSince.set(topic, now);
+      else if (now - since >= this.o.unknownTopicGraceMs) over = true;
+    }
+    return over;
   }
 
   /** With nothing to send, a connect tells status whether Kafka is reachable. */
@@ -433,15 +484,9 @@ export class Forwarder {
       await this.withDeadline(o.sink.send(batch.map((e) => this.toRecord(e))));
     } catch (e) {
       if (isTimeout(e)) this.shrinkBudget(batch);
-      const permanent = permanentReason(e);
-      if (permanent) return this.isolate(batch, lane, false);
-      if (errorTypes(e).has('UNKNOWN_TOPIC_OR_PARTITION')) {
-        this.unknownTopicSince ??= Date.now();
-        if (Date.now() - this.unknownTopicSince >= o.unknownTopicGraceMs) {
-          this.unknownTopicSince = null;
-          return this.isolate(batch, lane, true);
-        }
-      } else this.unknownTopicSince = null;
+      // Which topic a refusal is about is not known for a batch: every topic in it
+      // starts its grace, and one run out means sending one by one to find out.
+      if (permanentReason(e) || (graceReason(e) && this.graceOver(new Set(batch.map((ev) => ev.topic))))) return this.isolate(batch, lane);
       await this.onFailure(e);
       return;
     }
@@ -488,9 +533,24 @@ export class Forwarder {
     };
   }
 
-  private acknowledge(batch: StoredEvent[], lane: Lane): void {
+  /**
+   * Records in the log what Kafka acknowledged. False when the log could not (disk
+   * full): the batch is kept as pending and only the ack is retried, with backoff.
+   */
+  private acknowledge(batch: StoredEvent[], lane: Lane): boolean {
     const o = this.o;
-    o.log.ack(batch[batch.length - 1].seq, lane);
+    try {
+      o.log.ack(batch[batch.length - 1].seq, lane);
+    } catch (e) {
+      this.pendingAck = { batch, lane };
+      this.storageFailed('record what Kafka acknowledged', e);
+      return false;
+    }
+    this.pendingAck = null;
+    if (this.storageFailing) {
+      this.storageFailing = false;
+      o.logger.info('the log accepts writes again; forwarding goes on');
+    }
     const perTopic = new Map<string, [number, number]>();
     for (const e of batch) {
       const c = perTopic.get(e.topic) ?? [0, 0];
@@ -501,10 +561,12 @@ export class Forwarder {
     for (const [topic, [n, bytes]] of perTopic) {
       o.metrics.forwardedEvents.inc({ topic }, n);
       o.metrics.forwardedBytes.inc({ topic }, bytes);
+      this.refusedSince.delete(topic);
     }
     this.lastForwardAt = Date.now();
     this.backoff.reset();
     this.setHealth('up');
+    return true;
   }
 
   private async onFailure(e: unknown): Promise<void> {
@@ -529,10 +591,10 @@ export class Forwarder {
    * Kafka refused something in the batch for good. Send the records one by one,
    * in order, so only the refused ones are dead-lettered and the rest go through.
    */
-  private async isolate(batch: StoredEvent[], lane: Lane, unknownTopicIsPermanent: boolean): Promise<void> {
+  private async isolate(batch: StoredEvent[], lane: Lane): Promise<void> {
     const o = this.o;
-    // Topics found uncreatable in this pass: their other events are not sent again one by one.
-    const deadTopics = new Map<string, string>();
+    // Topics whose grace ran out in this pass: their other events are not sent again one by one.
+    const deadTopics = new Map<string, { type: string; detail: string }>();
     const dead = new Map<string, { topic: string; reason: string; count: number; firstSeq: number; bytes: number }>();
     const report = () => {
       // One line per topic and reason for the pass, not one per event.
@@ -543,31 +605,39 @@ export class Forwarder {
     };
     for (const ev of batch) {
       if (this.stopping) return report();
-      let permanent: string | null = null;
-      let detail = deadTopics.get(ev.topic) ?? '';
-      if (deadTopics.has(ev.topic)) permanent = 'UNKNOWN_TOPIC_OR_PARTITION';
-      else {
+      let refusal = deadTopics.get(ev.topic);
+      if (!refusal) {
         try {
           await this.withDeadline(o.sink.send([this.toRecord(ev)]));
-          this.acknowledge([ev], lane);
+          if (!this.acknowledge([ev], lane)) return report(); // retried by the next turn
           continue;
         } catch (e) {
-          permanent = permanentReason(e);
-          if (!permanent && unknownTopicIsPermanent && errorTypes(e).has('UNKNOWN_TOPIC_OR_PARTITION')) {
-            permanent = 'UNKNOWN_TOPIC_OR_PARTITION';
-            deadTopics.set(ev.topic, describeKafkaError(e));
+          let type = permanentReason(e);
+          const grace = type ? null : graceReason(e);
+          if (grace && this.graceOver([ev.topic])) {
+            type = grace;
+            deadTopics.set(ev.topic, { type: grace, detail: describeKafkaError(e) });
           }
-          if (!permanent) {
+          if (!type) {
             report();
             await this.onFailure(e);
             return;
           }
-          detail = describeKafkaError(e);
+          refusal = { type, detail: describeKafkaError(e) };
         }
       }
       {
-        const reason = `${permanent}: ${detail}`;
-        o.log.deadLetter(ev, reason);
+        const permanent = refusal.type;
+        const reason = `${permanent}: ${refusal.detail}`;
+        try {
+          o.log.deadLetter(ev, reason);
+        } catch (e) {
+          // Not recorded: the next pass sends it again and finds the same refusal.
+          report();
+          this.storageFailed('move a refused event to the dead-letter table', e);
+          await this.sleep(this.backoff.next());
+          return;
+        }
         o.metrics.deadLettered.inc({ topic: ev.topic, reason: permanent });
         const k = `${ev.topic}\u0000${permanent}`;
         const d = dead.get(k) ?? { topic: ev.topic, reason: permanent, count: 0, firstSeq: ev.seq, bytes: 0 };

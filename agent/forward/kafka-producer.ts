@@ -35,10 +35,23 @@ export interface KafkaSinkOptions {
   socketFactory?: ISocketFactory;
 }
 
-/** A refusal that retrying will not fix (record too large, invalid topic, not authorised). */
+/**
+ * Refusals that may heal by themselves, so they get a grace period per topic before
+ * they count as permanent: a topic not created yet (auto-creation racing, an operator
+ * about to create it), an ACL not yet propagated to every broker.
+ */
+export const GRACE_ERRORS: ReadonlySet<string> = new Set(['UNKNOWN_TOPIC_OR_PARTITION', 'TOPIC_AUTHORIZATION_FAILED']);
+
+/** The first GRACE_ERRORS type in a kafkajs error chain, or null. */
+export function graceReason(e: unknown): string | null {
+  for (const type of errorTypes(e)) if (GRACE_ERRORS.has(type)) return type;
+  return null;
+}
+
+/** A refusal that retrying will not fix (record too large, invalid topic). */
 export function permanentReason(e: unknown): string | null {
   const PERMANENT = new Set([
-    'MESSAGE_TOO_LARGE', 'RECORD_LIST_TOO_LARGE', 'INVALID_TOPIC_EXCEPTION', 'TOPIC_AUTHORIZATION_FAILED',
+    'MESSAGE_TOO_LARGE', 'RECORD_LIST_TOO_LARGE', 'INVALID_TOPIC_EXCEPTION',
     'INVALID_RECORD', 'CORRUPT_MESSAGE', 'INVALID_REQUIRED_ACKS', 'POLICY_VIOLATION', 'UNSUPPORTED_FOR_MESSAGE_FORMAT',
   ]);
   for (let cur: any = e, depth = 0; cur && depth < 8; cur = cur.cause, depth++) {
