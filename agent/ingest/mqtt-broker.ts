@@ -6,9 +6,12 @@
  * writes the QoS 1 PUBACK (QoS 2 PUBREC) only after that hook calls back, so
  * the acknowledgement means "committed to the log". aedes dispatches all
  * packets of one socket read at once, so they (and those of other
- * connections) share the log's group commit. When the log refuses, the hook
- * fails and aedes closes the connection without an ack: MQTT 3.1.1 has no
- * negative acknowledgement, and the publisher resends after reconnecting.
+ * connections) share the log's group commit. Appends are issued in arrival
+ * order per connection whatever the QoS (kedge promises ingest order per key),
+ * though QoS 2 first has to ask aedes' store whether it is a retransmission.
+ * When the log refuses, the hook fails and aedes closes the connection without
+ * an ack: MQTT 3.1.1 has no negative acknowledgement, and the publisher
+ * resends after reconnecting.
  * Local fan-out to subscribers still happens after the append (aedes publishes
  * once the hook passed), so devices can also talk to each other through kedge.
  */
@@ -122,6 +125,8 @@ export class MqttBrokerIngest {
   private lastError: string | null = null;
   private lastErrorAt: number | null = null;
   private readonly sockets = new Set<Socket>();
+  /** Per connection, while a PUBLISH of it still waits to issue its append: settles once the latest one has. */
+  private readonly issueTails = new WeakMap<Client, Promise<void>>();
   private readonly counts = { connections: 0, received: 0, ingested: 0 };
   private readonly refusedCounts: Record<MqttRefusal, number> = { oversize: 0, log: 0, stopping: 0, auth: 0, protocol: 0, 'sys-topic': 0, malformed: 0 };
   private readonly logs = {
@@ -373,27 +378,62 @@ export class MqttBrokerIngest {
       done(new PublishRefusedError('kedge is shutting down'));
       return;
     }
+    // Counted from here, not from the append: stop() must also wait for messages queued behind a QoS 2 lookup.
+    this.pending++;
     const broker = this.broker;
-    if (packet.qos === 2 && client && broker) {
-      // A QoS 2 retransmission of a packet already stored (PUBREC lost) must not be appended twice.
-      (broker as Aedes & { persistence: IncomingStore }).persistence.incomingGetPacket(client, packet).then(
-        () => done(null),
-        () => this.append(client, packet, done),
-      );
-      return;
-    }
-    this.append(client, packet, done);
+    // A QoS 2 retransmission of a packet already stored (PUBREC lost) must not be appended twice.
+    const stored =
+      packet.qos === 2 && client && broker
+        ? (broker as Aedes & { persistence: IncomingStore }).persistence.incomingGetPacket(client, packet).then(
+            () => true,
+            () => false,
+          )
+        : null;
+    this.inArrivalOrder(client, stored, (duplicate) => {
+      if (!duplicate) {
+        this.append(client, packet, done);
+        return;
+      }
+      this.settle();
+      done(null);
+    });
   }
 
+  /**
+   * Calls `issue` once `stored` (the QoS 2 lookup) has answered and every
+   * earlier PUBLISH of the connection has issued its append. Without this a
+   * QoS 2 message would be overtaken by the QoS 0/1 ones behind it in the same
+   * socket read (they need no lookup), i.e. stored out of order per key. Only
+   * the issuing is ordered: each message is still acknowledged when its own
+   * commit is done, and with nothing waiting the append is issued at once, in
+   * the same tick as its neighbours, so they keep sharing one group commit.
+   */
+  private inArrivalOrder(client: Client | null, stored: Promise<boolean> | null, issue: (duplicate: boolean) => void): void {
+    const earlier = client ? this.issueTails.get(client) : undefined;
+    if (!earlier && !stored) {
+      issue(false);
+      return;
+    }
+    const tail: Promise<void> = Promise.all([stored, earlier])
+      .then(([duplicate]) => {
+        if (client && this.issueTails.get(client) === tail) this.issueTails.delete(client);
+        issue(duplicate === true);
+      })
+      // Keeps the chain alive should `issue` ever throw: every later message of the connection would wait forever, unacknowledged.
+      .catch((err: unknown) => this.noteError(`MQTT append could not be issued: ${(err as Error)?.message ?? String(err)}`));
+    if (client) this.issueTails.set(client, tail);
+  }
+
+  /** Called with `pending` already counted for this message. */
   private append(client: Client | null, packet: PublishPacket, done: (err: Error | null) => void): void {
     let event;
     try {
       event = this.mapper.event(packet.topic, packet.payload);
     } catch (err) {
+      this.settle();
       done(err as Error);
       return;
     }
-    this.pending++;
     this.opts.sink.submit([event]).then(
       () => {
         this.counts.ingested++;
