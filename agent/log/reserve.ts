@@ -8,10 +8,10 @@
  * ever freed, and the agent is wedged until someone intervenes. With it, the
  * first failing ack/trim releases the reserve and retries. Appends never get
  * the reserve: from the release until the reserve could be re-created (the
- * disk has room for it twice over) every append is refused with
- * KEDGE_DISK_FULL, so the freed space stays available to the acks and trims
- * that drain the log. Otherwise ingest would take it at once and the next ack
- * would fail again.
+ * disk has room for it twice over) an append is refused with KEDGE_DISK_FULL
+ * unless the disk keeps the reserve's size free after it, so that space stays
+ * available to the acks and trims that drain the log. Otherwise ingest would
+ * take it at once and the next ack would fail again.
  */
 import fs from 'node:fs';
 import path from 'node:path';

@@ -86,6 +86,8 @@ const LOW_SPACE_TRIM_CHUNK = 250;
 const LOW_SPACE_VACUUM_PAGES = 128;
 /** In low-space mode, appends check at most this often whether the reserve can be re-created. */
 const LOW_SPACE_RECHECK_MS = 1000;
+/** In low-space mode, an append must leave the reserve's size plus this free on the disk. */
+const LOW_SPACE_MARGIN = 1 << 20;
 /** A disk with less than this free is "full" when the wasm VFS reports only a generic I/O error. */
 const DISK_FULL_SLACK = 1 << 20;
 /** First page size readBatch asks for before it knows the typical event size. */
@@ -530,7 +532,9 @@ class SqliteLog implements EventLog {
     this.#pending = [];
     // The reserve was given up so forwarded rows can be deleted: that space is for
     // the drain, not for new events (they would take it and wedge the next ack).
-    if (this.#lowSpace && !this.#tryLeaveLowSpace()) {
+    // New events may still use what the disk has beyond the reserve's size, and the
+    // pages trimming frees inside the file: with Kafka up, ingest goes on at the drain rate.
+    if (this.#lowSpace && !this.#tryLeaveLowSpace() && !this.#roomBesideReserve(batch)) {
       const e = this.#lowSpaceError();
       for (const req of batch) req.reject(e);
       return;
@@ -692,10 +696,25 @@ class SqliteLog implements EventLog {
     return true;
   }
 
+  /**
+   * Low-space mode: would the disk still have the reserve's size free after this
+   * commit? Counted generously (the WAL writes whole pages, the file grows by pages).
+   */
+  #roomBesideReserve(batch: PendingAppend[]): boolean {
+    let bytes = 0;
+    for (const req of batch) for (const ev of req.events) bytes += ev.value.length + (ev.key?.length ?? 0) + 64;
+    try {
+      const s = fs.statfsSync(this.#dir);
+      return s.bavail * s.bsize >= this.#reserve.bytes + 2 * bytes + LOW_SPACE_MARGIN;
+    } catch {
+      return false;
+    }
+  }
+
   #lowSpaceError(): LogWriteError {
     return new LogWriteError(
       `cannot append: disk full (${this.#dir}); kedge gave up its space reserve (${this.#reserve.file}) to delete ` +
-        'forwarded events, so new events are refused until the disk has room for the reserve again; free space or let the backlog drain',
+        "forwarded events, and new events may not take that space; they are accepted again as forwarding frees room (free disk space if Kafka is unreachable)",
       'KEDGE_DISK_FULL',
     );
   }

@@ -4,15 +4,17 @@
  * a real full filesystem (a 32 MiB tmpfs as the data dir, quota left at 1 GiB).
  * Then forwarding resumes and the ledger is compared with Kafka: every acknowledged
  * event is delivered except the ones kedge counted as dropped
- * (kedge_dropped_events_total), exactly.
+ * (kedge_dropped_events_total), exactly. A fifth case fills the disk while Kafka is up
+ * and forwarding, kills the agent and restarts it on the 100 % full disk.
  */
 import t from 'tap';
-import { mkdirSync, readdirSync, statSync } from 'node:fs';
+import { mkdirSync, readdirSync, rmSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { startKafka } from '../../scripts/kafka/kafka.ts';
 import { AgentProc, cleanup, post, sleep, tempDir } from '../helpers/agent.ts';
 import { assertDelivery, compareWithKafka } from '../helpers/ack-ledger.ts';
 import { run } from '../helpers/proc.ts';
+import { fillDisk } from '../helpers/disk.ts';
 import { agentSetup, metricSum, startLoads, timing, ensureTopic } from './scenario.ts';
 
 const t0 = Date.now();
@@ -116,6 +118,56 @@ for (const c of cases) {
   });
 }
 
+// Issue 11: the disk fills while Kafka is up and forwarding (a thin uplink: a rate cap
+// and no compression keep a backlog on disk), under HTTP + MQTT load; then kill -9 and a
+// restart on the 100 % full disk; then space comes back.
+t.test('disk full with Kafka up, kill -9, restart on a 100 % full disk: alive throughout, every acknowledged event delivered', async (tt) => {
+  const started = Date.now();
+  const dir = join(root, 'kafka-up');
+  await smallFilesystem(dir);
+  const data = join(dir, 'data');
+  const filler = join(dir, 'filler');
+  const s = await agentSetup('disk-kafka-up', kafka.bootstrap, { KEDGE_DATA_DIR: data, KEDGE_COMPRESSION: 'none', KEDGE_FORWARD_RATE: '256KiB/s' });
+  await ensureTopic(kafka.bootstrap, s.httpTopic, 3);
+  await ensureTopic(kafka.bootstrap, s.mqttTopic, 3);
+  let agent = await AgentProc.start({ env: s.env });
+  let exits = 0;
+  const watch = (a: AgentProc) => a.exited().then((r) => { if (a === agent && r.signal !== 'SIGKILL') exits++; });
+  watch(agent);
+  try {
+    fillDisk(filler, 4 * 1024 * 1024); // the 8 MiB reserve exists already
+    const loads = startLoads(tt, s, () => agent, { httpRate: 2_000, mqttRate: 500, pad: 400 });
+    const deadline = Date.now() + 60_000;
+    while (Date.now() < deadline && (loads.http.statuses.get(507) ?? 0) === 0) await sleep(500);
+    tt.ok((loads.http.statuses.get(507) ?? 0) > 0, 'the disk filled while Kafka was up: ingest answered 507');
+    await sleep(20_000); // under load on the full disk while forwarding goes on
+    tt.equal(exits, 0, 'the agent did not exit on the full disk');
+
+    await agent.kill9();
+    fillDisk(filler, 0);
+    const { KEDGE_FORWARD_RATE: _, ...uncapped } = s.env;
+    agent = await AgentProc.start({ env: uncapped });
+    watch(agent);
+    tt.pass('restarted on the 100 % full disk with the stale lock');
+    await sleep(10_000);
+    tt.equal(exits, 0, 'alive on the 100 % full disk under load');
+
+    rmSync(filler);
+    await sleep(10_000);
+    const summary = await loads.stop();
+    tt.comment(summary);
+    await agent.waitDrained(240_000);
+    tt.equal(exits, 0, 'never exited');
+    const dropped = await metricSum(agent.base, 'kedge_dropped_events_total');
+    tt.equal(dropped, 0, 'nothing dropped (the quota was never reached)');
+    const rep = await compareWithKafka(kafka.bootstrap, [s.httpTopic, s.mqttTopic], loads.ledger);
+    assertDelivery(tt, rep, { dropped });
+    timing(tt, 'disk-full-kafka-up', started, `${rep.acknowledged} acknowledged, ${rep.duplicates} duplicates`);
+  } finally {
+    await agent.stop();
+  }
+});
+
 t.test('all cases', async (tt) => {
-  timing(tt, 'disk-full (4 cases)', t0);
+  timing(tt, 'disk-full (5 cases)', t0);
 });
