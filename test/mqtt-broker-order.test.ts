@@ -10,36 +10,22 @@ import t, { type Test } from 'tap';
 import { connect as netConnect, type Socket } from 'node:net';
 import mqttPacket from 'mqtt-packet';
 import { waitFor } from './helpers/proc.ts';
-import { harness, type Harness } from './fixtures/mqtt-harness.ts';
-import { MqttBrokerIngest } from '../agent/ingest/mqtt-broker.ts';
+import { harness, startBroker, type Harness } from './fixtures/mqtt-harness.ts';
+import type { MqttBrokerIngest } from '../agent/ingest/mqtt-broker.ts';
 
 const SEED = Number(process.env.ORDER_SEED ?? 115);
 t.comment(`order seed ${SEED}`);
 
 type QoS = 0 | 1 | 2;
 
-async function startBroker(tt: Test, h: Harness): Promise<{ b: MqttBrokerIngest; port: number }> {
-  const b = new MqttBrokerIngest({
-    listen: { host: '127.0.0.1', port: 0 },
-    username: null,
-    password: null,
-    kafkaTopic: null,
-    topicPrefixLength: 0,
-    maxPayload: 256 * 1024,
-    tlsCert: null,
-    tlsKey: null,
-    agentId: 'test',
-    sink: h.sink,
-    metrics: h.metrics,
-    logger: h.logger,
-  });
-  const a = await b.start();
+async function startBrokerFor(tt: Test, h: Harness): Promise<{ b: MqttBrokerIngest; port: number }> {
+  const { b, port } = await startBroker(h);
   // Also after a failed assertion, so a broken run ends instead of hanging on open handles.
   tt.teardown(async () => {
     await b.stop();
     await h.cleanup();
   });
-  return { b, port: a.port };
+  return { b, port };
 }
 
 const gen = (p: object): Buffer => mqttPacket.generate(p as mqttPacket.Packet);
@@ -121,7 +107,7 @@ async function sendInOneWrite(tt: Test, h: Harness, port: number, msgs: { payloa
 
 t.test('QoS 2 "A" then QoS 1 "B" on one topic, CONNECT and both in one write: stored A, B', async (tt) => {
   const h = await harness({ sync: 'normal' });
-  const { port } = await startBroker(tt, h);
+  const { port } = await startBrokerFor(tt, h);
   const run = await sendInOneWrite(tt, h, port, [
     { payload: 'A', qos: 2 },
     { payload: 'B', qos: 1 },
@@ -145,7 +131,7 @@ for (const [n, connectFirst] of [
   const how = connectFirst ? 'after the CONNACK' : 'with the CONNECT';
   t.test(`${n} messages with random QoS 0/1/2 on one topic in one write ${how}: stored in send order`, async (tt) => {
     const h = await harness({ sync: 'normal' });
-    const { b, port } = await startBroker(tt, h);
+    const { b, port } = await startBrokerFor(tt, h);
     const msgs = mixed(tt, n, SEED + n);
     const run = await sendInOneWrite(tt, h, port, msgs, connectFirst);
     tt.same(run.stored, msgs.map((m) => m.payload), 'stored in send order');

@@ -8,30 +8,10 @@ import { execFileSync } from 'node:child_process';
 import { join } from 'node:path';
 import mqtt, { type MqttClient } from 'mqtt';
 import { waitFor } from './helpers/proc.ts';
-import { harness, type Harness } from './fixtures/mqtt-harness.ts';
-import { MqttBrokerIngest, type MqttBrokerIngestOptions } from '../agent/ingest/mqtt-broker.ts';
+import { harness, startBroker, type Harness } from './fixtures/mqtt-harness.ts';
+import { MqttBrokerIngest } from '../agent/ingest/mqtt-broker.ts';
 import { LogWriteError } from '../agent/log/index.ts';
 import type { StoredEvent } from '../agent/log/index.ts';
-
-async function startBroker(h: Harness, over: Partial<MqttBrokerIngestOptions> = {}): Promise<{ b: MqttBrokerIngest; url: string; port: number }> {
-  const b = new MqttBrokerIngest({
-    listen: { host: '127.0.0.1', port: 0 },
-    username: null,
-    password: null,
-    kafkaTopic: null,
-    topicPrefixLength: 0,
-    maxPayload: 256 * 1024,
-    tlsCert: null,
-    tlsKey: null,
-    agentId: 'test',
-    sink: h.sink,
-    metrics: h.metrics,
-    logger: h.logger,
-    ...over,
-  });
-  const a = await b.start();
-  return { b, url: `mqtt://127.0.0.1:${a.port}`, port: a.port };
-}
 
 function pubClient(url: string, opts: mqtt.IClientOptions = {}): Promise<MqttClient> {
   return mqtt.connectAsync(url, { protocolVersion: 4, reconnectPeriod: 0, connectTimeout: 5_000, ...opts });
