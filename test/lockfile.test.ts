@@ -1,9 +1,11 @@
 /**
- * The data-dir lock (agent/log/lockfile.ts):
+ * The data-dir lock (agent/log/lockfile.ts) and the wasm driver's directory fsync:
  * - several processes taking over the same stale lock at the same instant: exactly one wins,
  *   round after round (plain acquireDirLock, and real starts with openLog on the wasm driver);
  * - takeover markers left by crashes are adopted, a live one is waited for, then refused;
- * - a stale lock (kill -9) is taken over on a 100 %-full file system (a tmpfs of its own).
+ * - a stale lock (kill -9) is taken over on a 100 %-full file system (a tmpfs of its own);
+ * - the wasm driver fsyncs the data directory after creating kedge.db-wal, as native SQLite
+ *   does (seen with strace, so it is the system calls that are checked, not our own wrappers).
  */
 import t from 'tap';
 import type { Test } from 'tap';
@@ -273,4 +275,59 @@ t.test('a stale lock (kill -9) is taken over on a 100 %-full disk', { skip: proc
   t.same(fs.readdirSync(dir), [LOCK_FILE], 'no marker or temp file left behind');
   lock.release();
   t.same(fs.readdirSync(dir), [], 'released');
+});
+
+/** Opens a log on the wasm driver with sync=full in argv[1], appends one event, closes. */
+const APPEND_ONE = `
+import { openLog } from ${JSON.stringify(LOG_URL)};
+const log = await openLog({ dir: process.argv[1], driver: 'wasm', sync: 'full' });
+await log.append([{ topic: 't', key: null, value: Buffer.from('x'), source: 'http' }]);
+await log.close();
+`;
+
+interface Syscall {
+  call: string;
+  /** The path opened, or the path the fd was opened on. */
+  path: string;
+  flags: string;
+}
+
+/** The open/fsync calls of an strace -o file (main thread only, so no interleaved "<unfinished ...>" lines). */
+function parseTrace(text: string): Syscall[] {
+  const fds = new Map<number, string>();
+  const calls: Syscall[] = [];
+  for (const line of text.split('\n')) {
+    const open = /^(openat|open)\((?:AT_FDCWD, )?"([^"]*)", ([A-Z_|]+).*\) = (\d+)$/.exec(line);
+    if (open) {
+      fds.set(Number(open[4]), open[2]);
+      calls.push({ call: open[1], path: open[2], flags: open[3] });
+      continue;
+    }
+    const onFd = /^(fsync|fdatasync|close)\((\d+)\)\s+= 0$/.exec(line);
+    if (!onFd) continue;
+    const fd = Number(onFd[2]);
+    if (onFd[1] === 'close') fds.delete(fd);
+    else calls.push({ call: onFd[1], path: fds.get(fd) ?? `fd ${fd}`, flags: '' });
+  }
+  return calls;
+}
+
+const hasStrace = spawnSync('strace', ['-V']).status === 0;
+
+t.test('wasm driver: the data directory is fsynced after kedge.db-wal is created', { skip: !hasStrace && 'apt-get install -y strace' }, async (t) => {
+  const base = fs.realpathSync(tmpDir(t));
+  const dir = path.join(base, 'data');
+  const trace = path.join(base, 'strace.out');
+  // Without -f only the main thread is traced: the one that runs JS and the wasm VFS's synchronous fs calls.
+  const r = spawnSync('strace', ['-o', trace, '-e', 'trace=open,openat,fsync,fdatasync,close', process.execPath, '--input-type=module', '-e', APPEND_ONE, dir], {
+    encoding: 'utf8',
+  });
+  t.equal(r.status, 0, `the child appended one event (${r.stderr.slice(-500)})`);
+  const calls = parseTrace(fs.readFileSync(trace, 'utf8'));
+  const wal = path.join(dir, 'kedge.db-wal');
+  const created = calls.findIndex((c) => c.path === wal && c.flags.includes('O_CREAT'));
+  t.ok(created >= 0, 'kedge.db-wal was created');
+  const dirSyncs = calls.slice(created + 1).filter((c) => (c.call === 'fsync' || c.call === 'fdatasync') && c.path === dir);
+  const after = calls.slice(created + 1).filter((c) => c.path === dir || c.path.startsWith(dir + path.sep));
+  t.ok(dirSyncs.length > 0, `the data directory was fsynced after kedge.db-wal was created (then: ${after.map((c) => `${c.call} ${path.relative(dir, c.path) || '.'}`).join(', ')})`);
 });

@@ -15,6 +15,9 @@
  *   here runs the query to completion instead; use it only for queries that
  *   return at most one row.
  * - Errors carry only a message (no numeric code); see sqlErrorKind().
+ * - Its VFS never fsyncs the directory after creating a file; native SQLite
+ *   does for the WAL, so that its directory entry survives a power cut. We do
+ *   it here (see WalDirSync).
  * - After a failed step (e.g. SQLITE_FULL) the statement is not reset, and the
  *   next bind fails with "Could not reset statement" because sqlite3_reset
  *   repeats the old error. We reset it right after the failure (the package's
@@ -115,10 +118,53 @@ function load(opts: DriverOpenOptions): WasmModule {
   }
 }
 
+/**
+ * Fsync the directory once the WAL exists, as native SQLite does after creating
+ * it: without that a power cut can lose the WAL's directory entry, and with it
+ * every commit in it. The VFS that creates the file is closures inside the
+ * package's dist js (`_nodejs_open`), reachable only through the process-wide
+ * `node:fs` object, which we do not patch. SQLite creates the WAL only while
+ * running a statement, so after each statement, until we have seen the WAL,
+ * we look for `<file>-wal`; the directory is synced before that statement's
+ * caller learns of any commit in it. Once is enough: the log keeps WAL mode
+ * with locking_mode=EXCLUSIVE, which keeps the WAL for the life of the
+ * connection (checkpoints truncate it, never delete it). The same fsync makes
+ * the database file's own entry durable (same directory, created earlier).
+ */
+class WalDirSync {
+  readonly #wal: string;
+  #done = false;
+  constructor(file: string) {
+    this.#wal = `${path.resolve(file)}-wal`;
+  }
+  afterStatement(): void {
+    if (this.#done || !fs.existsSync(this.#wal)) return;
+    this.#done = true;
+    const dir = path.dirname(this.#wal);
+    try {
+      fsyncDir(dir);
+    } catch (err) {
+      // Like native SQLite, a directory that cannot be synced (some file systems refuse) does not fail the commit; but say so.
+      process.emitWarning(`kedge log: cannot fsync directory ${dir} after creating ${this.#wal} (${(err as Error).message}); a power cut may lose it`);
+    }
+  }
+}
+
+function fsyncDir(dir: string): void {
+  const fd = fs.openSync(dir, 'r');
+  try {
+    fs.fsyncSync(fd);
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
 class WasmStmt implements SqlStmt {
   #stmt: WasmStatement;
-  constructor(stmt: WasmStatement) {
+  #walSync: WalDirSync;
+  constructor(stmt: WasmStatement, walSync: WalDirSync) {
     this.#stmt = stmt;
+    this.#walSync = walSync;
   }
   run(params: unknown[]): SqlRunResult {
     let r: { changes: number; lastInsertRowid: number | bigint };
@@ -127,6 +173,7 @@ class WasmStmt implements SqlStmt {
     } catch (err) {
       r = this.#recover(err, () => this.#stmt.run(params));
     }
+    this.#walSync.afterStatement();
     if (typeof r.lastInsertRowid === 'bigint') r.lastInsertRowid = Number(r.lastInsertRowid);
     return r as SqlRunResult;
   }
@@ -140,11 +187,14 @@ class WasmStmt implements SqlStmt {
     return rows;
   }
   #all(params: unknown[]): Row[] {
+    let rows: Row[];
     try {
-      return this.#stmt.all(params);
+      rows = this.#stmt.all(params);
     } catch (err) {
-      return this.#recover(err, () => this.#stmt.all(params));
+      rows = this.#recover(err, () => this.#stmt.all(params));
     }
+    this.#walSync.afterStatement();
+    return rows;
   }
   /** After a failure: reset now so the next call starts clean; or retry a call that only failed on the stale reset. */
   #recover<T>(err: unknown, retry: () => T): T {
@@ -164,14 +214,17 @@ class WasmStmt implements SqlStmt {
 class WasmDb implements SqlDb {
   readonly driver = 'wasm' as const;
   #db: WasmDatabase;
-  constructor(db: WasmDatabase) {
+  #walSync: WalDirSync;
+  constructor(db: WasmDatabase, file: string) {
     this.#db = db;
+    this.#walSync = new WalDirSync(file);
   }
   exec(sql: string): void {
     this.#db.exec(sql);
+    this.#walSync.afterStatement();
   }
   prepare(sql: string): SqlStmt {
-    return new WasmStmt(this.#db.prepare(sql));
+    return new WasmStmt(this.#db.prepare(sql), this.#walSync);
   }
   close(): void {
     if (this.#db.isOpen) this.#db.close();
@@ -182,7 +235,7 @@ class WasmDb implements SqlDb {
 export function openWasm(opts: DriverOpenOptions): SqlDb {
   const { Database } = load(opts);
   removeStaleLockDir(opts.file);
-  return new WasmDb(new Database(opts.file));
+  return new WasmDb(new Database(opts.file), opts.file);
 }
 
 function removeStaleLockDir(file: string): void {
