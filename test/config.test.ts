@@ -1,8 +1,9 @@
 import { spawnSync } from 'node:child_process';
-import { chmodSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, mkdtempSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join, relative, resolve } from 'node:path';
+import { dirname, join, relative, resolve } from 'node:path';
 import t from 'tap';
+import type { Test } from 'tap';
 import {
   ConfigError,
   ENV_VARS,
@@ -403,6 +404,20 @@ t.test('TLS and SASL file and pairing rules', async (t) => {
   t.strictSame(p, ['KEDGE_MQTT_PASSWORD is set but KEDGE_MQTT_USERNAME is not (set both)']);
 });
 
+/**
+ * The unprivileged user must reach agent/cli.ts: a checkout inside a `mktemp -d`
+ * folder (mode 0700, as CI's fresh clone is) is closed to it. Adds o+x (search only,
+ * no listing) to the folders above `dir` that lack it, restored in teardown.
+ */
+function traversableByOthers(t: Test, dir: string): void {
+  for (let d = resolve(dir); d !== dirname(d); d = dirname(d)) {
+    const mode = statSync(d).mode & 0o7777;
+    if (mode & 0o001) continue;
+    chmodSync(d, mode | 0o001);
+    t.teardown(() => chmodSync(d, mode));
+  }
+}
+
 t.test('unreadable file', async (t) => {
   const locked = join(tmp, 'locked.pem');
   writeFileSync(locked, 'x');
@@ -413,6 +428,7 @@ t.test('unreadable file', async (t) => {
   }
   // root reads everything: check as an unprivileged user, the way the service runs.
   chmodSync(tmp, 0o755);
+  traversableByOthers(t, join(import.meta.dirname, '..'));
   // `env -u NODE_OPTIONS`: tap injects its process-info hook into children, which nobody cannot write.
   const r = spawnSync('env', ['-u', 'NODE_OPTIONS', 'setpriv', '--reuid=65534', '--regid=65534', '--clear-groups', process.execPath, join(import.meta.dirname, '../agent/cli.ts'), '--', 'check-config'], {
     env: { PATH: process.env.PATH ?? '', KEDGE_KAFKA_CA_FILE: locked, KEDGE_DATA_DIR: tmp }, encoding: 'utf8', timeout: 20_000,
