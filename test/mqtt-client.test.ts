@@ -10,9 +10,8 @@ import { randomBytes } from 'node:crypto';
 import mqtt, { type MqttClient, type Packet } from 'mqtt';
 import { Mosquitto } from './helpers/mosquitto.ts';
 import { spawnProc, waitFor, type Proc } from './helpers/proc.ts';
-import { harness, type Harness } from './fixtures/mqtt-harness.ts';
+import { harness, startBroker, type Harness } from './fixtures/mqtt-harness.ts';
 import { MqttClientIngest, type MqttClientIngestOptions } from '../agent/ingest/mqtt-client.ts';
-import { MqttBrokerIngest } from '../agent/ingest/mqtt-broker.ts';
 import { kafkaTopicName } from '../agent/ingest/mqtt-topic.ts';
 import { LogWriteError } from '../agent/log/index.ts';
 import type { StoredEvent } from '../agent/log/index.ts';
@@ -303,22 +302,7 @@ t.test('broker restart: link goes down, kedge reconnects on its own, the session
 
 t.test('MQTT 3.1.1-only broker: kedge falls back from MQTT 5', async (tt) => {
   const h = await harness({ sync: 'normal' });
-  const broker = new MqttBrokerIngest({
-    listen: { host: '127.0.0.1', port: 0 },
-    username: null,
-    password: null,
-    kafkaTopic: null,
-    topicPrefixLength: 0,
-    maxPayload: 1024,
-    tlsCert: null,
-    tlsKey: null,
-    agentId: 'fallback',
-    sink: h.sink,
-    metrics: h.metrics,
-    logger: h.logger,
-  });
-  const addr = await broker.start();
-  const url = `mqtt://127.0.0.1:${addr.port}`;
+  const { b: broker, url } = await startBroker(h, { maxPayload: 1024, agentId: 'fallback' });
   // A second log would be cleaner, but one is enough: the broker stores what the
   // publisher sends, the client stores what the broker forwards to it.
   const k = ingest(h, { url, topics: ['fb/#'] });
