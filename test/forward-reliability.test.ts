@@ -76,6 +76,17 @@ async function setup(t: Test, kafka: FakeKafka, opts: { graceMs: number; wrapLog
   };
 }
 
+/** `log` with one method replaced (the rest bound to the real log): a disk that fails on cue. */
+function withMethod<K extends keyof EventLog>(log: EventLog, name: K, impl: EventLog[K]): EventLog {
+  return new Proxy(log, {
+    get(target, prop, receiver) {
+      if (prop === name) return impl;
+      const v = Reflect.get(target, prop, receiver);
+      return typeof v === 'function' ? v.bind(target) : v;
+    },
+  });
+}
+
 async function until(cond: () => boolean, ms = 10_000): Promise<boolean> {
   const end = Date.now() + ms;
   while (!cond() && Date.now() < end) await sleep(10);
@@ -133,18 +144,10 @@ t.test('an ack that cannot be written (disk full): degraded with the reason, ack
   let failAcks = true;
   let ackAttempts = 0;
   const wrapLog = (log: EventLog): EventLog =>
-    new Proxy(log, {
-      get(target, prop, receiver) {
-        if (prop === 'ack') {
-          return (seq: number, lane?: Lane) => {
-            ackAttempts++;
-            if (failAcks) throw new LogWriteError('cannot acknowledge: disk full (injected)', 'KEDGE_DISK_FULL');
-            return target.ack(seq, lane);
-          };
-        }
-        const v = Reflect.get(target, prop, receiver);
-        return typeof v === 'function' ? v.bind(target) : v;
-      },
+    withMethod(log, 'ack', (seq: number, lane?: Lane) => {
+      ackAttempts++;
+      if (failAcks) throw new LogWriteError('cannot acknowledge: disk full (injected)', 'KEDGE_DISK_FULL');
+      return log.ack(seq, lane);
     });
   const s = await setup(t, kafka, { graceMs: 60_000, wrapLog });
   const first = counter;
@@ -165,20 +168,12 @@ t.test('a read that fails (I/O error) never stops the loop', async (t) => {
   const kafka = new FakeKafka();
   let failReads = 3;
   const wrapLog = (log: EventLog): EventLog =>
-    new Proxy(log, {
-      get(target, prop, receiver) {
-        if (prop === 'readBatch') {
-          return (...args: Parameters<EventLog['readBatch']>) => {
-            if (failReads > 0) {
-              failReads--;
-              throw new LogWriteError('disk I/O error (injected)', 'KEDGE_LOG_WRITE');
-            }
-            return target.readBatch(...args);
-          };
-        }
-        const v = Reflect.get(target, prop, receiver);
-        return typeof v === 'function' ? v.bind(target) : v;
-      },
+    withMethod(log, 'readBatch', (...args: Parameters<EventLog['readBatch']>) => {
+      if (failReads > 0) {
+        failReads--;
+        throw new LogWriteError('disk I/O error (injected)', 'KEDGE_LOG_WRITE');
+      }
+      return log.readBatch(...args);
     });
   const s = await setup(t, kafka, { graceMs: 60_000, wrapLog });
   const first = counter;
