@@ -84,8 +84,12 @@ export class Agent {
     const cfg = this.cfg;
     const compression = kafkaCompression(cfg.kafka.compression);
     const log = await openLog({
-      dir: cfg.dataDir, driver: cfg.storage, sync: cfg.sync,
-      quotaBytes: cfg.retention.diskQuota, whenFull: cfg.retention.whenFull, retentionMs: cfg.retention.maxAge,
+      dir: cfg.dataDir,
+      driver: cfg.storage,
+      sync: cfg.sync,
+      quotaBytes: cfg.retention.diskQuota,
+      whenFull: cfg.retention.whenFull,
+      retentionMs: cfg.retention.maxAge,
     });
     // Before anything else: retention may drop at the first tick after open.
     const drops = new DropTracker(this.metrics, this.logger);
@@ -96,13 +100,30 @@ export class Agent {
     if (log.meta('agent_id') !== this.agentId) log.setMeta('agent_id', this.agentId);
 
     const stats = log.stats();
-    this.logger.info({ agentId: this.agentId, dataDir: cfg.dataDir, storage: cfg.storage, sync: cfg.sync, backlog: stats.backlogEvents, lastSeq: stats.lastSeq }, 'log open');
+    this.logger.info(
+      {
+        agentId: this.agentId,
+        dataDir: cfg.dataDir,
+        storage: cfg.storage,
+        sync: cfg.sync,
+        backlog: stats.backlogEvents,
+        lastSeq: stats.lastSeq,
+      },
+      'log open',
+    );
 
     this.sink = new IngestSink(log, this.metrics, cfg.forward.priorityTopics, this.logger);
     const wire = new WireMeter();
     this.forwarder = new Forwarder({
       log,
-      sink: new KafkaSink({ kafka: cfg.kafka, clientId: `kedge-${this.agentId}`, compression, requestTimeoutMs: this.tuning.requestTimeoutMs, logger: this.logger, socketFactory: wire.socketFactory() }),
+      sink: new KafkaSink({
+        kafka: cfg.kafka,
+        clientId: `kedge-${this.agentId}`,
+        compression,
+        requestTimeoutMs: this.tuning.requestTimeoutMs,
+        logger: this.logger,
+        socketFactory: wire.socketFactory(),
+      }),
       agentId: this.agentId,
       topicPrefix: cfg.kafka.topicPrefix,
       maxBatchEvents: this.tuning.maxBatchEvents,
@@ -124,8 +145,23 @@ export class Agent {
     this.rates.start();
     const rates = this.rates;
     const status = () => ({
-      ...buildStatus({ agentId: this.agentId, version: KEDGE_VERSION, startedAt: this.startedAt, log, forwarder: () => fwd.status(), config: redactedConfig(cfg), warnings: () => this.warnings, drops: () => drops.summary() }, rates),
-      mqtt: { client: this.mqttClient?.status() ?? null, broker: this.mqttBroker?.status() ?? null },
+      ...buildStatus(
+        {
+          agentId: this.agentId,
+          version: KEDGE_VERSION,
+          startedAt: this.startedAt,
+          log,
+          forwarder: () => fwd.status(),
+          config: redactedConfig(cfg),
+          warnings: () => this.warnings,
+          drops: () => drops.summary(),
+        },
+        rates,
+      ),
+      mqtt: {
+        client: this.mqttClient?.status() ?? null,
+        broker: this.mqttBroker?.status() ?? null,
+      },
       heartbeat: this.heartbeat?.status() ?? null,
     });
 
@@ -147,14 +183,20 @@ export class Agent {
         limits: this.tuning.httpLimits,
         api: {
           status,
-          metrics: async () => ({ contentType: this.metrics.registry.contentType, body: await this.metrics.registry.metrics() }),
+          metrics: async () => ({
+            contentType: this.metrics.registry.contentType,
+            body: await this.metrics.registry.metrics(),
+          }),
           ready: () => this.sink?.ready ?? false,
           pause: () => fwd.setPaused(true),
           resume: () => fwd.setPaused(false),
         },
       });
       this.httpAddress = await this.http.start();
-      this.logger.info({ listen: `${this.httpAddress.address}:${this.httpAddress.port}` }, 'http ingest listening');
+      this.logger.info(
+        { listen: `${this.httpAddress.address}:${this.httpAddress.port}` },
+        'http ingest listening',
+      );
     }
     if (cfg.mqtt.listen) {
       if (!isLoopback(cfg.mqtt.listen.host) && !cfg.mqtt.username) {
@@ -163,18 +205,36 @@ export class Agent {
         this.logger.warn(w);
       }
       this.mqttBroker = new MqttBrokerIngest({
-        listen: cfg.mqtt.listen, username: cfg.mqtt.username, password: cfg.mqtt.password, kafkaTopic: cfg.mqtt.kafkaTopic,
-        topicPrefixLength: cfg.kafka.topicPrefix.length, maxPayload: cfg.mqtt.maxPayload, tlsCert: cfg.mqtt.tlsCert, tlsKey: cfg.mqtt.tlsKey,
-        agentId: this.agentId, sink: this.sink, metrics: this.metrics, logger: this.logger,
+        listen: cfg.mqtt.listen,
+        username: cfg.mqtt.username,
+        password: cfg.mqtt.password,
+        kafkaTopic: cfg.mqtt.kafkaTopic,
+        topicPrefixLength: cfg.kafka.topicPrefix.length,
+        maxPayload: cfg.mqtt.maxPayload,
+        tlsCert: cfg.mqtt.tlsCert,
+        tlsKey: cfg.mqtt.tlsKey,
+        agentId: this.agentId,
+        sink: this.sink,
+        metrics: this.metrics,
+        logger: this.logger,
         connectTimeoutMs: this.tuning.mqttConnectTimeoutMs,
       });
       this.mqttAddress = await this.mqttBroker.start();
     }
     if (cfg.mqtt.url) {
       this.mqttClient = new MqttClientIngest({
-        url: cfg.mqtt.url, topics: cfg.mqtt.topics, agentId: this.agentId, username: cfg.mqtt.username, password: cfg.mqtt.password,
-        kafkaTopic: cfg.mqtt.kafkaTopic, topicPrefixLength: cfg.kafka.topicPrefix.length, maxPayload: cfg.mqtt.maxPayload,
-        retained: cfg.mqtt.retained, sink: this.sink, metrics: this.metrics, logger: this.logger,
+        url: cfg.mqtt.url,
+        topics: cfg.mqtt.topics,
+        agentId: this.agentId,
+        username: cfg.mqtt.username,
+        password: cfg.mqtt.password,
+        kafkaTopic: cfg.mqtt.kafkaTopic,
+        topicPrefixLength: cfg.kafka.topicPrefix.length,
+        maxPayload: cfg.mqtt.maxPayload,
+        retained: cfg.mqtt.retained,
+        sink: this.sink,
+        metrics: this.metrics,
+        logger: this.logger,
       });
       // Waits at most a few seconds: a broker that is down does not block startup.
       await this.mqttClient.start();
@@ -187,7 +247,14 @@ export class Agent {
         intervalMs: cfg.heartbeat.intervalMs,
         agentId: this.agentId,
         // Its own producer and connections: a heartbeat never queues behind a forwarder batch.
-        sink: new KafkaSink({ kafka: cfg.kafka, clientId: `kedge-${this.agentId}-heartbeat`, compression, requestTimeoutMs: 10_000, logger: this.logger, socketFactory: wire.socketFactory() }),
+        sink: new KafkaSink({
+          kafka: cfg.kafka,
+          clientId: `kedge-${this.agentId}-heartbeat`,
+          compression,
+          requestTimeoutMs: 10_000,
+          logger: this.logger,
+          socketFactory: wire.socketFactory(),
+        }),
         link: () => fwd.status(),
         onLinkChange: (listener) => fwd.onStateChange(listener),
         status,
@@ -211,7 +278,10 @@ export class Agent {
     ]);
     await withTimeout(this.http?.stop() ?? Promise.resolve(), 3_000);
     await withTimeout(this.heartbeat?.stop() ?? Promise.resolve(), 2_500);
-    await withTimeout(this.forwarder?.stop() ?? Promise.resolve(), Math.max(500, deadline - Date.now() - 1_500));
+    await withTimeout(
+      this.forwarder?.stop() ?? Promise.resolve(),
+      Math.max(500, deadline - Date.now() - 1_500),
+    );
     this.rates?.stop();
     await this.log?.close();
     this.drops?.stop();
@@ -221,11 +291,17 @@ export class Agent {
 
 function withTimeout(p: Promise<unknown>, ms: number): Promise<void> {
   let t: NodeJS.Timeout;
-  return Promise.race([p.then(() => undefined), new Promise<void>((r) => (t = setTimeout(r, ms)))]).finally(() => clearTimeout(t));
+  return Promise.race([
+    p.then(() => undefined),
+    new Promise<void>((r) => (t = setTimeout(r, ms))),
+  ]).finally(() => clearTimeout(t));
 }
 
 function generateAgentId(): string {
-  const host = hostname().replace(/[^A-Za-z0-9._-]/g, '_').slice(0, 40) || 'kedge';
+  const host =
+    hostname()
+      .replace(/[^A-Za-z0-9._-]/g, '_')
+      .slice(0, 40) || 'kedge';
   return `${host}-${randomBytes(4).toString('hex')}`;
 }
 

@@ -57,9 +57,12 @@ function parseArgs(argv: string[]): Args {
     else if (x === '--watch') a.watch = true;
     else if (x === '--count' || x.startsWith('--count=')) {
       const v = x === '--count' ? argv[++i] : x.slice('--count='.length);
-      if (!v || !/^[1-9]\d*$/.test(v)) fail(`--count needs a whole number of screens, e.g. --count 10 (got ${JSON.stringify(v ?? '')})`);
+      if (!v || !/^[1-9]\d*$/.test(v))
+        fail(
+          `--count needs a whole number of screens, e.g. --count 10 (got ${JSON.stringify(v ?? '')})`,
+        );
       a.count = Number(v);
-    }    else if (!x.startsWith('-') && !sawCommand) {
+    } else if (!x.startsWith('-') && !sawCommand) {
       a.command = x;
       sawCommand = true;
     } else fail(`unknown argument "${x}"\n${USAGE}`);
@@ -72,7 +75,9 @@ function loadOrExit(args: Args): Config {
   if (args.envFile) {
     const f = readEnvFile(args.envFile);
     if (f.problems.length) {
-      process.stderr.write(`kedge: the env file has problems:\n${f.problems.map((p) => `  - ${p}`).join('\n')}\n`);
+      process.stderr.write(
+        `kedge: the env file has problems:\n${f.problems.map((p) => `  - ${p}`).join('\n')}\n`,
+      );
       process.exit(2);
     }
     env = mergeEnv(process.env, f.vars);
@@ -81,7 +86,9 @@ function loadOrExit(args: Args): Config {
     return loadConfig(env, { envFile: args.envFile });
   } catch (e) {
     if (e instanceof ConfigError) {
-      process.stderr.write(`kedge: the configuration has ${e.problems.length} problem${e.problems.length === 1 ? '' : 's'}:\n${e.problems.map((p) => `  - ${p}`).join('\n')}\n`);
+      process.stderr.write(
+        `kedge: the configuration has ${e.problems.length} problem${e.problems.length === 1 ? '' : 's'}:\n${e.problems.map((p) => `  - ${p}`).join('\n')}\n`,
+      );
       process.exit(2);
     }
     throw e;
@@ -104,8 +111,14 @@ async function run(args: Args): Promise<void> {
   if (args.envFile) {
     try {
       const mode = statSync(args.envFile).mode;
-      if (mode & 0o077) logger.warn({ envFile: args.envFile, mode: (mode & 0o777).toString(8) }, 'the env file is readable by group or others and may hold secrets: chmod 600 it');
-    } catch { /* already reported by readEnvFile */ }
+      if (mode & 0o077)
+        logger.warn(
+          { envFile: args.envFile, mode: (mode & 0o777).toString(8) },
+          'the env file is readable by group or others and may hold secrets: chmod 600 it',
+        );
+    } catch {
+      /* already reported by readEnvFile */
+    }
   }
   const agent = new Agent(cfg, logger);
   try {
@@ -113,12 +126,24 @@ async function run(args: Args): Promise<void> {
   } catch (e) {
     if (e instanceof LogOpenError || e instanceof CodecUnavailableError) fail(e.message);
     const err = e as NodeJS.ErrnoException;
-    if (err.code === 'EADDRINUSE') fail(`cannot listen on ${cfg.http.listen?.host}:${cfg.http.listen?.port}: the address is in use (another kedge? set KEDGE_HTTP_LISTEN)`);
-    if (err.code === 'EACCES' && err.syscall === 'listen') fail(`no permission to listen on port ${cfg.http.listen?.port} (ports below 1024 need CAP_NET_BIND_SERVICE; pick a higher port)`);
-    if (err.code === 'EACCES' || err.code === 'EROFS') fail(`cannot write the data dir ${cfg.dataDir}: ${err.message} (set KEDGE_DATA_DIR to a writable folder)`);
+    if (err.code === 'EADDRINUSE')
+      fail(
+        `cannot listen on ${cfg.http.listen?.host}:${cfg.http.listen?.port}: the address is in use (another kedge? set KEDGE_HTTP_LISTEN)`,
+      );
+    if (err.code === 'EACCES' && err.syscall === 'listen')
+      fail(
+        `no permission to listen on port ${cfg.http.listen?.port} (ports below 1024 need CAP_NET_BIND_SERVICE; pick a higher port)`,
+      );
+    if (err.code === 'EACCES' || err.code === 'EROFS')
+      fail(
+        `cannot write the data dir ${cfg.dataDir}: ${err.message} (set KEDGE_DATA_DIR to a writable folder)`,
+      );
     throw e;
   }
-  logger.info({ version: KEDGE_VERSION, node: process.version, arch: process.arch }, 'kedge running');
+  logger.info(
+    { version: KEDGE_VERSION, node: process.version, arch: process.arch },
+    'kedge running',
+  );
   let stopping = false;
   const onSignal = (sig: string) => {
     if (stopping) return;
@@ -156,10 +181,16 @@ async function main(): Promise<void> {
       return;
     }
     case 'status':
-      process.exitCode = await runStatus(loadOrExit(args), { json: args.json, watch: args.watch, count: args.count });
+      process.exitCode = await runStatus(loadOrExit(args), {
+        json: args.json,
+        watch: args.watch,
+        count: args.count,
+      });
       return;
     case 'version':
-      process.stdout.write(`kedge ${KEDGE_VERSION}\nnode ${process.version}\narch ${process.platform}-${process.arch}\nstorage ${storageDriverAvailable()}\n`);
+      process.stdout.write(
+        `kedge ${KEDGE_VERSION}\nnode ${process.version}\narch ${process.platform}-${process.arch}\nstorage ${storageDriverAvailable()}\n`,
+      );
       return;
     case 'help':
       process.stdout.write(USAGE);

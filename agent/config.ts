@@ -7,7 +7,14 @@ import { isIPv4, isIPv6 } from 'node:net';
 import { resolve as resolvePath } from 'node:path';
 import { mergeEnv, readEnvFile } from './env-file.ts';
 import type { StorageDriverName, SyncMode } from './log/types.ts';
-import { formatBytes, formatDuration, formatRate, parseDuration, parseRate, parseSize } from './units.ts';
+import {
+  formatBytes,
+  formatDuration,
+  formatRate,
+  parseDuration,
+  parseRate,
+  parseSize,
+} from './units.ts';
 
 export type LogLevel = 'debug' | 'info' | 'warn' | 'error';
 export type Compression = 'none' | 'gzip' | 'snappy' | 'lz4' | 'zstd';
@@ -135,7 +142,11 @@ export const ENV_VARS = [
 export type EnvVarName = (typeof ENV_VARS)[number];
 
 /** Variables whose values never appear in output, problems included. */
-export const SECRET_VARS: readonly EnvVarName[] = ['KEDGE_HTTP_TOKEN', 'KEDGE_KAFKA_PASSWORD', 'KEDGE_MQTT_PASSWORD'];
+export const SECRET_VARS: readonly EnvVarName[] = [
+  'KEDGE_HTTP_TOKEN',
+  'KEDGE_KAFKA_PASSWORD',
+  'KEDGE_MQTT_PASSWORD',
+];
 
 export const REDACTED = '[redacted]';
 
@@ -148,7 +159,9 @@ export class ConfigError extends Error {
 
   constructor(problems: string[]) {
     const n = problems.length;
-    super(`invalid configuration (${n} problem${n === 1 ? '' : 's'}):\n${problems.map((p) => `  ${p}`).join('\n')}`);
+    super(
+      `invalid configuration (${n} problem${n === 1 ? '' : 's'}):\n${problems.map((p) => `  ${p}`).join('\n')}`,
+    );
     this.name = 'ConfigError';
     this.problems = problems;
   }
@@ -195,7 +208,10 @@ export interface LoadConfigOptions {
  * Empty values count as unset, except where empty means "off": KEDGE_HTTP_LISTEN,
  * KEDGE_HEARTBEAT_TOPIC (and KEDGE_HTTP_TOKEN / KEDGE_TOPIC_PREFIX, whose default is empty).
  */
-export function loadConfig(env: Record<string, string | undefined>, opts: LoadConfigOptions = {}): Config {
+export function loadConfig(
+  env: Record<string, string | undefined>,
+  opts: LoadConfigOptions = {},
+): Config {
   const problems: string[] = [];
   const envFile = opts.envFile ? opts.envFile : null;
   let vars = env;
@@ -212,12 +228,21 @@ export function loadConfig(env: Record<string, string | undefined>, opts: LoadCo
   const agentIdText = r.get('KEDGE_AGENT_ID');
   if (agentIdText !== undefined) {
     if (/^[A-Za-z0-9._-]{1,64}$/.test(agentIdText)) agentId = agentIdText;
-    else r.bad('KEDGE_AGENT_ID', agentIdText, 'is not a valid agent id (expected 1-64 characters of A-Z, a-z, 0-9, ".", "_", "-")');
+    else
+      r.bad(
+        'KEDGE_AGENT_ID',
+        agentIdText,
+        'is not a valid agent id (expected 1-64 characters of A-Z, a-z, 0-9, ".", "_", "-")',
+      );
   }
 
   const sync = r.oneOf('KEDGE_SYNC', ['full', 'normal'] as const, DEFAULTS.sync);
   const storage = r.oneOf('KEDGE_STORAGE', ['sqlite', 'wasm'] as const, DEFAULTS.storage);
-  const logLevel = r.oneOf('KEDGE_LOG_LEVEL', ['debug', 'info', 'warn', 'error'] as const, DEFAULTS.logLevel);
+  const logLevel = r.oneOf(
+    'KEDGE_LOG_LEVEL',
+    ['debug', 'info', 'warn', 'error'] as const,
+    DEFAULTS.logLevel,
+  );
 
   // --- HTTP
   const httpListen = r.listen('KEDGE_HTTP_LISTEN', { ...DEFAULTS.httpListen }, '127.0.0.1:8780');
@@ -227,7 +252,12 @@ export function loadConfig(env: Record<string, string | undefined>, opts: LoadCo
       'KEDGE_HTTP_TOKEN contains spaces, control or non-ASCII characters (expected one word of printable ASCII; value not shown)',
     );
   }
-  const httpMaxBody = r.size('KEDGE_HTTP_MAX_BODY', DEFAULTS.httpMaxBody, 1, Number.MAX_SAFE_INTEGER);
+  const httpMaxBody = r.size(
+    'KEDGE_HTTP_MAX_BODY',
+    DEFAULTS.httpMaxBody,
+    1,
+    Number.MAX_SAFE_INTEGER,
+  );
   const [httpTlsCert, httpTlsKey] = r.certPair('KEDGE_HTTP_TLS_CERT', 'KEDGE_HTTP_TLS_KEY');
 
   // --- Kafka
@@ -236,7 +266,11 @@ export function loadConfig(env: Record<string, string | undefined>, opts: LoadCo
   if (brokerList === undefined) {
     brokers.push(...DEFAULTS.kafkaBrokers);
   } else if (brokerList.length === 0) {
-    r.bad('KEDGE_KAFKA_BROKERS', r.raw('KEDGE_KAFKA_BROKERS') ?? '', 'lists no brokers (expected host:port, comma-separated)');
+    r.bad(
+      'KEDGE_KAFKA_BROKERS',
+      r.raw('KEDGE_KAFKA_BROKERS') ?? '',
+      'lists no brokers (expected host:port, comma-separated)',
+    );
   } else {
     for (const entry of brokerList) {
       const hp = parseHostPort(entry, 'kafka1:9092');
@@ -248,9 +282,9 @@ export function loadConfig(env: Record<string, string | undefined>, opts: LoadCo
   const tlsFlag = r.bool('KEDGE_KAFKA_TLS');
   const caFile = r.file('KEDGE_KAFKA_CA_FILE');
   const [certFile, keyFile] = r.certPair('KEDGE_KAFKA_CERT_FILE', 'KEDGE_KAFKA_KEY_FILE');
-  const tlsFileVars = (['KEDGE_KAFKA_CA_FILE', 'KEDGE_KAFKA_CERT_FILE', 'KEDGE_KAFKA_KEY_FILE'] as const).filter(
-    (name) => r.get(name) !== undefined,
-  );
+  const tlsFileVars = (
+    ['KEDGE_KAFKA_CA_FILE', 'KEDGE_KAFKA_CERT_FILE', 'KEDGE_KAFKA_KEY_FILE'] as const
+  ).filter((name) => r.get(name) !== undefined);
   // Giving a CA or client certificate means TLS; only an explicit "off" contradicts it.
   const kafkaTls = tlsFlag ?? tlsFileVars.length > 0;
   if (tlsFlag === false && tlsFileVars.length > 0) {
@@ -267,30 +301,47 @@ export function loadConfig(env: Record<string, string | undefined>, opts: LoadCo
   if (mechText !== undefined) {
     const mech = mechanisms.find((m) => m === mechText.toLowerCase());
     if (mech === undefined) {
-      r.bad('KEDGE_KAFKA_SASL_MECHANISM', mechText, `is not supported (expected ${orList(mechanisms)})`);
+      r.bad(
+        'KEDGE_KAFKA_SASL_MECHANISM',
+        mechText,
+        `is not supported (expected ${orList(mechanisms)})`,
+      );
     }
     const missing = [
       kafkaUser === undefined ? 'KEDGE_KAFKA_USERNAME' : null,
       kafkaPassword === null ? 'KEDGE_KAFKA_PASSWORD' : null,
     ].filter((x) => x !== null);
     if (missing.length > 0) {
-      r.problem(`KEDGE_KAFKA_SASL_MECHANISM is ${JSON.stringify(mechText)} but ${missing.join(' and ')} ${missing.length === 1 ? 'is' : 'are'} not set (SASL needs both)`);
+      r.problem(
+        `KEDGE_KAFKA_SASL_MECHANISM is ${JSON.stringify(mechText)} but ${missing.join(' and ')} ${missing.length === 1 ? 'is' : 'are'} not set (SASL needs both)`,
+      );
     }
     if (mech !== undefined && kafkaUser !== undefined && kafkaPassword !== null) {
       sasl = { mechanism: mech, username: kafkaUser, password: kafkaPassword };
     }
   } else if (kafkaUser !== undefined || kafkaPassword !== null) {
     const given = kafkaUser !== undefined ? 'KEDGE_KAFKA_USERNAME' : 'KEDGE_KAFKA_PASSWORD';
-    r.problem(`${given} is set but KEDGE_KAFKA_SASL_MECHANISM is not (expected ${orList(mechanisms)})`);
+    r.problem(
+      `${given} is set but KEDGE_KAFKA_SASL_MECHANISM is not (expected ${orList(mechanisms)})`,
+    );
   }
 
-  const compression = r.oneOf('KEDGE_COMPRESSION', ['none', 'gzip', 'snappy', 'lz4', 'zstd'] as const, DEFAULTS.compression);
+  const compression = r.oneOf(
+    'KEDGE_COMPRESSION',
+    ['none', 'gzip', 'snappy', 'lz4', 'zstd'] as const,
+    DEFAULTS.compression,
+  );
 
   let topicPrefix = '';
   const prefixText = r.get('KEDGE_TOPIC_PREFIX');
   if (prefixText !== undefined) {
     if (/^[a-zA-Z0-9._-]{1,248}$/.test(prefixText)) topicPrefix = prefixText;
-    else r.bad('KEDGE_TOPIC_PREFIX', prefixText, 'is not a valid topic prefix (expected up to 248 characters of a-z, A-Z, 0-9, ".", "_", "-")');
+    else
+      r.bad(
+        'KEDGE_TOPIC_PREFIX',
+        prefixText,
+        'is not a valid topic prefix (expected up to 248 characters of a-z, A-Z, 0-9, ".", "_", "-")',
+      );
   }
 
   // --- MQTT
@@ -305,7 +356,11 @@ export function loadConfig(env: Record<string, string | undefined>, opts: LoadCo
   const topicList = r.list('KEDGE_MQTT_TOPICS');
   if (topicList !== undefined) {
     if (topicList.length === 0) {
-      r.bad('KEDGE_MQTT_TOPICS', r.raw('KEDGE_MQTT_TOPICS') ?? '', 'lists no topic filters (expected e.g. sensors/#,plant/+/temp)');
+      r.bad(
+        'KEDGE_MQTT_TOPICS',
+        r.raw('KEDGE_MQTT_TOPICS') ?? '',
+        'lists no topic filters (expected e.g. sensors/#,plant/+/temp)',
+      );
     }
     mqttTopics = [];
     for (const filter of topicList) {
@@ -324,10 +379,24 @@ export function loadConfig(env: Record<string, string | undefined>, opts: LoadCo
   const mqttKafkaTopicText = r.get('KEDGE_MQTT_KAFKA_TOPIC');
   if (mqttKafkaTopicText !== undefined) {
     if (isValidTopic(mqttKafkaTopicText)) mqttKafkaTopic = mqttKafkaTopicText;
-    else r.bad('KEDGE_MQTT_KAFKA_TOPIC', mqttKafkaTopicText, `is not a valid Kafka topic name (${TOPIC_EXPECTED})`);
+    else
+      r.bad(
+        'KEDGE_MQTT_KAFKA_TOPIC',
+        mqttKafkaTopicText,
+        `is not a valid Kafka topic name (${TOPIC_EXPECTED})`,
+      );
   }
-  const mqttMaxPayload = r.size('KEDGE_MQTT_MAX_PAYLOAD', DEFAULTS.mqttMaxPayload, 1, MQTT_MAX_PACKET);
-  const mqttRetained = r.oneOf('KEDGE_MQTT_RETAINED', ['skip', 'ingest'] as const, DEFAULTS.mqttRetained);
+  const mqttMaxPayload = r.size(
+    'KEDGE_MQTT_MAX_PAYLOAD',
+    DEFAULTS.mqttMaxPayload,
+    1,
+    MQTT_MAX_PACKET,
+  );
+  const mqttRetained = r.oneOf(
+    'KEDGE_MQTT_RETAINED',
+    ['skip', 'ingest'] as const,
+    DEFAULTS.mqttRetained,
+  );
   const [mqttTlsCert, mqttTlsKey] = r.certPair('KEDGE_MQTT_TLS_CERT', 'KEDGE_MQTT_TLS_KEY');
 
   // --- forwarding policy
@@ -344,7 +413,11 @@ export function loadConfig(env: Record<string, string | undefined>, opts: LoadCo
   if (windowsText !== undefined && windowsText.toLowerCase() !== 'always') {
     const entries = splitList(windowsText);
     if (entries.length === 0) {
-      r.bad('KEDGE_FORWARD_WINDOWS', windowsText, 'lists no windows (expected e.g. 22:00-06:00,12:00-12:30 or always)');
+      r.bad(
+        'KEDGE_FORWARD_WINDOWS',
+        windowsText,
+        'lists no windows (expected e.g. 22:00-06:00,12:00-12:30 or always)',
+      );
     }
     for (const entry of entries) {
       const w = parseWindow(entry);
@@ -356,20 +429,38 @@ export function loadConfig(env: Record<string, string | undefined>, opts: LoadCo
   const priorityTopics: string[] = [];
   for (const topic of r.list('KEDGE_PRIORITY_TOPICS') ?? []) {
     if (isValidTopic(topic)) priorityTopics.push(topic);
-    else r.problem(`KEDGE_PRIORITY_TOPICS entry ${JSON.stringify(topic)} is not a valid Kafka topic name (${TOPIC_EXPECTED})`);
+    else
+      r.problem(
+        `KEDGE_PRIORITY_TOPICS entry ${JSON.stringify(topic)} is not a valid Kafka topic name (${TOPIC_EXPECTED})`,
+      );
   }
 
   // --- retention
-  const diskQuota = r.size('KEDGE_DISK_QUOTA', DEFAULTS.diskQuota, MIN_DISK_QUOTA, Number.MAX_SAFE_INTEGER);
+  const diskQuota = r.size(
+    'KEDGE_DISK_QUOTA',
+    DEFAULTS.diskQuota,
+    MIN_DISK_QUOTA,
+    Number.MAX_SAFE_INTEGER,
+  );
   let maxAge: number | null = null;
   const retentionText = r.get('KEDGE_RETENTION');
   if (retentionText !== undefined && retentionText.toLowerCase() !== 'unlimited') {
     const parsed = parseDuration(retentionText);
-    if (!parsed.ok) r.bad('KEDGE_RETENTION', retentionText, parsed.error.replace(/\)$/, '; or unlimited)'));
-    else if (parsed.value <= 0) r.bad('KEDGE_RETENTION', retentionText, 'is zero (expected e.g. 7d, or unlimited to keep events until forwarded)');
+    if (!parsed.ok)
+      r.bad('KEDGE_RETENTION', retentionText, parsed.error.replace(/\)$/, '; or unlimited)'));
+    else if (parsed.value <= 0)
+      r.bad(
+        'KEDGE_RETENTION',
+        retentionText,
+        'is zero (expected e.g. 7d, or unlimited to keep events until forwarded)',
+      );
     else maxAge = parsed.value;
   }
-  const whenFull = r.oneOf('KEDGE_WHEN_FULL', ['drop-oldest', 'reject-new'] as const, DEFAULTS.whenFull);
+  const whenFull = r.oneOf(
+    'KEDGE_WHEN_FULL',
+    ['drop-oldest', 'reject-new'] as const,
+    DEFAULTS.whenFull,
+  );
 
   // --- heartbeat
   let heartbeatTopic: string | null = DEFAULTS.heartbeatTopic;
@@ -378,9 +469,18 @@ export function loadConfig(env: Record<string, string | undefined>, opts: LoadCo
     const hb = hbRaw.trim();
     if (hb === '') heartbeatTopic = null;
     else if (isValidTopic(hb)) heartbeatTopic = hb;
-    else r.bad('KEDGE_HEARTBEAT_TOPIC', hb, `is not a valid Kafka topic name (${TOPIC_EXPECTED}; empty disables the heartbeat)`);
+    else
+      r.bad(
+        'KEDGE_HEARTBEAT_TOPIC',
+        hb,
+        `is not a valid Kafka topic name (${TOPIC_EXPECTED}; empty disables the heartbeat)`,
+      );
   }
-  const heartbeatIntervalMs = r.duration('KEDGE_HEARTBEAT_INTERVAL', DEFAULTS.heartbeatIntervalMs, MIN_HEARTBEAT_MS);
+  const heartbeatIntervalMs = r.duration(
+    'KEDGE_HEARTBEAT_INTERVAL',
+    DEFAULTS.heartbeatIntervalMs,
+    MIN_HEARTBEAT_MS,
+  );
 
   problems.push(...unknownVariableProblems(vars));
   if (problems.length > 0) throw new ConfigError(problems);
@@ -391,7 +491,13 @@ export function loadConfig(env: Record<string, string | undefined>, opts: LoadCo
     sync,
     storage,
     logLevel,
-    http: { listen: httpListen, token: httpToken, maxBody: httpMaxBody, tlsCert: httpTlsCert, tlsKey: httpTlsKey },
+    http: {
+      listen: httpListen,
+      token: httpToken,
+      maxBody: httpMaxBody,
+      tlsCert: httpTlsCert,
+      tlsKey: httpTlsKey,
+    },
     kafka: { brokers, tls: kafkaTls, caFile, certFile, keyFile, sasl, compression, topicPrefix },
     mqtt: {
       url: mqttUrl,
@@ -474,7 +580,13 @@ class Reader {
       return def;
     }
     if (parsed.value < min) {
-      this.bad(name, v, min <= 1 ? 'is zero (expected a size above 0, e.g. 1MiB)' : `is too small (expected at least ${formatBytes(min, { exact: true })})`);
+      this.bad(
+        name,
+        v,
+        min <= 1
+          ? 'is zero (expected a size above 0, e.g. 1MiB)'
+          : `is too small (expected at least ${formatBytes(min, { exact: true })})`,
+      );
       return def;
     }
     if (parsed.value > max) {
@@ -531,8 +643,14 @@ class Reader {
   certPair(certName: EnvVarName, keyName: EnvVarName): [string | null, string | null] {
     const cert = this.file(certName);
     const key = this.file(keyName);
-    if (cert !== null && key === null) this.problem(`${certName} is set but ${keyName} is not (a certificate needs its private key)`);
-    if (key !== null && cert === null) this.problem(`${keyName} is set but ${certName} is not (a private key needs its certificate)`);
+    if (cert !== null && key === null)
+      this.problem(
+        `${certName} is set but ${keyName} is not (a certificate needs its private key)`,
+      );
+    if (key !== null && cert === null)
+      this.problem(
+        `${keyName} is set but ${certName} is not (a private key needs its certificate)`,
+      );
     return [cert, key];
   }
 }
@@ -557,14 +675,16 @@ function unreadableFileError(path: string): string | null {
   } catch (err) {
     const code = (err as NodeJS.ErrnoException).code;
     if (code === 'ENOENT') return 'does not exist (expected a readable PEM file)';
-    if (code === 'EACCES' || code === 'EPERM') return 'is not readable by this user (check its owner and permissions)';
+    if (code === 'EACCES' || code === 'EPERM')
+      return 'is not readable by this user (check its owner and permissions)';
     return `cannot be read (${(err as Error).message})`;
   }
 }
 
 type Result<T> = { ok: true; value: T } | { ok: false; error: string };
 
-const HOSTNAME_RE = /^(?=.{1,253}$)[a-zA-Z0-9_]([a-zA-Z0-9_-]{0,61}[a-zA-Z0-9_])?(\.[a-zA-Z0-9_]([a-zA-Z0-9_-]{0,61}[a-zA-Z0-9_])?)*\.?$/;
+const HOSTNAME_RE =
+  /^(?=.{1,253}$)[a-zA-Z0-9_]([a-zA-Z0-9_-]{0,61}[a-zA-Z0-9_])?(\.[a-zA-Z0-9_]([a-zA-Z0-9_-]{0,61}[a-zA-Z0-9_])?)*\.?$/;
 
 /** `host:port` with an IPv4 address, a hostname or a bracketed IPv6 address (`[::1]:1883`). */
 export function parseHostPort(text: string, example = '127.0.0.1:8780'): Result<ListenAddress> {
@@ -573,27 +693,39 @@ export function parseHostPort(text: string, example = '127.0.0.1:8780'): Result<
   let portText: string;
   if (text.startsWith('[')) {
     const m = /^\[([^\]]*)\](?::(.*))?$/.exec(text);
-    if (!m) return { ok: false, error: `is not a valid address (${expected} or [::1]:${example.split(':').pop()})` };
+    if (!m)
+      return {
+        ok: false,
+        error: `is not a valid address (${expected} or [::1]:${example.split(':').pop()})`,
+      };
     if (m[2] === undefined) return { ok: false, error: `has no port (${expected})` };
     host = m[1];
     portText = m[2];
-    if (!isIPv6(host)) return { ok: false, error: `has an invalid IPv6 address "${host}" (${expected})` };
+    if (!isIPv6(host))
+      return { ok: false, error: `has an invalid IPv6 address "${host}" (${expected})` };
   } else {
     const colon = text.lastIndexOf(':');
     if (colon < 0) return { ok: false, error: `has no port (${expected})` };
     host = text.slice(0, colon);
     portText = text.slice(colon + 1);
     if (host.includes(':')) {
-      return { ok: false, error: `looks like an IPv6 address without brackets (expected e.g. [::1]:${portText || '8780'})` };
+      return {
+        ok: false,
+        error: `looks like an IPv6 address without brackets (expected e.g. [::1]:${portText || '8780'})`,
+      };
     }
-    if (host === '') return { ok: false, error: `has no host (${expected}; 0.0.0.0 listens on all interfaces)` };
+    if (host === '')
+      return { ok: false, error: `has no host (${expected}; 0.0.0.0 listens on all interfaces)` };
     if (/^[0-9.]+$/.test(host) ? !isIPv4(host) : !HOSTNAME_RE.test(host)) {
       return { ok: false, error: `has an invalid host "${host}" (${expected})` };
     }
   }
   const port = /^\d{1,5}$/.test(portText) ? Number(portText) : Number.NaN;
   if (!(port >= 1 && port <= 65535)) {
-    return { ok: false, error: `has an invalid port "${portText}" (expected a port from 1 to 65535)` };
+    return {
+      ok: false,
+      error: `has an invalid port "${portText}" (expected a port from 1 to 65535)`,
+    };
   }
   return { ok: true, value: { host, port } };
 }
@@ -616,16 +748,23 @@ function parseWindow(text: string): Result<TimeWindow> {
   };
   const startMin = toMin(m[1], m[2], false);
   const endMin = toMin(m[3], m[4], true);
-  if (startMin === null) return { ok: false, error: `has an invalid start time ${m[1]}:${m[2]} (${WINDOW_EXPECTED})` };
-  if (endMin === null) return { ok: false, error: `has an invalid end time ${m[3]}:${m[4]} (${WINDOW_EXPECTED})` };
+  if (startMin === null)
+    return { ok: false, error: `has an invalid start time ${m[1]}:${m[2]} (${WINDOW_EXPECTED})` };
+  if (endMin === null)
+    return { ok: false, error: `has an invalid end time ${m[3]}:${m[4]} (${WINDOW_EXPECTED})` };
   if (startMin === endMin) {
-    return { ok: false, error: 'starts and ends at the same time (for no restriction leave KEDGE_FORWARD_WINDOWS unset or use always)' };
+    return {
+      ok: false,
+      error:
+        'starts and ends at the same time (for no restriction leave KEDGE_FORWARD_WINDOWS unset or use always)',
+    };
   }
   return { ok: true, value: { startMin, endMin } };
 }
 
 function formatWindow(w: TimeWindow): string {
-  const hhmm = (min: number): string => `${String(Math.floor(min / 60)).padStart(2, '0')}:${String(min % 60).padStart(2, '0')}`;
+  const hhmm = (min: number): string =>
+    `${String(Math.floor(min / 60)).padStart(2, '0')}:${String(min % 60).padStart(2, '0')}`;
   return `${hhmm(w.startMin)}-${hhmm(w.endMin)}`;
 }
 
@@ -714,7 +853,8 @@ export function suggestVariable(name: string): string[] {
 function unknownVariableProblems(vars: Record<string, string | undefined>): string[] {
   const out: string[] = [];
   for (const [name, value] of Object.entries(vars)) {
-    if (value === undefined || KNOWN.has(name) || !name.toUpperCase().startsWith('KEDGE_')) continue;
+    if (value === undefined || KNOWN.has(name) || !name.toUpperCase().startsWith('KEDGE_'))
+      continue;
     const suggestions = suggestVariable(name);
     let hint: string;
     if (suggestions.length === 1 && suggestions[0] === name.toUpperCase()) {
@@ -789,10 +929,12 @@ function configToEnv(cfg: Config): Record<EnvVarName, string> {
     KEDGE_MQTT_TLS_CERT: opt(cfg.mqtt.tlsCert),
     KEDGE_MQTT_TLS_KEY: opt(cfg.mqtt.tlsKey),
     KEDGE_FORWARD_RATE: cfg.forward.rate === null ? 'unlimited' : formatRate(cfg.forward.rate),
-    KEDGE_FORWARD_WINDOWS: cfg.forward.windows.length === 0 ? 'always' : cfg.forward.windows.map(formatWindow).join(','),
+    KEDGE_FORWARD_WINDOWS:
+      cfg.forward.windows.length === 0 ? 'always' : cfg.forward.windows.map(formatWindow).join(','),
     KEDGE_PRIORITY_TOPICS: cfg.forward.priorityTopics.join(','),
     KEDGE_DISK_QUOTA: formatBytes(cfg.retention.diskQuota, { exact: true }),
-    KEDGE_RETENTION: cfg.retention.maxAge === null ? 'unlimited' : formatDuration(cfg.retention.maxAge),
+    KEDGE_RETENTION:
+      cfg.retention.maxAge === null ? 'unlimited' : formatDuration(cfg.retention.maxAge),
     KEDGE_WHEN_FULL: cfg.retention.whenFull,
     KEDGE_HEARTBEAT_TOPIC: opt(cfg.heartbeat.topic),
     KEDGE_HEARTBEAT_INTERVAL: formatDuration(cfg.heartbeat.intervalMs),
@@ -802,5 +944,9 @@ function configToEnv(cfg: Config): Record<EnvVarName, string> {
 /** Quotes a value only when the env-file parser would otherwise change it. */
 function quoteEnvValue(value: string): string {
   if (/^[A-Za-z0-9_.:/,@%+=[\]#*-]*$/.test(value)) return value;
-  return `"${value.replace(/[\\"$`]/g, (c) => `\\${c}`).replace(/\n/g, '\\n').replace(/\t/g, '\\t').replace(/\r/g, '\\r')}"`;
+  return `"${value
+    .replace(/[\\"$`]/g, (c) => `\\${c}`)
+    .replace(/\n/g, '\\n')
+    .replace(/\t/g, '\\t')
+    .replace(/\r/g, '\\r')}"`;
 }

@@ -113,12 +113,16 @@ export function parseEnvFile(text: string, path: string): EnvFileResult {
       }
       if (!closed) {
         const kind = quote === '"' ? 'double' : 'single';
-        problems.push(`${path}:${startLine}: unterminated ${kind} quote (add the closing ${quote})`);
+        problems.push(
+          `${path}:${startLine}: unterminated ${kind} quote (add the closing ${quote})`,
+        );
         break; // it ran to the end of the file
       }
       skipBlanks();
       if (i < n && src[i] !== '\n') {
-        problems.push(`${path}:${line}: unexpected text after the closing quote (quote the whole value)`);
+        problems.push(
+          `${path}:${line}: unexpected text after the closing quote (quote the whole value)`,
+        );
         valueOk = false;
         skipRestOfLine();
       }
@@ -158,7 +162,8 @@ export function readEnvFile(path: string): EnvFileResult {
     const code = (err as NodeJS.ErrnoException).code;
     let why: string;
     if (code === 'ENOENT') why = 'env file not found';
-    else if (code === 'EACCES' || code === 'EPERM') why = 'env file is not readable (permission denied)';
+    else if (code === 'EACCES' || code === 'EPERM')
+      why = 'env file is not readable (permission denied)';
     else if (code === 'EISDIR') why = 'is a directory, expected an env file';
     else why = `cannot read env file (${(err as Error).message})`;
     return { vars: {}, problems: [`${path}: ${why}`] };

@@ -7,4 +7,7 @@
  * limit keep RSS near 110-120 MB with no measurable throughput cost; Buffers
  * (request bodies, record batches) are outside the old-space limit.
  */
-export const NODE_FLAGS: readonly string[] = ['--max-semi-space-size=1', '--max-old-space-size=256'];
+export const NODE_FLAGS: readonly string[] = [
+  '--max-semi-space-size=1',
+  '--max-old-space-size=256',
+];

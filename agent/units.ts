@@ -103,8 +103,10 @@ export function parseRate(text: string): Parsed<number> {
   const expected = 'is not a rate (expected e.g. 64KiB/s or 1MB/s)';
   if (!m || m[1].trim() === '') return fail(expected);
   const size = parseSize(m[1]);
-  if (!size.ok) return fail(size.error.startsWith('has an unknown size unit') ? size.error : expected);
-  if (size.value === 0) return fail('is zero (expected a rate above 0, e.g. 64KiB/s, or unlimited)');
+  if (!size.ok)
+    return fail(size.error.startsWith('has an unknown size unit') ? size.error : expected);
+  if (size.value === 0)
+    return fail('is zero (expected a rate above 0, e.g. 64KiB/s, or unlimited)');
   return ok(size.value);
 }
 

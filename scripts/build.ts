@@ -42,12 +42,15 @@ async function main(): Promise<void> {
     },
   });
   const arches = (values.arch ?? [...ARCHES]) as Arch[];
-  for (const a of arches) if (!ARCHES.includes(a)) throw new BuildError(`--arch ${a}: expected ${ARCHES.join(' or ')}`);
+  for (const a of arches)
+    if (!ARCHES.includes(a)) throw new BuildError(`--arch ${a}: expected ${ARCHES.join(' or ')}`);
   const withPackages = !values['no-package'];
   const compression: Compression = values.release ? 'small' : 'fast';
 
   mkdirSync(DIST, { recursive: true });
-  await acquireLock(join(DIST, '.build.lock'), (pid) => log(`waiting for the build running as pid ${pid}`));
+  await acquireLock(join(DIST, '.build.lock'), (pid) =>
+    log(`waiting for the build running as pid ${pid}`),
+  );
 
   if (values['if-stale']) {
     const s = staleness(arches, withPackages ? ['exe', 'tarball', 'deb'] : ['exe']);
@@ -55,7 +58,9 @@ async function main(): Promise<void> {
       log('dist/ is up to date');
       return;
     }
-    log(`rebuilding: ${s.reasons[0]}${s.reasons.length > 1 ? ` (+${s.reasons.length - 1} more)` : ''}`);
+    log(
+      `rebuilding: ${s.reasons[0]}${s.reasons.length > 1 ? ` (+${s.reasons.length - 1} more)` : ''}`,
+    );
   }
 
   const info = packageInfo();
@@ -68,18 +73,31 @@ async function main(): Promise<void> {
     ...arches.map((a) => officialNode(a, info.nodeVersion, log)),
   ]);
   const nodeOf = new Map<Arch, OfficialNode>(nodes.map((n) => [n.arch, n]));
-  log(`bundled ${relative(ROOT, bundleFile)}: ${MiB(b.bytes)}, ${b.packages.size} packages; static require in ${b.patched.join(', ') || 'no file'}`);
+  log(
+    `bundled ${relative(ROOT, bundleFile)}: ${MiB(b.bytes)}, ${b.packages.size} packages; static require in ${b.patched.join(', ') || 'no file'}`,
+  );
 
   const blobFile = join(WORK, 'kedge.blob');
   const blobBytes = await writeBlob(
-    { bundle: bundleFile, wasmJs: b.wasm.js, wasmBinary: b.wasm.wasm, configFile: join(WORK, 'sea-config.json'), blobFile },
+    {
+      bundle: bundleFile,
+      wasmJs: b.wasm.js,
+      wasmBinary: b.wasm.wasm,
+      configFile: join(WORK, 'sea-config.json'),
+      blobFile,
+    },
     info.nodeVersion,
   );
   log(`SEA blob ${MiB(blobBytes)} (bundle + node-sqlite3-wasm@${b.wasm.version} assets)`);
 
   const packages = new Map(b.packages);
   packages.set('node-sqlite3-wasm', join(ROOT, 'node_modules/node-sqlite3-wasm'));
-  const noticeText = notices({ version: info.version, nodeVersion: info.nodeVersion, nodeLicense: nodes[0].license, packages });
+  const noticeText = notices({
+    version: info.version,
+    nodeVersion: info.nodeVersion,
+    nodeLicense: nodes[0].license,
+    packages,
+  });
 
   const rows: string[][] = [];
   await Promise.all(
@@ -93,7 +111,15 @@ async function main(): Promise<void> {
       const gz = gzipSync(readFileSync(a.exe), { level: 6 }).length;
       rows.push([basename(a.exe), String(bytes), String(gz)]);
       if (!withPackages) return;
-      const input = { arch, version: info.version, exe: a.exe, notices: noticeText, nodeBinary: node.binary, compression, mtime };
+      const input = {
+        arch,
+        version: info.version,
+        exe: a.exe,
+        notices: noticeText,
+        nodeBinary: node.binary,
+        compression,
+        mtime,
+      };
       await Promise.all([makeTarball(input, a.tarball), makeDeb(input, a.deb)]);
       for (const f of [a.tarball, a.deb]) rows.push([basename(f), String(statSync(f).size), '']);
       log(`${basename(a.tarball)}, ${basename(a.deb)}: done`);
@@ -101,10 +127,14 @@ async function main(): Promise<void> {
   );
 
   // Every artifact of this version in dist/, also those of an architecture not rebuilt this time.
-  const files = ARCHES.flatMap((a) => Object.values(artifacts(info.version, a))).filter((f) => existsSync(f)).sort();
+  const files = ARCHES.flatMap((a) => Object.values(artifacts(info.version, a)))
+    .filter((f) => existsSync(f))
+    .sort();
   writeFileSync(
     join(DIST, 'SHA256SUMS'),
-    files.map((f) => `${createHash('sha256').update(readFileSync(f)).digest('hex')}  ${basename(f)}`).join('\n') + '\n',
+    files
+      .map((f) => `${createHash('sha256').update(readFileSync(f)).digest('hex')}  ${basename(f)}`)
+      .join('\n') + '\n',
   );
   writeFileSync(
     join(WORK, 'buildinfo.json'),
@@ -112,11 +142,18 @@ async function main(): Promise<void> {
       {
         kedge: info.version,
         node: info.nodeVersion,
-        nodeTarballs: Object.fromEntries(nodes.map((n) => [`node-linux-${n.arch}@${n.version}`, n.integrity])),
+        nodeTarballs: Object.fromEntries(
+          nodes.map((n) => [`node-linux-${n.arch}@${n.version}`, n.integrity]),
+        ),
         nodeSqlite3Wasm: b.wasm.version,
         bundleBytes: b.bytes,
         blobBytes,
-        artifacts: Object.fromEntries(rows.map((r) => [r[0], { bytes: Number(r[1]), gzipBytes: r[2] ? Number(r[2]) : undefined }])),
+        artifacts: Object.fromEntries(
+          rows.map((r) => [
+            r[0],
+            { bytes: Number(r[1]), gzipBytes: r[2] ? Number(r[2]) : undefined },
+          ]),
+        ),
         seconds: (Date.now() - t0) / 1000,
       },
       null,
@@ -126,9 +163,13 @@ async function main(): Promise<void> {
 
   rows.sort((x, y) => x[0].localeCompare(y[0]));
   const w = Math.max(...rows.map((r) => r[0].length));
-  process.stdout.write(`\n${'artifact'.padEnd(w)}  ${'size'.padStart(10)}  ${'gzip -6'.padStart(10)}\n`);
+  process.stdout.write(
+    `\n${'artifact'.padEnd(w)}  ${'size'.padStart(10)}  ${'gzip -6'.padStart(10)}\n`,
+  );
   for (const [name, size, gz] of rows) {
-    process.stdout.write(`${name.padEnd(w)}  ${MiB(Number(size)).padStart(10)}  ${(gz ? MiB(Number(gz)) : '').padStart(10)}\n`);
+    process.stdout.write(
+      `${name.padEnd(w)}  ${MiB(Number(size)).padStart(10)}  ${(gz ? MiB(Number(gz)) : '').padStart(10)}\n`,
+    );
   }
   log(`done in ${((Date.now() - t0) / 1000).toFixed(0)} s`);
 }

@@ -19,10 +19,23 @@ function ledgerOf(n: number, acked: number[]): AckLedger {
 
 t.test('a clean delivery with a resend passes', async (tt) => {
   const c = new LedgerChecker(ledgerOf(3, [0, 1, 2]));
-  for (const l of [line(0, 0, 'a', 'x:1', 0), line(0, 1, 'a', 'x:2', 1), line(0, 2, 'a', 'x:2', 1), line(1, 0, 'b', 'x:3', 2)]) c.line('t', l);
+  for (const l of [
+    line(0, 0, 'a', 'x:1', 0),
+    line(0, 1, 'a', 'x:2', 1),
+    line(0, 2, 'a', 'x:2', 1),
+    line(1, 0, 'b', 'x:3', 2),
+  ])
+    c.line('t', l);
   const r = c.finish();
   tt.same(
-    { missing: r.missing, duplicates: r.duplicates, foreign: r.foreignDuplicates, order: r.orderViolations, unique: r.unique, delivered: r.deliveredAcked },
+    {
+      missing: r.missing,
+      duplicates: r.duplicates,
+      foreign: r.foreignDuplicates,
+      order: r.orderViolations,
+      unique: r.unique,
+      delivered: r.deliveredAcked,
+    },
     { missing: 0, duplicates: 1, foreign: 0, order: [], unique: 3, delivered: 3 },
   );
 });

@@ -7,7 +7,11 @@ import { REPO, cleanup, tempDir } from './helpers/agent.ts';
 
 const cli = join(REPO, 'agent/cli.ts');
 const run = (args: string[], env: Record<string, string> = {}) =>
-  spawnSync(process.execPath, [cli, '--', ...args], { env: { PATH: process.env.PATH ?? '', ...env }, encoding: 'utf8', timeout: 20_000 });
+  spawnSync(process.execPath, [cli, '--', ...args], {
+    env: { PATH: process.env.PATH ?? '', ...env },
+    encoding: 'utf8',
+    timeout: 20_000,
+  });
 
 const dir = tempDir();
 t.teardown(() => cleanup(dir));
@@ -24,7 +28,13 @@ t.test('version', async (tt) => {
 });
 
 t.test('bad config: every problem listed, exit 2, no stack trace', async (tt) => {
-  const env = { KEDGE_SYNC: 'sometimes', KEDGE_FORWARD_RATE: 'fast', KEDGE_HTTP_LISTEN: 'localhost:99999', KEDGE_DISK_QUOTA: 'lots', KEDGE_COMPRESSION: 'rar' };
+  const env = {
+    KEDGE_SYNC: 'sometimes',
+    KEDGE_FORWARD_RATE: 'fast',
+    KEDGE_HTTP_LISTEN: 'localhost:99999',
+    KEDGE_DISK_QUOTA: 'lots',
+    KEDGE_COMPRESSION: 'rar',
+  };
   for (const cmd of ['check-config', 'run']) {
     const r = run([cmd], env);
     tt.equal(r.status, 2, `${cmd} exits 2`);
@@ -35,7 +45,13 @@ t.test('bad config: every problem listed, exit 2, no stack trace', async (tt) =>
 
 t.test('env file: read, secrets redacted, bad lines named', async (tt) => {
   const f = join(dir, 'kedge.env');
-  writeFileSync(f, '# kedge\nKEDGE_SYNC=normal\nKEDGE_HTTP_TOKEN="tok-abc-123"\nKEDGE_DATA_DIR=' + join(dir, 'data') + '\n', { mode: 0o600 });
+  writeFileSync(
+    f,
+    '# kedge\nKEDGE_SYNC=normal\nKEDGE_HTTP_TOKEN="tok-abc-123"\nKEDGE_DATA_DIR=' +
+      join(dir, 'data') +
+      '\n',
+    { mode: 0o600 },
+  );
   const r = run(['check-config', '--env-file', f]);
   tt.equal(r.status, 0, r.stderr);
   tt.match(r.stdout, /KEDGE_SYNC=normal/);

@@ -13,7 +13,11 @@ import { join } from 'node:path';
 import { createTopic, startKafka } from '../scripts/kafka/kafka.ts';
 import { codecFor, kafkaCompression } from '../agent/forward/codecs.ts';
 import type { Compression } from '../agent/config.ts';
-import { TelemetryGenerator, envelopeBody, type TelemetryEvent } from '../scripts/bench/telemetry.ts';
+import {
+  TelemetryGenerator,
+  envelopeBody,
+  type TelemetryEvent,
+} from '../scripts/bench/telemetry.ts';
 import { consume } from './helpers/kcat.ts';
 import { AgentProc, cleanup, post, tempDir } from './helpers/agent.ts';
 import { checkDelivery } from './helpers/verify.ts';
@@ -24,49 +28,82 @@ const CODECS: Compression[] = ['none', 'gzip', 'snappy', 'lz4', 'zstd'];
 const EVENTS = 3000;
 const PER_REQUEST = 250;
 
-t.test('each codec round-trips its own output, also across several LZ4 blocks and Snappy fragments', async (tt) => {
-  const gen = new TelemetryGenerator({ seed: 7 });
-  for (const c of ['gzip', 'snappy', 'lz4', 'zstd'] as const) {
-    const codec = codecFor(c);
-    for (const n of [1, 50, 2000]) {
-      const input = Buffer.from(gen.take(n).map((e) => e.value).join('\n'));
-      const z = await codec.compress(input);
-      tt.ok((await codec.decompress(z)).equals(input), `${c}: ${input.length} bytes round-trip`);
-      if (n === 2000) tt.ok(z.length < input.length / 2, `${c}: telemetry shrinks (${input.length} → ${z.length} bytes)`);
+t.test(
+  'each codec round-trips its own output, also across several LZ4 blocks and Snappy fragments',
+  async (tt) => {
+    const gen = new TelemetryGenerator({ seed: 7 });
+    for (const c of ['gzip', 'snappy', 'lz4', 'zstd'] as const) {
+      const codec = codecFor(c);
+      for (const n of [1, 50, 2000]) {
+        const input = Buffer.from(
+          gen
+            .take(n)
+            .map((e) => e.value)
+            .join('\n'),
+        );
+        const z = await codec.compress(input);
+        tt.ok((await codec.decompress(z)).equals(input), `${c}: ${input.length} bytes round-trip`);
+        if (n === 2000)
+          tt.ok(
+            z.length < input.length / 2,
+            `${c}: telemetry shrinks (${input.length} → ${z.length} bytes)`,
+          );
+      }
     }
-  }
-  tt.equal(kafkaCompression('none'), 0);
-  tt.equal(kafkaCompression('lz4'), 3, "kafkajs' LZ4 codec id");
-});
+    tt.equal(kafkaCompression('none'), 0);
+    tt.equal(kafkaCompression('lz4'), 3, "kafkajs' LZ4 codec id");
+  },
+);
 
 t.test('lz4 frames are standard LZ4 frames: the lz4 tool (liblz4) decodes them', async (tt) => {
   const has = spawnSync('sh', ['-c', 'command -v lz4'], { stdio: 'ignore' }).status === 0;
   tt.ok(has, 'the lz4 tool is installed (apt-get install -y lz4; .ci/run does)');
   if (!has) return;
   const gen = new TelemetryGenerator({ seed: 9 });
-  const input = Buffer.from(gen.take(3000).map((e) => e.value).join('\n')); // ~760 KB: a dozen blocks
+  const input = Buffer.from(
+    gen
+      .take(3000)
+      .map((e) => e.value)
+      .join('\n'),
+  ); // ~760 KB: a dozen blocks
   const z = await codecFor('lz4').compress(input);
   const r = spawnSync('lz4', ['-d', '-c'], { input: z, maxBuffer: 1 << 26 });
   tt.equal(r.status, 0, r.stderr?.toString());
-  tt.ok(r.stdout.equals(input), 'liblz4 decodes kedge\'s frame to the same bytes');
+  tt.ok(r.stdout.equals(input), "liblz4 decodes kedge's frame to the same bytes");
   // and the other way: a frame liblz4 made, decoded by kedge's codec
   const lz = spawnSync('lz4', ['-c', '-B4', '--no-frame-crc'], { input, maxBuffer: 1 << 26 });
   tt.equal(lz.status, 0);
-  tt.ok((await codecFor('lz4').decompress(lz.stdout)).equals(input), 'kedge decodes a liblz4 frame');
+  tt.ok(
+    (await codecFor('lz4').decompress(lz.stdout)).equals(input),
+    'kedge decodes a liblz4 frame',
+  );
 });
 
 const kafka = await startKafka({ brokers: 1 });
 const logDir = join(kafka.nodes[0].dir, 'data');
 t.teardown(() => kafka.stop());
 
-interface Sent extends TelemetryEvent { seq: number }
+interface Sent extends TelemetryEvent {
+  seq: number;
+}
 
 /** Runs one agent with `compression`, sends `n` telemetry events, returns what it acknowledged by seq. */
-async function forward(tt: Test, compression: Compression, topic: string, n: number, command?: string[]): Promise<Map<number, Sent>> {
+async function forward(
+  tt: Test,
+  compression: Compression,
+  topic: string,
+  n: number,
+  command?: string[],
+): Promise<Map<number, Sent>> {
   const dir = tempDir();
   const agent = await AgentProc.start({
     command,
-    env: { KEDGE_DATA_DIR: dir, KEDGE_KAFKA_BROKERS: kafka.bootstrap, KEDGE_COMPRESSION: compression, KEDGE_AGENT_ID: `codecs-${compression}` },
+    env: {
+      KEDGE_DATA_DIR: dir,
+      KEDGE_KAFKA_BROKERS: kafka.bootstrap,
+      KEDGE_COMPRESSION: compression,
+      KEDGE_AGENT_ID: `codecs-${compression}`,
+    },
   });
   try {
     // A backlog first, then one drain: full batches (up to 2,000 events / 512 KiB), so an
@@ -76,11 +113,21 @@ async function forward(tt: Test, compression: Compression, topic: string, n: num
     const sent = new Map<number, Sent>();
     for (let i = 0; i < n; i += PER_REQUEST) {
       const events = gen.take(Math.min(PER_REQUEST, n - i));
-      const res = await post(`${agent.base}/v1/topics/${topic}`, envelopeBody(events), 'application/json');
-      if (res.status !== 200) throw new Error(`POST answered ${res.status}: ${JSON.stringify(res.body)}`);
-      events.forEach((e, k) => sent.set(res.body.first_seq + k, { ...e, seq: res.body.first_seq + k }));
+      const res = await post(
+        `${agent.base}/v1/topics/${topic}`,
+        envelopeBody(events),
+        'application/json',
+      );
+      if (res.status !== 200)
+        throw new Error(`POST answered ${res.status}: ${JSON.stringify(res.body)}`);
+      for (const [k, e] of events.entries())
+        sent.set(res.body.first_seq + k, { ...e, seq: res.body.first_seq + k });
     }
-    tt.equal((await post(`${agent.base}/v1/forwarding/resume`, '')).status, 200, 'forwarding resumed');
+    tt.equal(
+      (await post(`${agent.base}/v1/forwarding/resume`, '')).status,
+      200,
+      'forwarding resumed',
+    );
     const s = await agent.waitDrained(120_000);
     tt.equal(s.backlog.events, 0, 'the agent drained its backlog');
     return sent;
@@ -92,19 +139,35 @@ async function forward(tt: Test, compression: Compression, topic: string, n: num
 }
 
 /** kcat reads `topic`: every record byte for byte with its key and headers, order per key, and the stored codec. */
-async function verify(tt: Test, topic: string, compression: Compression, sent: Map<number, Sent>): Promise<void> {
+async function verify(
+  tt: Test,
+  topic: string,
+  compression: Compression,
+  sent: Map<number, Sent>,
+): Promise<void> {
   const recs = await consume(kafka.bootstrap, topic, { expect: sent.size, timeoutMs: 90_000 });
   tt.equal(recs.length, sent.size, `kcat reads ${sent.size} records`);
   let bad = 0;
   for (const r of recs) {
     const kid = r.headers['kedge-id'] ?? '';
     const e = sent.get(Number(kid.slice(kid.lastIndexOf(':') + 1)));
-    const ok = e !== undefined && kid === `codecs-${compression}:${e.seq}` && r.value.equals(Buffer.from(e.value)) && r.key?.toString() === e.key &&
+    const ok =
+      e !== undefined &&
+      kid === `codecs-${compression}:${e.seq}` &&
+      r.value.equals(Buffer.from(e.value)) &&
+      r.key?.toString() === e.key &&
       Object.entries(e.headers).every(([k, v]) => r.headers[k] === v);
-    if (!ok && bad++ < 3) tt.fail(`record ${r.partition}/${r.offset} (${kid}) differs: ${r.value.toString().slice(0, 120)}`);
+    if (!ok && bad++ < 3)
+      tt.fail(
+        `record ${r.partition}/${r.offset} (${kid}) differs: ${r.value.toString().slice(0, 120)}`,
+      );
   }
   tt.equal(bad, 0, 'every value, key and header byte-identical');
-  const rep = checkDelivery(recs, [...sent.keys()].map(String), (r) => r.headers['kedge-id'].split(':').pop()!);
+  const rep = checkDelivery(
+    recs,
+    [...sent.keys()].map(String),
+    (r) => r.headers['kedge-id'].split(':').pop()!,
+  );
   tt.same(rep.missing, [], 'nothing missing');
   tt.same(rep.orderViolations, [], 'order per key (device) holds');
   tt.equal(rep.duplicates, 0, 'no duplicates');
@@ -114,17 +177,28 @@ async function verify(tt: Test, topic: string, compression: Compression, sent: M
   const big = Math.max(...batches.map((b) => b.records));
   // 300 events of ~255 bytes are over 64 KiB: an LZ4 frame of several blocks (a forwarder batch of 2,000 spreads over the partitions).
   tt.ok(big >= Math.min(sent.size, 300), `large batches were sent (largest: ${big} records)`);
-  tt.same([...new Set(batches.map((b) => b.codec))], [compression], `the broker stored every batch as ${compression}`);
-  tt.equal(batches.reduce((s, b) => s + b.records, 0), sent.size, 'the batches hold every record');
+  tt.same(
+    [...new Set(batches.map((b) => b.codec))],
+    [compression],
+    `the broker stored every batch as ${compression}`,
+  );
+  tt.equal(
+    batches.reduce((s, b) => s + b.records, 0),
+    sent.size,
+    'the batches hold every record',
+  );
 }
 
 for (const compression of CODECS) {
-  t.test(`KEDGE_COMPRESSION=${compression}: kcat reads every event byte for byte, in order, stored as ${compression}`, async (tt) => {
-    const topic = `codecs.${compression}`;
-    await createTopic(kafka.bootstrap, topic, 3, 1);
-    const sent = await forward(tt, compression, topic, EVENTS);
-    await verify(tt, topic, compression, sent);
-  });
+  t.test(
+    `KEDGE_COMPRESSION=${compression}: kcat reads every event byte for byte, in order, stored as ${compression}`,
+    async (tt) => {
+      const topic = `codecs.${compression}`;
+      await createTopic(kafka.bootstrap, topic, 3, 1);
+      const sent = await forward(tt, compression, topic, EVENTS);
+      await verify(tt, topic, compression, sent);
+    },
+  );
 }
 
 t.test('the single executable carries snappy and lz4', async (tt) => {

@@ -15,7 +15,14 @@ import {
 } from '../agent/config.ts';
 import type { Config } from '../agent/config.ts';
 import { mergeEnv, parseEnvFile, readEnvFile } from '../agent/env-file.ts';
-import { formatBytes, formatDuration, formatRate, parseDuration, parseRate, parseSize } from '../agent/units.ts';
+import {
+  formatBytes,
+  formatDuration,
+  formatRate,
+  parseDuration,
+  parseRate,
+  parseSize,
+} from '../agent/units.ts';
 import type { Parsed } from '../agent/units.ts';
 
 type Env = Record<string, string | undefined>;
@@ -25,7 +32,11 @@ function value(p: Parsed<number>): number | string {
 }
 
 /** The problems loadConfig reports for env, or a test failure when it accepts it. */
-function problemsOf(t: { fail(message: string): unknown }, env: Env, opts?: { envFile?: string | null }): string[] {
+function problemsOf(
+  t: { fail(message: string): unknown },
+  env: Env,
+  opts?: { envFile?: string | null },
+): string[] {
   try {
     loadConfig(env, opts);
   } catch (err) {
@@ -114,7 +125,18 @@ t.test('formatBytes, formatDuration, formatRate', async (t) => {
   t.equal(formatDuration(604_800_000), '1w');
   t.equal(formatRate(65536), '64KiB/s');
   // exact formats read back to the same number
-  for (const n of [1, 999, 1000, 1024, 1500, 65536, 1_000_000, 3 * 1_048_576, 1_073_741_824, 123_456_789]) {
+  for (const n of [
+    1,
+    999,
+    1000,
+    1024,
+    1500,
+    65536,
+    1_000_000,
+    3 * 1_048_576,
+    1_073_741_824,
+    123_456_789,
+  ]) {
     t.equal(value(parseSize(formatBytes(n, { exact: true }))), n, `size ${n} round-trips`);
   }
   for (const ms of [1, 999, 1000, 61_000, 5_400_000, 90_061_001, 1_209_600_000]) {
@@ -123,8 +145,10 @@ t.test('formatBytes, formatDuration, formatRate', async (t) => {
 });
 
 t.test('isValidTopic', async (t) => {
-  for (const ok of ['a', 'sensors.temp', 'A_b-c.9', 'x'.repeat(249), '...']) t.ok(isValidTopic(ok), ok);
-  for (const bad of ['', '.', '..', 'a/b', 'a b', 'ä', 'x'.repeat(250), 'a#']) t.notOk(isValidTopic(bad), bad);
+  for (const ok of ['a', 'sensors.temp', 'A_b-c.9', 'x'.repeat(249), '...'])
+    t.ok(isValidTopic(ok), ok);
+  for (const bad of ['', '.', '..', 'a/b', 'a b', 'ä', 'x'.repeat(250), 'a#'])
+    t.notOk(isValidTopic(bad), bad);
 });
 
 t.test('defaults', async (t) => {
@@ -135,7 +159,13 @@ t.test('defaults', async (t) => {
     sync: 'full',
     storage: 'sqlite',
     logLevel: 'info',
-    http: { listen: { host: '127.0.0.1', port: 8780 }, token: null, maxBody: 1_048_576, tlsCert: null, tlsKey: null },
+    http: {
+      listen: { host: '127.0.0.1', port: 8780 },
+      token: null,
+      maxBody: 1_048_576,
+      tlsCert: null,
+      tlsKey: null,
+    },
     kafka: {
       brokers: ['localhost:9092'],
       tls: false,
@@ -232,7 +262,13 @@ t.test('a full valid configuration', async (t) => {
   t.equal(cfg.sync, 'normal');
   t.equal(cfg.storage, 'wasm');
   t.equal(cfg.logLevel, 'debug');
-  t.strictSame(cfg.http, { listen: { host: '0.0.0.0', port: 8080 }, token: 's3cr3t-token', maxBody: 4_000_000, tlsCert: certFile, tlsKey: keyFile });
+  t.strictSame(cfg.http, {
+    listen: { host: '0.0.0.0', port: 8080 },
+    token: 's3cr3t-token',
+    maxBody: 4_000_000,
+    tlsCert: certFile,
+    tlsKey: keyFile,
+  });
   t.strictSame(cfg.kafka, {
     brokers: ['kafka1:9092', 'kafka2.example.com:9093', '[fd00::1]:9094'],
     tls: true,
@@ -264,12 +300,20 @@ t.test('a full valid configuration', async (t) => {
     ],
     priorityTopics: ['alarms', 'heartbeat.x'],
   });
-  t.strictSame(cfg.retention, { diskQuota: 2 * 1_073_741_824, maxAge: 7 * 86_400_000, whenFull: 'reject-new' });
+  t.strictSame(cfg.retention, {
+    diskQuota: 2 * 1_073_741_824,
+    maxAge: 7 * 86_400_000,
+    whenFull: 'reject-new',
+  });
   t.strictSame(cfg.heartbeat, { topic: 'fleet.hb', intervalMs: 300_000 });
 });
 
 t.test('keywords: unlimited, always', async (t) => {
-  const cfg = loadConfig({ KEDGE_FORWARD_RATE: 'Unlimited', KEDGE_RETENTION: 'unlimited', KEDGE_FORWARD_WINDOWS: 'always' });
+  const cfg = loadConfig({
+    KEDGE_FORWARD_RATE: 'Unlimited',
+    KEDGE_RETENTION: 'unlimited',
+    KEDGE_FORWARD_WINDOWS: 'always',
+  });
   t.equal(cfg.forward.rate, null);
   t.equal(cfg.retention.maxAge, null);
   t.strictSame(cfg.forward.windows, []);
@@ -286,13 +330,29 @@ t.test('every problem is reported at once, each naming its variable', async (t) 
   const problems = problemsOf(t, env);
   t.equal(problems.length, 5, problems.join('\n'));
   for (const name of Object.keys(env)) {
-    t.equal(problems.filter((p) => p.startsWith(`${name} `)).length, 1, `one problem names ${name}`);
+    t.equal(
+      problems.filter((p) => p.startsWith(`${name} `)).length,
+      1,
+      `one problem names ${name}`,
+    );
   }
-  t.ok(problems.includes('KEDGE_FORWARD_RATE "fast" is not a rate (expected e.g. 64KiB/s or 1MB/s, or unlimited)'));
+  t.ok(
+    problems.includes(
+      'KEDGE_FORWARD_RATE "fast" is not a rate (expected e.g. 64KiB/s or 1MB/s, or unlimited)',
+    ),
+  );
   t.ok(problems.includes('KEDGE_SYNC "sometimes" is not valid (expected full or normal)'));
-  t.ok(problems.includes('KEDGE_HTTP_LISTEN "localhost:99999" has an invalid port "99999" (expected a port from 1 to 65535)'));
+  t.ok(
+    problems.includes(
+      'KEDGE_HTTP_LISTEN "localhost:99999" has an invalid port "99999" (expected a port from 1 to 65535)',
+    ),
+  );
   t.ok(problems.includes('KEDGE_DISK_QUOTA "10KiB" is too small (expected at least 1MiB)'));
-  t.ok(problems.includes('KEDGE_COMPRESSION "brotli" is not valid (expected none, gzip, snappy, lz4 or zstd)'));
+  t.ok(
+    problems.includes(
+      'KEDGE_COMPRESSION "brotli" is not valid (expected none, gzip, snappy, lz4 or zstd)',
+    ),
+  );
 
   const err = t.throws(() => loadConfig(env)) as ConfigError;
   t.equal(err.name, 'ConfigError');
@@ -306,30 +366,66 @@ t.test('value rules', async (t) => {
     t.equal(p.length, 1, `exactly one problem for ${JSON.stringify(env)}: ${p.join(' | ')}`);
     return p[0] ?? '';
   };
-  t.match(one({ KEDGE_STORAGE: 'postgres' }), /^KEDGE_STORAGE "postgres" is not valid \(expected sqlite or wasm\)$/);
+  t.match(
+    one({ KEDGE_STORAGE: 'postgres' }),
+    /^KEDGE_STORAGE "postgres" is not valid \(expected sqlite or wasm\)$/,
+  );
   t.match(one({ KEDGE_LOG_LEVEL: 'trace' }), /^KEDGE_LOG_LEVEL "trace"/);
-  t.match(one({ KEDGE_WHEN_FULL: 'block' }), /^KEDGE_WHEN_FULL "block" .*drop-oldest or reject-new/);
+  t.match(
+    one({ KEDGE_WHEN_FULL: 'block' }),
+    /^KEDGE_WHEN_FULL "block" .*drop-oldest or reject-new/,
+  );
   t.match(one({ KEDGE_MQTT_RETAINED: 'yes' }), /^KEDGE_MQTT_RETAINED "yes" .*skip or ingest/);
   t.match(one({ KEDGE_HTTP_MAX_BODY: '0' }), /^KEDGE_HTTP_MAX_BODY "0" is zero/);
   t.match(one({ KEDGE_HTTP_MAX_BODY: 'big' }), /^KEDGE_HTTP_MAX_BODY "big" is not a size/);
   t.match(one({ KEDGE_MQTT_MAX_PAYLOAD: '1GiB' }), /^KEDGE_MQTT_MAX_PAYLOAD "1GiB" is too large/);
   t.match(one({ KEDGE_RETENTION: '7' }), /^KEDGE_RETENTION "7" has no unit/);
   t.match(one({ KEDGE_RETENTION: '0s' }), /^KEDGE_RETENTION "0s" is zero/);
-  t.match(one({ KEDGE_HEARTBEAT_INTERVAL: '500ms' }), /^KEDGE_HEARTBEAT_INTERVAL "500ms" is too short \(expected at least 1s\)$/);
-  t.match(one({ KEDGE_HEARTBEAT_TOPIC: 'fleet/hb' }), /^KEDGE_HEARTBEAT_TOPIC "fleet\/hb" is not a valid Kafka topic name/);
-  t.match(one({ KEDGE_MQTT_KAFKA_TOPIC: '..' }), /^KEDGE_MQTT_KAFKA_TOPIC "\.\." is not a valid Kafka topic name/);
-  t.match(one({ KEDGE_PRIORITY_TOPICS: 'alarms,bad topic' }), /^KEDGE_PRIORITY_TOPICS entry "bad topic"/);
+  t.match(
+    one({ KEDGE_HEARTBEAT_INTERVAL: '500ms' }),
+    /^KEDGE_HEARTBEAT_INTERVAL "500ms" is too short \(expected at least 1s\)$/,
+  );
+  t.match(
+    one({ KEDGE_HEARTBEAT_TOPIC: 'fleet/hb' }),
+    /^KEDGE_HEARTBEAT_TOPIC "fleet\/hb" is not a valid Kafka topic name/,
+  );
+  t.match(
+    one({ KEDGE_MQTT_KAFKA_TOPIC: '..' }),
+    /^KEDGE_MQTT_KAFKA_TOPIC "\.\." is not a valid Kafka topic name/,
+  );
+  t.match(
+    one({ KEDGE_PRIORITY_TOPICS: 'alarms,bad topic' }),
+    /^KEDGE_PRIORITY_TOPICS entry "bad topic"/,
+  );
   t.match(one({ KEDGE_TOPIC_PREFIX: 'site/3' }), /^KEDGE_TOPIC_PREFIX "site\/3"/);
-  t.match(one({ KEDGE_AGENT_ID: 'has space' }), /^KEDGE_AGENT_ID "has space" is not a valid agent id/);
+  t.match(
+    one({ KEDGE_AGENT_ID: 'has space' }),
+    /^KEDGE_AGENT_ID "has space" is not a valid agent id/,
+  );
   t.match(one({ KEDGE_AGENT_ID: 'x'.repeat(65) }), /^KEDGE_AGENT_ID /);
   t.match(one({ KEDGE_KAFKA_TLS: 'maybe' }), /^KEDGE_KAFKA_TLS "maybe" is not a boolean/);
-  t.match(one({ KEDGE_FORWARD_WINDOWS: '22:00-06:00,25:00-01:00' }), /^KEDGE_FORWARD_WINDOWS entry "25:00-01:00" has an invalid start time/);
-  t.match(one({ KEDGE_FORWARD_WINDOWS: '10:00-10:00' }), /^KEDGE_FORWARD_WINDOWS entry "10:00-10:00" starts and ends at the same time/);
+  t.match(
+    one({ KEDGE_FORWARD_WINDOWS: '22:00-06:00,25:00-01:00' }),
+    /^KEDGE_FORWARD_WINDOWS entry "25:00-01:00" has an invalid start time/,
+  );
+  t.match(
+    one({ KEDGE_FORWARD_WINDOWS: '10:00-10:00' }),
+    /^KEDGE_FORWARD_WINDOWS entry "10:00-10:00" starts and ends at the same time/,
+  );
   t.match(one({ KEDGE_FORWARD_WINDOWS: '10:00-10:60' }), /invalid end time 10:60/);
-  t.match(one({ KEDGE_FORWARD_WINDOWS: 'nights' }), /^KEDGE_FORWARD_WINDOWS entry "nights" is not a time window/);
-  t.match(one({ KEDGE_MQTT_TOPICS: 'a/#/b' }), /^KEDGE_MQTT_TOPICS entry "a\/#\/b" is not a valid MQTT filter/);
+  t.match(
+    one({ KEDGE_FORWARD_WINDOWS: 'nights' }),
+    /^KEDGE_FORWARD_WINDOWS entry "nights" is not a time window/,
+  );
+  t.match(
+    one({ KEDGE_MQTT_TOPICS: 'a/#/b' }),
+    /^KEDGE_MQTT_TOPICS entry "a\/#\/b" is not a valid MQTT filter/,
+  );
   t.match(one({ KEDGE_MQTT_TOPICS: 'a/b+' }), /"\+" must be a whole level/);
-  t.match(one({ KEDGE_KAFKA_BROKERS: 'kafka1:9092,kafka2' }), /^KEDGE_KAFKA_BROKERS entry "kafka2" has no port/);
+  t.match(
+    one({ KEDGE_KAFKA_BROKERS: 'kafka1:9092,kafka2' }),
+    /^KEDGE_KAFKA_BROKERS entry "kafka2" has no port/,
+  );
   t.match(one({ KEDGE_KAFKA_BROKERS: ',' }), /^KEDGE_KAFKA_BROKERS "," lists no brokers/);
 });
 
@@ -355,7 +451,10 @@ t.test('listen addresses', async (t) => {
   for (const [v, re] of bad) {
     const p = problemsOf(t, { KEDGE_MQTT_LISTEN: v });
     t.equal(p.length, 1, v);
-    t.match(p[0], new RegExp(`^KEDGE_MQTT_LISTEN ${JSON.stringify(v).replace(/[[\]().*+?^$]/g, '\\$&')} `));
+    t.match(
+      p[0],
+      new RegExp(`^KEDGE_MQTT_LISTEN ${JSON.stringify(v).replace(/[[\]().*+?^$]/g, '\\$&')} `),
+    );
     t.match(p[0], re, v);
   }
 });
@@ -363,15 +462,23 @@ t.test('listen addresses', async (t) => {
 t.test('TLS and SASL file and pairing rules', async (t) => {
   const missing = join(tmp, 'missing.pem');
   let p = problemsOf(t, { KEDGE_KAFKA_CA_FILE: missing });
-  t.strictSame(p, [`KEDGE_KAFKA_CA_FILE ${JSON.stringify(missing)} does not exist (expected a readable PEM file)`]);
+  t.strictSame(p, [
+    `KEDGE_KAFKA_CA_FILE ${JSON.stringify(missing)} does not exist (expected a readable PEM file)`,
+  ]);
 
   p = problemsOf(t, { KEDGE_HTTP_TLS_CERT: tmp, KEDGE_HTTP_TLS_KEY: keyFile });
-  t.strictSame(p, [`KEDGE_HTTP_TLS_CERT ${JSON.stringify(tmp)} is not a regular file (expected a readable PEM file)`]);
+  t.strictSame(p, [
+    `KEDGE_HTTP_TLS_CERT ${JSON.stringify(tmp)} is not a regular file (expected a readable PEM file)`,
+  ]);
 
   p = problemsOf(t, { KEDGE_KAFKA_CERT_FILE: certFile });
-  t.strictSame(p, ['KEDGE_KAFKA_CERT_FILE is set but KEDGE_KAFKA_KEY_FILE is not (a certificate needs its private key)']);
+  t.strictSame(p, [
+    'KEDGE_KAFKA_CERT_FILE is set but KEDGE_KAFKA_KEY_FILE is not (a certificate needs its private key)',
+  ]);
   p = problemsOf(t, { KEDGE_MQTT_TLS_KEY: keyFile });
-  t.strictSame(p, ['KEDGE_MQTT_TLS_KEY is set but KEDGE_MQTT_TLS_CERT is not (a private key needs its certificate)']);
+  t.strictSame(p, [
+    'KEDGE_MQTT_TLS_KEY is set but KEDGE_MQTT_TLS_CERT is not (a private key needs its certificate)',
+  ]);
 
   // A CA file alone implies TLS; an explicit "off" contradicts it.
   t.equal(loadConfig({ KEDGE_KAFKA_CA_FILE: caFile }).kafka.tls, true);
@@ -382,23 +489,41 @@ t.test('TLS and SASL file and pairing rules', async (t) => {
   t.match(p[0], /^KEDGE_KAFKA_CA_FILE is set but KEDGE_KAFKA_TLS is off/);
 
   // relative paths are checked against the working directory and resolved
-  t.equal(loadConfig({ KEDGE_KAFKA_CA_FILE: relative(process.cwd(), caFile) }).kafka.caFile, caFile);
+  t.equal(
+    loadConfig({ KEDGE_KAFKA_CA_FILE: relative(process.cwd(), caFile) }).kafka.caFile,
+    caFile,
+  );
 
   p = problemsOf(t, { KEDGE_KAFKA_SASL_MECHANISM: 'plain' });
   t.strictSame(p, [
     'KEDGE_KAFKA_SASL_MECHANISM is "plain" but KEDGE_KAFKA_USERNAME and KEDGE_KAFKA_PASSWORD are not set (SASL needs both)',
   ]);
   p = problemsOf(t, { KEDGE_KAFKA_SASL_MECHANISM: 'plain', KEDGE_KAFKA_USERNAME: 'u' });
-  t.strictSame(p, ['KEDGE_KAFKA_SASL_MECHANISM is "plain" but KEDGE_KAFKA_PASSWORD is not set (SASL needs both)']);
-  p = problemsOf(t, { KEDGE_KAFKA_SASL_MECHANISM: 'gssapi', KEDGE_KAFKA_USERNAME: 'u', KEDGE_KAFKA_PASSWORD: 'p' });
-  t.strictSame(p, ['KEDGE_KAFKA_SASL_MECHANISM "gssapi" is not supported (expected plain, scram-sha-256 or scram-sha-512)']);
+  t.strictSame(p, [
+    'KEDGE_KAFKA_SASL_MECHANISM is "plain" but KEDGE_KAFKA_PASSWORD is not set (SASL needs both)',
+  ]);
+  p = problemsOf(t, {
+    KEDGE_KAFKA_SASL_MECHANISM: 'gssapi',
+    KEDGE_KAFKA_USERNAME: 'u',
+    KEDGE_KAFKA_PASSWORD: 'p',
+  });
+  t.strictSame(p, [
+    'KEDGE_KAFKA_SASL_MECHANISM "gssapi" is not supported (expected plain, scram-sha-256 or scram-sha-512)',
+  ]);
   p = problemsOf(t, { KEDGE_KAFKA_USERNAME: 'u' });
   t.match(p, [/^KEDGE_KAFKA_USERNAME is set but KEDGE_KAFKA_SASL_MECHANISM is not/]);
-  t.strictSame(loadConfig({ KEDGE_KAFKA_SASL_MECHANISM: 'Scram-Sha-256', KEDGE_KAFKA_USERNAME: 'u', KEDGE_KAFKA_PASSWORD: 'p' }).kafka.sasl, {
-    mechanism: 'scram-sha-256',
-    username: 'u',
-    password: 'p',
-  });
+  t.strictSame(
+    loadConfig({
+      KEDGE_KAFKA_SASL_MECHANISM: 'Scram-Sha-256',
+      KEDGE_KAFKA_USERNAME: 'u',
+      KEDGE_KAFKA_PASSWORD: 'p',
+    }).kafka.sasl,
+    {
+      mechanism: 'scram-sha-256',
+      username: 'u',
+      password: 'p',
+    },
+  );
 
   p = problemsOf(t, { KEDGE_MQTT_PASSWORD: 'p' });
   t.strictSame(p, ['KEDGE_MQTT_PASSWORD is set but KEDGE_MQTT_USERNAME is not (set both)']);
@@ -430,9 +555,26 @@ t.test('unreadable file', async (t) => {
   chmodSync(tmp, 0o755);
   traversableByOthers(t, join(import.meta.dirname, '..'));
   // `env -u NODE_OPTIONS`: tap injects its process-info hook into children, which nobody cannot write.
-  const r = spawnSync('env', ['-u', 'NODE_OPTIONS', 'setpriv', '--reuid=65534', '--regid=65534', '--clear-groups', process.execPath, join(import.meta.dirname, '../agent/cli.ts'), '--', 'check-config'], {
-    env: { PATH: process.env.PATH ?? '', KEDGE_KAFKA_CA_FILE: locked, KEDGE_DATA_DIR: tmp }, encoding: 'utf8', timeout: 20_000,
-  });
+  const r = spawnSync(
+    'env',
+    [
+      '-u',
+      'NODE_OPTIONS',
+      'setpriv',
+      '--reuid=65534',
+      '--regid=65534',
+      '--clear-groups',
+      process.execPath,
+      join(import.meta.dirname, '../agent/cli.ts'),
+      '--',
+      'check-config',
+    ],
+    {
+      env: { PATH: process.env.PATH ?? '', KEDGE_KAFKA_CA_FILE: locked, KEDGE_DATA_DIR: tmp },
+      encoding: 'utf8',
+      timeout: 20_000,
+    },
+  );
   t.equal(r.status, 2, r.stderr);
   t.match(r.stderr, /KEDGE_KAFKA_CA_FILE .*is not readable by this user/);
 });
@@ -444,8 +586,12 @@ t.test('MQTT URL', async (t) => {
   t.strictSame(problemsOf(t, { KEDGE_MQTT_URL: 'http://broker' }), [
     'KEDGE_MQTT_URL "http://broker" has scheme http:// (expected mqtt://, mqtts://, ws:// or wss://)',
   ]);
-  t.match(problemsOf(t, { KEDGE_MQTT_URL: 'broker:1883' }), [/^KEDGE_MQTT_URL "broker:1883" has scheme broker:\/\//]);
-  t.match(problemsOf(t, { KEDGE_MQTT_URL: 'not a url' }), [/^KEDGE_MQTT_URL "not a url" is not a URL/]);
+  t.match(problemsOf(t, { KEDGE_MQTT_URL: 'broker:1883' }), [
+    /^KEDGE_MQTT_URL "broker:1883" has scheme broker:\/\//,
+  ]);
+  t.match(problemsOf(t, { KEDGE_MQTT_URL: 'not a url' }), [
+    /^KEDGE_MQTT_URL "not a url" is not a URL/,
+  ]);
   // a password in a rejected URL is not echoed
   const p = problemsOf(t, { KEDGE_MQTT_URL: 'tcp://user:hunter2@broker' });
   t.equal(p.length, 1);
@@ -461,18 +607,24 @@ t.test('HTTP token with whitespace is refused without echoing it', async (t) => 
 });
 
 t.test('unknown variables', async (t) => {
-  t.strictSame(problemsOf(t, { KEDGE_SNYC: 'full' }), ['KEDGE_SNYC is not a known kedge setting (did you mean KEDGE_SYNC?)']);
+  t.strictSame(problemsOf(t, { KEDGE_SNYC: 'full' }), [
+    'KEDGE_SNYC is not a known kedge setting (did you mean KEDGE_SYNC?)',
+  ]);
   t.strictSame(problemsOf(t, { KEDGE_KAFKA_BROKER: 'k:9092' }), [
     'KEDGE_KAFKA_BROKER is not a known kedge setting (did you mean KEDGE_KAFKA_BROKERS?)',
   ]);
-  t.strictSame(problemsOf(t, { KEDGE_BROKERS: 'k:9092' }), ['KEDGE_BROKERS is not a known kedge setting (did you mean KEDGE_KAFKA_BROKERS?)']);
+  t.strictSame(problemsOf(t, { KEDGE_BROKERS: 'k:9092' }), [
+    'KEDGE_BROKERS is not a known kedge setting (did you mean KEDGE_KAFKA_BROKERS?)',
+  ]);
   t.strictSame(problemsOf(t, { kedge_sync: 'full' }), [
     'kedge_sync is not a known kedge setting (did you mean KEDGE_SYNC? names are case-sensitive)',
   ]);
   t.strictSame(problemsOf(t, { KEDGE_PASSWORD: 'x' }), [
     'KEDGE_PASSWORD is not a known kedge setting (did you mean KEDGE_KAFKA_PASSWORD or KEDGE_MQTT_PASSWORD?)',
   ]);
-  t.match(problemsOf(t, { KEDGE_ZZZZZZZZZZ: 'x' }), [/^KEDGE_ZZZZZZZZZZ is not a known kedge setting \(check the spelling/]);
+  t.match(problemsOf(t, { KEDGE_ZZZZZZZZZZ: 'x' }), [
+    /^KEDGE_ZZZZZZZZZZ is not a known kedge setting \(check the spelling/,
+  ]);
   t.strictSame(suggestVariable('KEDGE_HEARTBEAT_INTERVALL'), ['KEDGE_HEARTBEAT_INTERVAL']);
   // other programs' variables are none of our business
   t.doesNotThrow(() => loadConfig({ KEDGEWOOD: '1', MY_KEDGE_THING: '1', KEDGE_SNYC: undefined }));
@@ -488,7 +640,7 @@ t.test('parseEnvFile syntax', async (t) => {
     'KEDGE_SYNC=normal', //                        4
     '  KEDGE_LOG_LEVEL = debug   ', //             5
     'export KEDGE_DATA_DIR=/var/lib/kedge', //     6
-    "SINGLE='a \"b\" \\n $HOME'", //              7
+    'SINGLE=\'a "b" \\n $HOME\'', //              7
     'DOUBLE="say \\"hi\\"\\\\ \\n\\tend"', //      8
     'MULTI="line one', //                          9
     'line two"', //                                10
@@ -544,7 +696,9 @@ t.test('parseEnvFile problems carry path and line', async (t) => {
   t.strictSame(vars, { KEDGE_SYNC: 'full', A: 'quoted\nstill quoted', C: 'ok' });
 
   t.strictSame(parseEnvFile('\uFEFFX=1\r\nY=2\r\n', 'f').vars, { X: '1', Y: '2' }, 'BOM and CRLF');
-  t.strictSame(parseEnvFile("X='open", 'f').problems, ["f:1: unterminated single quote (add the closing ')"]);
+  t.strictSame(parseEnvFile("X='open", 'f').problems, [
+    "f:1: unterminated single quote (add the closing ')",
+  ]);
 });
 
 t.test('readEnvFile, mergeEnv and loadConfig with an env file', async (t) => {
@@ -560,7 +714,10 @@ t.test('readEnvFile, mergeEnv and loadConfig with an env file', async (t) => {
   });
 
   const envPath = join(tmp, 'kedge.env');
-  writeFileSync(envPath, 'KEDGE_SYNC=normal\nKEDGE_LOG_LEVEL=warn\nKEDGE_HTTP_LISTEN="0.0.0.0:9000"\n');
+  writeFileSync(
+    envPath,
+    'KEDGE_SYNC=normal\nKEDGE_LOG_LEVEL=warn\nKEDGE_HTTP_LISTEN="0.0.0.0:9000"\n',
+  );
   const cfg = loadConfig({ KEDGE_LOG_LEVEL: 'error' }, { envFile: envPath });
   t.equal(cfg.sync, 'normal', 'file fills what the process does not set');
   t.equal(cfg.logLevel, 'error', 'the process environment wins');

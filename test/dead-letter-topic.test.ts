@@ -13,14 +13,30 @@ import { createLogger } from '../agent/observe/logger.ts';
 import { consume } from './helpers/kcat.ts';
 import { cleanup, freeLoopbackPort, post, sleep, tempDir } from './helpers/agent.ts';
 
-const kafka = await startKafka({ brokers: 1, extraProps: { 'auto.create.topics.enable': 'false' } });
+const kafka = await startKafka({
+  brokers: 1,
+  extraProps: { 'auto.create.topics.enable': 'false' },
+});
 await createTopic(kafka.bootstrap, 'exists', 3);
 const dir = tempDir();
 const port = await freeLoopbackPort();
 const lines: string[] = [];
-const sink = new Writable({ write(chunk, _enc, cb) { lines.push(...chunk.toString().split('\n').filter(Boolean)); cb(); } });
-const cfg = loadConfig({ KEDGE_DATA_DIR: dir, KEDGE_KAFKA_BROKERS: kafka.bootstrap, KEDGE_HTTP_LISTEN: `127.0.0.1:${port}`, KEDGE_HEARTBEAT_TOPIC: '' });
-const agent = new Agent(cfg, createLogger('info', sink), { unknownTopicGraceMs: 3_000, backoffMaxMs: 1_000 });
+const sink = new Writable({
+  write(chunk, _enc, cb) {
+    lines.push(...chunk.toString().split('\n').filter(Boolean));
+    cb();
+  },
+});
+const cfg = loadConfig({
+  KEDGE_DATA_DIR: dir,
+  KEDGE_KAFKA_BROKERS: kafka.bootstrap,
+  KEDGE_HTTP_LISTEN: `127.0.0.1:${port}`,
+  KEDGE_HEARTBEAT_TOPIC: '',
+});
+const agent = new Agent(cfg, createLogger('info', sink), {
+  unknownTopicGraceMs: 3_000,
+  backoffMaxMs: 1_000,
+});
 await agent.start();
 t.teardown(async () => {
   await agent.stop();
@@ -51,7 +67,14 @@ t.test('events of an uncreatable topic are dead-lettered; the rest flows in orde
   const got = [...new Set(recs.map((r) => r.value.toString()))];
   tt.same(got, sent, 'the other topic got all its events, in order');
   const m = await (await fetch(`${base}/metrics`)).text();
-  tt.match(m, /^kedge_dead_letters_total\{topic="nope",reason="UNKNOWN_TOPIC_OR_PARTITION"\} 10$/m, 'counted');
+  tt.match(
+    m,
+    /^kedge_dead_letters_total\{topic="nope",reason="UNKNOWN_TOPIC_OR_PARTITION"\} 10$/m,
+    'counted',
+  );
   const logged = lines.filter((l) => l.includes('dead-letter'));
-  tt.ok(logged.length >= 1 && logged.length <= 3, `logged once per pass, not per event (${logged.length} lines)`);
+  tt.ok(
+    logged.length >= 1 && logged.length <= 3,
+    `logged once per pass, not per event (${logged.length} lines)`,
+  );
 });

@@ -85,7 +85,10 @@ t.test('a window ending at 24:00', async (t) => {
 
 t.test('several windows; adjacent and overlapping ones merge', async (t) => {
   const w = windows('22:00-06:00,12:00-12:30');
-  t.same([at(1), at(7), at(12, 15), at(12, 45), at(22, 30)].map((d) => w.isOpen(d)), [true, false, true, false, true]);
+  t.same(
+    [at(1), at(7), at(12, 15), at(12, 45), at(22, 30)].map((d) => w.isOpen(d)),
+    [true, false, true, false, true],
+  );
   t.equal(w.msUntilNextChange(at(7)), 5 * HOUR, 'next is the noon window');
   t.equal(w.msUntilNextChange(at(12, 30)), 9.5 * HOUR, 'then the night one');
 
@@ -101,19 +104,42 @@ t.test('several windows; adjacent and overlapping ones merge', async (t) => {
 t.test('local time honours TZ', async (t) => {
   const instant = Date.UTC(2026, 5, 10, 20, 0); // 20:00 UTC
   const w = windows('22:00-06:00');
-  t.equal(inZone('UTC', () => w.isOpen(new Date(instant))), false, '20:00 in UTC');
-  t.equal(inZone('Europe/Berlin', () => w.isOpen(new Date(instant))), true, '22:00 in Berlin (CEST)');
-  t.equal(inZone('Asia/Kolkata', () => w.isOpen(new Date(instant))), true, '01:30 in India');
-  t.equal(inZone('Asia/Kolkata', () => w.msUntilNextChange(new Date(instant))), 4.5 * HOUR);
+  t.equal(
+    inZone('UTC', () => w.isOpen(new Date(instant))),
+    false,
+    '20:00 in UTC',
+  );
+  t.equal(
+    inZone('Europe/Berlin', () => w.isOpen(new Date(instant))),
+    true,
+    '22:00 in Berlin (CEST)',
+  );
+  t.equal(
+    inZone('Asia/Kolkata', () => w.isOpen(new Date(instant))),
+    true,
+    '01:30 in India',
+  );
+  t.equal(
+    inZone('Asia/Kolkata', () => w.msUntilNextChange(new Date(instant))),
+    4.5 * HOUR,
+  );
 });
 
 t.test('DST: windows follow the wall clock', async (t) => {
   inZone('Europe/Berlin', () => {
     const w = windows('22:00-06:00');
     // 2026-03-29 02:00 CET becomes 03:00 CEST: that night is an hour shorter.
-    t.equal(w.msUntilNextChange(new Date(2026, 2, 28, 23, 0)), 6 * HOUR, 'spring forward: 23:00 to 06:00 is 6 h');
+    t.equal(
+      w.msUntilNextChange(new Date(2026, 2, 28, 23, 0)),
+      6 * HOUR,
+      'spring forward: 23:00 to 06:00 is 6 h',
+    );
     // 2026-10-25 03:00 CEST becomes 02:00 CET: an hour longer.
-    t.equal(w.msUntilNextChange(new Date(2026, 9, 24, 23, 0)), 8 * HOUR, 'fall back: 23:00 to 06:00 is 8 h');
+    t.equal(
+      w.msUntilNextChange(new Date(2026, 9, 24, 23, 0)),
+      8 * HOUR,
+      'fall back: 23:00 to 06:00 is 8 h',
+    );
     t.equal(w.isOpen(new Date(2026, 2, 29, 3, 30)), true);
     // A boundary inside the skipped hour (02:30 does not exist that night) still happens.
     const skipped = windows('02:30-05:00');
@@ -127,10 +153,18 @@ t.test('DST: windows follow the wall clock', async (t) => {
  * a link `linkFactor` times faster than the cap, and late timer wakeups as on
  * a busy device. Returns [time, bytes] of every send.
  */
-function simulate(opts: { rate: number; batch: number; seconds: number; linkFactor: number; idleUntil?: number; seed?: number; capacity?: number }): Array<[number, number]> {
+function simulate(opts: {
+  rate: number;
+  batch: number;
+  seconds: number;
+  linkFactor: number;
+  idleUntil?: number;
+  seed?: number;
+  capacity?: number;
+}): Array<[number, number]> {
   let now = 0;
   let seed = opts.seed ?? 42;
-  const random = () => ((seed = (seed * 1103515245 + 12345) % 2 ** 31) / 2 ** 31);
+  const random = () => (seed = (seed * 1103515245 + 12345) % 2 ** 31) / 2 ** 31;
   // Capacity 0, as the forwarder uses it, unless a test says otherwise.
   const bucket = new TokenBucket(opts.rate, opts.capacity ?? 0, () => now);
   const sends: Array<[number, number]> = [];
@@ -151,14 +185,24 @@ function simulate(opts: { rate: number; batch: number; seconds: number; linkFact
 }
 
 t.test('token bucket: every 60 s window within ±10 % of the cap', async (t) => {
-  for (const [rate, batch] of [[256 * 1024, 64 * 1024], [1024 * 1024, 512 * 1024], [64 * 1024, 16 * 1024], [2048, 4096]]) {
+  for (const [rate, batch] of [
+    [256 * 1024, 64 * 1024],
+    [1024 * 1024, 512 * 1024],
+    [64 * 1024, 16 * 1024],
+    [2048, 4096],
+  ]) {
     const sends = simulate({ rate, batch, seconds: 600, linkFactor: 8 });
     let worst = 0;
     for (let start = 0; start + 60_000 <= 600_000; start += 1_000) {
-      const bytes = sends.filter(([ts]) => ts >= start && ts < start + 60_000).reduce((n, [, b]) => n + b, 0);
+      const bytes = sends
+        .filter(([ts]) => ts >= start && ts < start + 60_000)
+        .reduce((n, [, b]) => n + b, 0);
       worst = Math.max(worst, Math.abs(bytes / 60 / rate - 1));
     }
-    t.ok(worst <= 0.1, `rate ${rate} B/s, batches up to ${batch} B: worst 60 s window off by ${(worst * 100).toFixed(1)} %`);
+    t.ok(
+      worst <= 0.1,
+      `rate ${rate} B/s, batches up to ${batch} B: worst 60 s window off by ${(worst * 100).toFixed(1)} %`,
+    );
   }
 });
 
@@ -176,34 +220,55 @@ t.test('token bucket: after idle, a burst is at most one batch above the rate', 
     }
     return excess;
   };
-  const sends = simulate({ rate, batch, seconds: 3_600 + 30, linkFactor: 1_000, idleUntil: 3_600_000 });
+  const sends = simulate({
+    rate,
+    batch,
+    seconds: 3_600 + 30,
+    linkFactor: 1_000,
+    idleUntil: 3_600_000,
+  });
   const excess = ahead(sends);
   t.ok(excess <= batch, `an hour idle, then at most one batch ahead of the rate (${excess} B)`);
   t.ok(excess > 0, 'the first batch goes out at once');
   // The failure this guards against: a saved-up batch of credit lets two batches out back to back.
-  const saved = ahead(simulate({ rate, batch, seconds: 3_600 + 30, linkFactor: 1_000, idleUntil: 3_600_000, capacity: batch }));
-  t.ok(saved > batch, `with a batch of saved credit the burst would be ${saved} B (> one batch): the forwarder uses none`);
+  const saved = ahead(
+    simulate({
+      rate,
+      batch,
+      seconds: 3_600 + 30,
+      linkFactor: 1_000,
+      idleUntil: 3_600_000,
+      capacity: batch,
+    }),
+  );
+  t.ok(
+    saved > batch,
+    `with a batch of saved credit the burst would be ${saved} B (> one batch): the forwarder uses none`,
+  );
 });
 
-t.test('token bucket: a batch larger than the credit leaves a debt that delays the next', async (t) => {
-  let now = 0;
-  const b = new TokenBucket(1000, 500, () => now);
-  t.equal(b.waitMs(), 0);
-  b.charge(2500);
-  t.equal(b.waitMs(), 2000, '2000 B of debt at 1000 B/s');
-  now = 1500;
-  t.equal(b.waitMs(), 500);
-  now = 10_000;
-  t.equal(b.balance(), 500, 'refills only up to the capacity');
-  // Credit earned just after a debt is paid (a late timer) is kept briefly, then capped.
-  const late = new TokenBucket(1000, 0, () => now);
-  late.charge(1000);
-  now += 1000 + 200;
-  t.equal(late.balance(), 200, 'a timer 200 ms late keeps its 200 B of credit');
-  now += 5000;
-  t.equal(late.balance(), 0, 'after an idle spell no credit is saved up with capacity 0');
-  t.throws(() => new TokenBucket(0, 1), RangeError);
-});
+t.test(
+  'token bucket: a batch larger than the credit leaves a debt that delays the next',
+  async (t) => {
+    let now = 0;
+    const b = new TokenBucket(1000, 500, () => now);
+    t.equal(b.waitMs(), 0);
+    b.charge(2500);
+    t.equal(b.waitMs(), 2000, '2000 B of debt at 1000 B/s');
+    now = 1500;
+    t.equal(b.waitMs(), 500);
+    now = 10_000;
+    t.equal(b.balance(), 500, 'refills only up to the capacity');
+    // Credit earned just after a debt is paid (a late timer) is kept briefly, then capped.
+    const late = new TokenBucket(1000, 0, () => now);
+    late.charge(1000);
+    now += 1000 + 200;
+    t.equal(late.balance(), 200, 'a timer 200 ms late keeps its 200 B of credit');
+    now += 5000;
+    t.equal(late.balance(), 0, 'after an idle spell no credit is saved up with capacity 0');
+    t.throws(() => new TokenBucket(0, 1), RangeError);
+  },
+);
 
 /**
  * A fake Kafka for the forwarder loop: records what it was sent and "writes"
@@ -233,16 +298,39 @@ class FakeKafka implements RecordSink {
   }
 }
 
-async function withForwarder(t: Test, kafka: FakeKafka, events: number, opts: { sendDeadlineMs?: number; rate?: number | null; pad?: number; regrowAfterMs?: number }): Promise<{ fwd: Forwarder; drained: () => boolean }> {
+async function withForwarder(
+  t: Test,
+  kafka: FakeKafka,
+  events: number,
+  opts: { sendDeadlineMs?: number; rate?: number | null; pad?: number; regrowAfterMs?: number },
+): Promise<{ fwd: Forwarder; drained: () => boolean }> {
   const dir = tempDir();
   const log = await openLog({ dir, driver: 'sqlite', sync: 'normal' });
   for (let i = 0; i < events; i += 500) {
-    await log.append(Array.from({ length: Math.min(500, events - i) }, (_, j) => ({ topic: 't', key: Buffer.from('k'), value: Buffer.from(JSON.stringify({ i: i + j, pad: 'x'.repeat(opts.pad ?? 0) })), source: 'http' as const })));
+    await log.append(
+      Array.from({ length: Math.min(500, events - i) }, (_, j) => ({
+        topic: 't',
+        key: Buffer.from('k'),
+        value: Buffer.from(JSON.stringify({ i: i + j, pad: 'x'.repeat(opts.pad ?? 0) })),
+        source: 'http' as const,
+      })),
+    );
   }
   const fwd = new Forwarder({
-    log, sink: kafka, agentId: 'a', topicPrefix: '', maxBatchEvents: 1_000, maxBatchBytes: 1024 * 1024,
-    sendDeadlineMs: opts.sendDeadlineMs ?? 5_000, backoffMinMs: 10, backoffMaxMs: 50, unknownTopicGraceMs: 60_000,
-    metrics: new Metrics(), logger: createLogger('error'), wire: kafka.meter, rateBytesPerSecond: opts.rate ?? null,
+    log,
+    sink: kafka,
+    agentId: 'a',
+    topicPrefix: '',
+    maxBatchEvents: 1_000,
+    maxBatchBytes: 1024 * 1024,
+    sendDeadlineMs: opts.sendDeadlineMs ?? 5_000,
+    backoffMinMs: 10,
+    backoffMaxMs: 50,
+    unknownTopicGraceMs: 60_000,
+    metrics: new Metrics(),
+    logger: createLogger('error'),
+    wire: kafka.meter,
+    rateBytesPerSecond: opts.rate ?? null,
     batchRegrowAfterMs: opts.regrowAfterMs,
   });
   fwd.start();
@@ -254,36 +342,64 @@ async function withForwarder(t: Test, kafka: FakeKafka, events: number, opts: { 
   return { fwd, drained: () => log.stats().backlogEvents === 0 };
 }
 
-t.test('adaptive batches: timeouts halve the batch until it fits, successes grow it back', async (t) => {
-  const kafka = new FakeKafka();
-  kafka.hangAbove = 100; // the "link" only manages 100 events within the deadline
-  kafka.latencyMs = 10;
-  const { drained } = await withForwarder(t, kafka, 3_000, { sendDeadlineMs: 200, regrowAfterMs: 300 });
-  for (let i = 0; i < 300 && !drained(); i++) await sleep(50);
-  t.ok(drained(), 'everything acknowledged despite the slow link');
-  const b = kafka.batches;
-  const fits = b.findIndex((n) => n <= kafka.hangAbove);
-  t.ok(fits > 0 && b.slice(1, fits + 1).every((n, i) => n <= Math.ceil(b[i] / 2)), `halved after each timeout until it fits (${b.slice(0, fits + 1)})`);
-  t.same(indexes(kafka.received), Array.from({ length: 3_000 }, (_, i) => i), 'every event once, in order');
-  const timeouts = b.filter((n) => n > kafka.hangAbove).length;
-  t.ok(timeouts < b.length / 4, `held at the size that fits, not regrown at once (${timeouts} of ${b.length} batches timed out)`);
-  // Byte budgets: twice the bytes may be a couple more of these (growing) events.
-  t.ok(b.slice(fits).some((n, i) => n > kafka.hangAbove && n <= 2 * b[fits + i - 1] + 2), `after the hold it tries ×2 again (${b})`);
-});
+t.test(
+  'adaptive batches: timeouts halve the batch until it fits, successes grow it back',
+  async (t) => {
+    const kafka = new FakeKafka();
+    kafka.hangAbove = 100; // the "link" only manages 100 events within the deadline
+    kafka.latencyMs = 10;
+    const { drained } = await withForwarder(t, kafka, 3_000, {
+      sendDeadlineMs: 200,
+      regrowAfterMs: 300,
+    });
+    for (let i = 0; i < 300 && !drained(); i++) await sleep(50);
+    t.ok(drained(), 'everything acknowledged despite the slow link');
+    const b = kafka.batches;
+    const fits = b.findIndex((n) => n <= kafka.hangAbove);
+    t.ok(
+      fits > 0 && b.slice(1, fits + 1).every((n, i) => n <= Math.ceil(b[i] / 2)),
+      `halved after each timeout until it fits (${b.slice(0, fits + 1)})`,
+    );
+    t.same(
+      indexes(kafka.received),
+      Array.from({ length: 3_000 }, (_, i) => i),
+      'every event once, in order',
+    );
+    const timeouts = b.filter((n) => n > kafka.hangAbove).length;
+    t.ok(
+      timeouts < b.length / 4,
+      `held at the size that fits, not regrown at once (${timeouts} of ${b.length} batches timed out)`,
+    );
+    // Byte budgets: twice the bytes may be a couple more of these (growing) events.
+    t.ok(
+      b.slice(fits).some((n, i) => n > kafka.hangAbove && n <= 2 * b[fits + i - 1] + 2),
+      `after the hold it tries ×2 again (${b})`,
+    );
+  },
+);
 
-t.test('rate cap in the forwarder loop: written bytes paid for before the next batch', async (t) => {
-  const kafka = new FakeKafka();
-  kafka.wireBytesPerEvent = 1_000; // a little more than the log bytes, like a lightly framed record
-  const rate = 100_000;
-  // A 1 s deadline makes batches of a quarter second of the rate: fine-grained enough for a 3 s look.
-  const { fwd } = await withForwarder(t, kafka, 5_000, { rate, pad: 900, sendDeadlineMs: 1_000 });
-  await sleep(500);
-  const w0 = kafka.written;
-  const t0 = performance.now();
-  await sleep(3_000);
-  const measured = (kafka.written - w0) / ((performance.now() - t0) / 1000);
-  t.ok(Math.abs(measured / rate - 1) < 0.15, `${Math.round(measured)} B/s against a cap of ${rate} B/s`);
-  t.equal(fwd.status().rateCapBytesPerSecond, rate);
-  const later = kafka.batches.slice(1); // the first is sized before the wire/log ratio is known
-  t.ok(Math.max(...later) * kafka.wireBytesPerEvent <= 0.3 * rate, `batches hold about a quarter of the deadline at the rate (largest ${Math.max(...later)} events)`);
-});
+t.test(
+  'rate cap in the forwarder loop: written bytes paid for before the next batch',
+  async (t) => {
+    const kafka = new FakeKafka();
+    kafka.wireBytesPerEvent = 1_000; // a little more than the log bytes, like a lightly framed record
+    const rate = 100_000;
+    // A 1 s deadline makes batches of a quarter second of the rate: fine-grained enough for a 3 s look.
+    const { fwd } = await withForwarder(t, kafka, 5_000, { rate, pad: 900, sendDeadlineMs: 1_000 });
+    await sleep(500);
+    const w0 = kafka.written;
+    const t0 = performance.now();
+    await sleep(3_000);
+    const measured = (kafka.written - w0) / ((performance.now() - t0) / 1000);
+    t.ok(
+      Math.abs(measured / rate - 1) < 0.15,
+      `${Math.round(measured)} B/s against a cap of ${rate} B/s`,
+    );
+    t.equal(fwd.status().rateCapBytesPerSecond, rate);
+    const later = kafka.batches.slice(1); // the first is sized before the wire/log ratio is known
+    t.ok(
+      Math.max(...later) * kafka.wireBytesPerEvent <= 0.3 * rate,
+      `batches hold about a quarter of the deadline at the rate (largest ${Math.max(...later)} events)`,
+    );
+  },
+);

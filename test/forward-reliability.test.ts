@@ -20,8 +20,14 @@ import { cleanup, sleep, tempDir } from './helpers/agent.ts';
 
 /** Shaped like kafkajs' KafkaJSProtocolError (the forwarder classifies by `type`), wrapped as its retry layer does. */
 function kafkaError(type: string): Error {
-  const inner = Object.assign(new Error(`This server does not host this topic-partition (${type})`), { name: 'KafkaJSProtocolError', type, retriable: true });
-  return Object.assign(new Error(inner.message), { name: 'KafkaJSNumberOfRetriesExceeded', cause: inner });
+  const inner = Object.assign(
+    new Error(`This server does not host this topic-partition (${type})`),
+    { name: 'KafkaJSProtocolError', type, retriable: true },
+  );
+  return Object.assign(new Error(inner.message), {
+    name: 'KafkaJSNumberOfRetriesExceeded',
+    cause: inner,
+  });
 }
 
 class FakeKafka implements RecordSink {
@@ -37,7 +43,8 @@ class FakeKafka implements RecordSink {
     this.sends++;
     const f = this.failures.shift();
     if (f) throw f;
-    if (records.some((r) => this.unknownTopics.has(r.topic))) throw kafkaError('UNKNOWN_TOPIC_OR_PARTITION');
+    if (records.some((r) => this.unknownTopics.has(r.topic)))
+      throw kafkaError('UNKNOWN_TOPIC_OR_PARTITION');
     this.received.push(...records);
   }
 }
@@ -51,15 +58,28 @@ interface Setup {
 }
 
 let counter = 0;
-async function setup(t: Test, kafka: FakeKafka, opts: { graceMs: number; wrapLog?: (log: EventLog) => EventLog }): Promise<Setup> {
+async function setup(
+  t: Test,
+  kafka: FakeKafka,
+  opts: { graceMs: number; wrapLog?: (log: EventLog) => EventLog },
+): Promise<Setup> {
   const dir = tempDir();
   const real = await openLog({ dir, driver: 'sqlite', sync: 'normal' });
   const log = opts.wrapLog ? opts.wrapLog(real) : real;
   const metrics = new Metrics();
   const fwd = new Forwarder({
-    log, sink: kafka, agentId: 'a', topicPrefix: '', maxBatchEvents: 100, maxBatchBytes: 1024 * 1024,
-    sendDeadlineMs: 5_000, backoffMinMs: 10, backoffMaxMs: 50, unknownTopicGraceMs: opts.graceMs,
-    metrics, logger: createLogger('error'),
+    log,
+    sink: kafka,
+    agentId: 'a',
+    topicPrefix: '',
+    maxBatchEvents: 100,
+    maxBatchBytes: 1024 * 1024,
+    sendDeadlineMs: 5_000,
+    backoffMinMs: 10,
+    backoffMaxMs: 50,
+    unknownTopicGraceMs: opts.graceMs,
+    metrics,
+    logger: createLogger('error'),
   });
   fwd.start();
   t.teardown(async () => {
@@ -68,9 +88,18 @@ async function setup(t: Test, kafka: FakeKafka, opts: { graceMs: number; wrapLog
     cleanup(dir);
   });
   return {
-    log, fwd, metrics,
+    log,
+    fwd,
+    metrics,
     async append(topic, n) {
-      await real.append(Array.from({ length: n }, () => ({ topic, key: Buffer.from('k'), value: Buffer.from(JSON.stringify({ i: counter++ })), source: 'http' as const })));
+      await real.append(
+        Array.from({ length: n }, () => ({
+          topic,
+          key: Buffer.from('k'),
+          value: Buffer.from(JSON.stringify({ i: counter++ })),
+          source: 'http' as const,
+        })),
+      );
     },
     drained: () => real.stats().backlogEvents === 0,
   };
@@ -94,75 +123,112 @@ async function until(cond: () => boolean, ms = 10_000): Promise<boolean> {
 }
 
 function values(recs: OutRecord[], topic?: string): number[] {
-  return recs.filter((r) => topic === undefined || r.topic === topic).map((r) => JSON.parse(r.value.toString()).i);
+  return recs
+    .filter((r) => topic === undefined || r.topic === topic)
+    .map((r) => JSON.parse(r.value.toString()).i);
 }
 
 for (const type of ['UNKNOWN_TOPIC_OR_PARTITION', 'TOPIC_AUTHORIZATION_FAILED']) {
-  t.test(`${type}: an old blip, then successes, then a new blip past the grace dead-letters nothing`, async (t) => {
-    const kafka = new FakeKafka();
-    const s = await setup(t, kafka, { graceMs: 300 });
-    const first = counter;
-    kafka.failures.push(kafkaError(type));
-    await s.append('a', 20);
-    t.ok(await until(s.drained), 'the first blip healed by itself');
-    await s.append('a', 20);
-    await s.append('b', 20);
-    t.ok(await until(s.drained), 'successes on both topics');
-    await sleep(500); // past the grace since the first blip
-    // A new blip long after the old one: the batch fails, and so does the next try.
-    kafka.failures.push(kafkaError(type), kafkaError(type));
-    await s.append('b', 20);
-    await s.append('a', 20);
-    t.ok(await until(s.drained), 'the new blip healed by itself');
-    t.equal(s.log.stats().deadLetters, 0, 'no event dead-lettered');
-    t.same(values(kafka.received).sort((x, y) => x - y), Array.from({ length: 100 }, (_, i) => first + i), 'every event delivered once');
-    t.same(values(kafka.received, 'a'), [...values(kafka.received, 'a')].sort((x, y) => x - y), 'in order per topic');
-  });
+  t.test(
+    `${type}: an old blip, then successes, then a new blip past the grace dead-letters nothing`,
+    async (t) => {
+      const kafka = new FakeKafka();
+      const s = await setup(t, kafka, { graceMs: 300 });
+      const first = counter;
+      kafka.failures.push(kafkaError(type));
+      await s.append('a', 20);
+      t.ok(await until(s.drained), 'the first blip healed by itself');
+      await s.append('a', 20);
+      await s.append('b', 20);
+      t.ok(await until(s.drained), 'successes on both topics');
+      await sleep(500); // past the grace since the first blip
+      // A new blip long after the old one: the batch fails, and so does the next try.
+      kafka.failures.push(kafkaError(type), kafkaError(type));
+      await s.append('b', 20);
+      await s.append('a', 20);
+      t.ok(await until(s.drained), 'the new blip healed by itself');
+      t.equal(s.log.stats().deadLetters, 0, 'no event dead-lettered');
+      t.same(
+        values(kafka.received).sort((x, y) => x - y),
+        Array.from({ length: 100 }, (_, i) => first + i),
+        'every event delivered once',
+      );
+      t.same(
+        values(kafka.received, 'a'),
+        [...values(kafka.received, 'a')].sort((x, y) => x - y),
+        'in order per topic',
+      );
+    },
+  );
 }
 
-t.test('a topic that stays unknown past its grace is dead-lettered; the others flow and keep no stale grace', async (t) => {
-  const kafka = new FakeKafka();
-  const s = await setup(t, kafka, { graceMs: 300 });
-  kafka.unknownTopics.add('gone');
-  const first = counter;
-  await s.append('ok', 10);
-  await s.append('gone', 5);
-  await s.append('ok', 10);
-  t.ok(await until(s.drained), 'drained once the grace of "gone" ran out');
-  t.equal(s.log.stats().deadLetters, 5, 'the 5 events of "gone" dead-lettered');
-  t.same(values(kafka.received, 'ok'), [...Array.from({ length: 10 }, (_, i) => first + i), ...Array.from({ length: 10 }, (_, i) => first + 15 + i)], 'the others delivered in order');
-  t.same(s.log.listDeadLetters(10).map((d) => d.topic), ['gone', 'gone', 'gone', 'gone', 'gone']);
-  // "ok" had no error of its own: a blip on it now is retried, not dead-lettered.
-  kafka.failures.push(kafkaError('UNKNOWN_TOPIC_OR_PARTITION'), kafkaError('UNKNOWN_TOPIC_OR_PARTITION'));
-  await s.append('ok', 10);
-  t.ok(await until(s.drained));
-  t.equal(s.log.stats().deadLetters, 5, 'no more dead letters');
-});
+t.test(
+  'a topic that stays unknown past its grace is dead-lettered; the others flow and keep no stale grace',
+  async (t) => {
+    const kafka = new FakeKafka();
+    const s = await setup(t, kafka, { graceMs: 300 });
+    kafka.unknownTopics.add('gone');
+    const first = counter;
+    await s.append('ok', 10);
+    await s.append('gone', 5);
+    await s.append('ok', 10);
+    t.ok(await until(s.drained), 'drained once the grace of "gone" ran out');
+    t.equal(s.log.stats().deadLetters, 5, 'the 5 events of "gone" dead-lettered');
+    t.same(
+      values(kafka.received, 'ok'),
+      [
+        ...Array.from({ length: 10 }, (_, i) => first + i),
+        ...Array.from({ length: 10 }, (_, i) => first + 15 + i),
+      ],
+      'the others delivered in order',
+    );
+    t.same(
+      s.log.listDeadLetters(10).map((d) => d.topic),
+      ['gone', 'gone', 'gone', 'gone', 'gone'],
+    );
+    // "ok" had no error of its own: a blip on it now is retried, not dead-lettered.
+    kafka.failures.push(
+      kafkaError('UNKNOWN_TOPIC_OR_PARTITION'),
+      kafkaError('UNKNOWN_TOPIC_OR_PARTITION'),
+    );
+    await s.append('ok', 10);
+    t.ok(await until(s.drained));
+    t.equal(s.log.stats().deadLetters, 5, 'no more dead letters');
+  },
+);
 
-t.test('an ack that cannot be written (disk full): degraded with the reason, ack retried, no resend, no crash', async (t) => {
-  const kafka = new FakeKafka();
-  let failAcks = true;
-  let ackAttempts = 0;
-  const wrapLog = (log: EventLog): EventLog =>
-    withMethod(log, 'ack', (seq: number, lane?: Lane) => {
-      ackAttempts++;
-      if (failAcks) throw new LogWriteError('cannot acknowledge: disk full (injected)', 'KEDGE_DISK_FULL');
-      return log.ack(seq, lane);
-    });
-  const s = await setup(t, kafka, { graceMs: 60_000, wrapLog });
-  const first = counter;
-  await s.append('a', 50);
-  t.ok(await until(() => ackAttempts >= 5), 'the ack is retried');
-  t.equal(s.fwd.status().state, 'degraded', 'link state degraded');
-  t.match(s.fwd.status().lastError, /disk full/, 'with the reason');
-  t.equal(kafka.sends, 1, 'the batch was not sent again meanwhile');
-  failAcks = false;
-  t.ok(await until(s.drained), 'drained once the ack could be written');
-  await s.append('a', 50);
-  t.ok(await until(s.drained));
-  t.same(values(kafka.received), Array.from({ length: 100 }, (_, i) => first + i), 'every event once, in order');
-  t.equal(s.fwd.status().state, 'up', 'up again');
-});
+t.test(
+  'an ack that cannot be written (disk full): degraded with the reason, ack retried, no resend, no crash',
+  async (t) => {
+    const kafka = new FakeKafka();
+    let failAcks = true;
+    let ackAttempts = 0;
+    const wrapLog = (log: EventLog): EventLog =>
+      withMethod(log, 'ack', (seq: number, lane?: Lane) => {
+        ackAttempts++;
+        if (failAcks)
+          throw new LogWriteError('cannot acknowledge: disk full (injected)', 'KEDGE_DISK_FULL');
+        return log.ack(seq, lane);
+      });
+    const s = await setup(t, kafka, { graceMs: 60_000, wrapLog });
+    const first = counter;
+    await s.append('a', 50);
+    t.ok(await until(() => ackAttempts >= 5), 'the ack is retried');
+    t.equal(s.fwd.status().state, 'degraded', 'link state degraded');
+    t.match(s.fwd.status().lastError, /disk full/, 'with the reason');
+    t.equal(kafka.sends, 1, 'the batch was not sent again meanwhile');
+    failAcks = false;
+    t.ok(await until(s.drained), 'drained once the ack could be written');
+    await s.append('a', 50);
+    t.ok(await until(s.drained));
+    t.same(
+      values(kafka.received),
+      Array.from({ length: 100 }, (_, i) => first + i),
+      'every event once, in order',
+    );
+    t.equal(s.fwd.status().state, 'up', 'up again');
+  },
+);
 
 t.test('a read that fails (I/O error) never stops the loop', async (t) => {
   const kafka = new FakeKafka();
@@ -180,5 +246,8 @@ t.test('a read that fails (I/O error) never stops the loop', async (t) => {
   await s.append('a', 30);
   t.ok(await until(s.drained), 'drained after the failing reads');
   t.equal(failReads, 0, 'the reads did fail');
-  t.same(values(kafka.received), Array.from({ length: 30 }, (_, i) => first + i));
+  t.same(
+    values(kafka.received),
+    Array.from({ length: 30 }, (_, i) => first + i),
+  );
 });

@@ -10,7 +10,13 @@ import t, { type Test } from 'tap';
 import { makeTestCerts } from './helpers/certs.ts';
 import { AgentProc, cleanup, post, tempDir } from './helpers/agent.ts';
 import { waitFor } from './helpers/proc.ts';
-import { kafkajsConfig, kedgeKafkaEnv, readTopic, startSecureKafka, type Access } from './helpers/secure-kafka.ts';
+import {
+  kafkajsConfig,
+  kedgeKafkaEnv,
+  readTopic,
+  startSecureKafka,
+  type Access,
+} from './helpers/secure-kafka.ts';
 
 const certs = makeTestCerts();
 const USERS = {
@@ -29,13 +35,31 @@ t.teardown(async () => {
 });
 
 const tls: Access = { listener: 'SSL', caFile: certs.caFile };
-const mtls: Access = { listener: 'MTLS', caFile: certs.caFile, cert: { certFile: certs.clientCertFile, keyFile: certs.clientKeyFile } };
-const plain: Access = { listener: 'SASL_SSL', caFile: certs.caFile, sasl: { mechanism: 'plain', username: 'edge-plain', password: 'plain-pass-1' } };
-const scram256: Access = { listener: 'SASL_SSL', caFile: certs.caFile, sasl: { mechanism: 'scram-sha-256', username: 'edge-256', password: 'scram256-pass' } };
-const scram512: Access = { listener: 'SASL_SSL', caFile: certs.caFile, sasl: { mechanism: 'scram-sha-512', username: 'edge-512', password: 'scram512-pass' } };
+const mtls: Access = {
+  listener: 'MTLS',
+  caFile: certs.caFile,
+  cert: { certFile: certs.clientCertFile, keyFile: certs.clientKeyFile },
+};
+const plain: Access = {
+  listener: 'SASL_SSL',
+  caFile: certs.caFile,
+  sasl: { mechanism: 'plain', username: 'edge-plain', password: 'plain-pass-1' },
+};
+const scram256: Access = {
+  listener: 'SASL_SSL',
+  caFile: certs.caFile,
+  sasl: { mechanism: 'scram-sha-256', username: 'edge-256', password: 'scram256-pass' },
+};
+const scram512: Access = {
+  listener: 'SASL_SSL',
+  caFile: certs.caFile,
+  sasl: { mechanism: 'scram-sha-512', username: 'edge-512', password: 'scram512-pass' },
+};
 
 function startAgent(dir: string, access: Access, id: string): Promise<AgentProc> {
-  return AgentProc.start({ env: { KEDGE_DATA_DIR: dir, KEDGE_AGENT_ID: id, ...kedgeKafkaEnv(kafka, access) } });
+  return AgentProc.start({
+    env: { KEDGE_DATA_DIR: dir, KEDGE_AGENT_ID: id, ...kedgeKafkaEnv(kafka, access) },
+  });
 }
 
 /** Posts n single JSON events to `topic`; returns their values. */
@@ -51,11 +75,20 @@ async function ingest(t: Test, agent: AgentProc, topic: string, n: number): Prom
 }
 
 /** The records in `topic` as a consumer with `access` reads them: all `values`, with kedge-id headers. */
-async function checkDelivered(t: Test, access: Access, topic: string, values: string[], agentId: string): Promise<void> {
+async function checkDelivered(
+  t: Test,
+  access: Access,
+  topic: string,
+  values: string[],
+  agentId: string,
+): Promise<void> {
   const recs = await readTopic(kafkajsConfig(kafka, access), topic, values.length, 60_000);
   t.equal(recs.length, values.length, `${values.length} records read back from ${topic}`);
   t.strictSame(new Set(recs.map((r) => r.value)), new Set(values), 'the values as sent');
-  t.ok(recs.every((r) => r.headers['kedge-id']?.startsWith(`${agentId}:`)), 'every record carries kedge-id');
+  t.ok(
+    recs.every((r) => r.headers['kedge-id']?.startsWith(`${agentId}:`)),
+    'every record carries kedge-id',
+  );
 }
 
 for (const [name, access] of [
@@ -86,7 +119,13 @@ for (const [name, access] of [
  * The agent with a broken `bad` access: link down with a reason matching `reason` in status
  * and in the log line, the events kept; then restarted with `good` on the same data dir: delivered.
  */
-async function brokenThenFixed(t: Test, label: string, bad: Access, good: Access, reason: RegExp): Promise<void> {
+async function brokenThenFixed(
+  t: Test,
+  label: string,
+  bad: Access,
+  good: Access,
+  reason: RegExp,
+): Promise<void> {
   const dir = tempDir();
   dirs.push(dir);
   const id = `sec-fix-${label}`;
@@ -95,10 +134,13 @@ async function brokenThenFixed(t: Test, label: string, bad: Access, good: Access
   let values: string[];
   try {
     values = await ingest(t, agent, topic, 4);
-    const s = await waitFor(async () => {
-      const st = await agent.status();
-      return st.link.state === 'down' && st.link.last_error ? st : null;
-    }, { timeoutMs: 60_000, intervalMs: 200, what: 'link down with a last_error' });
+    const s = await waitFor(
+      async () => {
+        const st = await agent.status();
+        return st.link.state === 'down' && st.link.last_error ? st : null;
+      },
+      { timeoutMs: 60_000, intervalMs: 200, what: 'link down with a last_error' },
+    );
     t.match(s.link.last_error, reason, `status last_error names the cause: ${s.link.last_error}`);
     t.equal(s.backlog.events, 4, 'the events stay in the log');
     const line = agent.lines.map((l) => JSON.parse(l)).find((o) => o.msg === 'kafka link down');
@@ -111,7 +153,10 @@ async function brokenThenFixed(t: Test, label: string, bad: Access, good: Access
   const fixed = await startAgent(dir, good, id);
   try {
     const before = await fixed.status();
-    t.ok(before.backlog.events === 4 || before.backlog.events === 0, 'the backlog survived the restart');
+    t.ok(
+      before.backlog.events === 4 || before.backlog.events === 0,
+      'the backlog survived the restart',
+    );
     const s = await fixed.waitDrained(90_000);
     t.equal(s.link.state, 'up', 'link up once the config is fixed');
     await checkDelivered(t, good, topic, values, id);
@@ -120,14 +165,50 @@ async function brokenThenFixed(t: Test, label: string, bad: Access, good: Access
   }
 }
 
-t.test('wrong SCRAM password: link down "authentication failed", events kept, delivered after the fix', (t) =>
-  brokenThenFixed(t, 'password', { ...scram512, sasl: { ...scram512.sasl!, password: 'not-the-password' } }, scram512, /^authentication failed: .*KEDGE_KAFKA_PASSWORD/));
+t.test(
+  'wrong SCRAM password: link down "authentication failed", events kept, delivered after the fix',
+  (t) =>
+    brokenThenFixed(
+      t,
+      'password',
+      { ...scram512, sasl: { ...scram512.sasl!, password: 'not-the-password' } },
+      scram512,
+      /^authentication failed: .*KEDGE_KAFKA_PASSWORD/,
+    ),
+);
 
-t.test('wrong SASL/PLAIN password: link down "authentication failed", events kept, delivered after the fix', (t) =>
-  brokenThenFixed(t, 'plain', { ...plain, sasl: { ...plain.sasl!, password: 'nope' } }, plain, /^authentication failed: .*KEDGE_KAFKA_USERNAME/));
+t.test(
+  'wrong SASL/PLAIN password: link down "authentication failed", events kept, delivered after the fix',
+  (t) =>
+    brokenThenFixed(
+      t,
+      'plain',
+      { ...plain, sasl: { ...plain.sasl!, password: 'nope' } },
+      plain,
+      /^authentication failed: .*KEDGE_KAFKA_USERNAME/,
+    ),
+);
 
-t.test('untrusted CA: link down with a certificate error naming KEDGE_KAFKA_CA_FILE, delivered after the fix', (t) =>
-  brokenThenFixed(t, 'ca', { ...tls, caFile: certs.otherCaFile }, tls, /^TLS certificate error: .*not signed by a CA kedge trusts.*KEDGE_KAFKA_CA_FILE/));
+t.test(
+  'untrusted CA: link down with a certificate error naming KEDGE_KAFKA_CA_FILE, delivered after the fix',
+  (t) =>
+    brokenThenFixed(
+      t,
+      'ca',
+      { ...tls, caFile: certs.otherCaFile },
+      tls,
+      /^TLS certificate error: .*not signed by a CA kedge trusts.*KEDGE_KAFKA_CA_FILE/,
+    ),
+);
 
-t.test('mutual TLS without a client certificate: link down naming KEDGE_KAFKA_CERT_FILE, delivered after the fix', (t) =>
-  brokenThenFixed(t, 'nocert', { listener: 'MTLS', caFile: certs.caFile }, mtls, /^TLS certificate error: .*client certificate.*KEDGE_KAFKA_CERT_FILE/));
+t.test(
+  'mutual TLS without a client certificate: link down naming KEDGE_KAFKA_CERT_FILE, delivered after the fix',
+  (t) =>
+    brokenThenFixed(
+      t,
+      'nocert',
+      { listener: 'MTLS', caFile: certs.caFile },
+      mtls,
+      /^TLS certificate error: .*client certificate.*KEDGE_KAFKA_CERT_FILE/,
+    ),
+);

@@ -36,7 +36,9 @@ t.teardown(async () => {
 async function startAgent(env: Record<string, string> = {}): Promise<AgentProc> {
   const dir = tempDir();
   dirs.push(dir);
-  agent = await AgentProc.start({ env: { KEDGE_DATA_DIR: dir, KEDGE_KAFKA_BROKERS: bootstrap, ...env } });
+  agent = await AgentProc.start({
+    env: { KEDGE_DATA_DIR: dir, KEDGE_KAFKA_BROKERS: bootstrap, ...env },
+  });
   return agent;
 }
 
@@ -58,8 +60,15 @@ class LinkWatch {
         try {
           const s = await a.status();
           const last = this.changes[this.changes.length - 1];
-          if (!last || last.state !== s.link.state) this.changes.push({ ms: Date.now() - this.t0, state: s.link.state, lastError: s.link.last_error });
-        } catch { /* agent busy; next sample */ }
+          if (!last || last.state !== s.link.state)
+            this.changes.push({
+              ms: Date.now() - this.t0,
+              state: s.link.state,
+              lastError: s.link.last_error,
+            });
+        } catch {
+          /* agent busy; next sample */
+        }
         await sleep(250);
       }
     })();
@@ -93,123 +102,186 @@ async function waitState(a: AgentProc, want: string[], timeoutMs: number): Promi
 async function verifyTopic(tt: Test, topic: string, acked: Set<string>): Promise<void> {
   const recs = await consume(kafka.bootstrap, topic, { timeoutMs: 60_000 });
   const rep = checkDelivery(recs, acked, (r) => JSON.parse(r.value.toString()).id);
-  tt.equal(rep.missing.length, 0, `no acknowledged event missing of ${acked.size} (missing: ${rep.missing.slice(0, 5)})`);
+  tt.equal(
+    rep.missing.length,
+    0,
+    `no acknowledged event missing of ${acked.size} (missing: ${rep.missing.slice(0, 5)})`,
+  );
   tt.same(rep.orderViolations, [], 'order per key holds');
-  tt.equal(rep.foreignDuplicates, 0, `every duplicate (${rep.duplicates}) carries an already-seen kedge-id`);
-  tt.comment(`${topic}: ${recs.length} records read, ${rep.unique} unique, ${rep.duplicates} duplicates (resends)`);
+  tt.equal(
+    rep.foreignDuplicates,
+    0,
+    `every duplicate (${rep.duplicates}) carries an already-seen kedge-id`,
+  );
+  tt.comment(
+    `${topic}: ${recs.length} records read, ${rep.unique} unique, ${rep.duplicates} duplicates (resends)`,
+  );
 }
 
-t.test('hang outage: link goes down within the request timeout, drains by itself after heal', async (tt) => {
-  const topic = 'faults-hang';
-  await createTopic(kafka.bootstrap, topic, 3);
-  const a = await startAgent();
-  const load = new HttpLoad({ base: () => a.base, topic, keys: 8, batch: 10, concurrency: 2, maxEvents: 150_000 });
-  const up = await waitState(a, ['up'], 30_000);
-  tt.equal(up.link.state, 'up', 'link up before the outage');
-  await sleep(2_000);
+t.test(
+  'hang outage: link goes down within the request timeout, drains by itself after heal',
+  async (tt) => {
+    const topic = 'faults-hang';
+    await createTopic(kafka.bootstrap, topic, 3);
+    const a = await startAgent();
+    const load = new HttpLoad({
+      base: () => a.base,
+      topic,
+      keys: 8,
+      batch: 10,
+      concurrency: 2,
+      maxEvents: 150_000,
+    });
+    const up = await waitState(a, ['up'], 30_000);
+    tt.equal(up.link.state, 'up', 'link up before the outage');
+    await sleep(2_000);
 
-  const watch = new LinkWatch(a);
-  const t0 = Date.now();
-  proxy.blackhole();
-  // Keep the black hole for 45 s, longer if the link has not been reported down yet (bounded).
-  while (Date.now() - t0 < 45_000 || (!watch.firstSeen('down') && Date.now() - t0 < 90_000)) await sleep(500);
-  const during = await a.status();
-  const down = watch.firstSeen('down');
-  const firstBad = watch.firstSeen('degraded', 'down');
-  tt.comment(`hang: link ${watch.describe()}; last_error: ${during.link.last_error}`);
-  tt.ok(down, `status reports the link down during a hang outage (${watch.describe()})`);
-  if (down) {
-    tt.ok(down.ms <= REQUEST_TIMEOUT_MS + 10_000, `down reported ${(down.ms / 1000).toFixed(1)} s after the hang began (request timeout ${REQUEST_TIMEOUT_MS / 1000} s + 10 s)`);
-  }
-  if (firstBad) tt.comment(`hang: first not-up state after ${(firstBad.ms / 1000).toFixed(1)} s`);
-  // The agent's own account of the outage, for whoever reads a failure here.
-  for (const line of a.lines.filter((l) => /kafka link|timed out/.test(l)).slice(-4)) {
-    const j = JSON.parse(line);
-    tt.comment(`hang: agent log +${((Date.parse(j.time) - t0) / 1000).toFixed(1)} s: ${j.msg}${j.reason ? ` (${j.reason})` : ''}`);
-  }
-  tt.ok(during.link.last_error, `last_error says why: ${during.link.last_error}`);
-  tt.ok(during.backlog.events > 0, `events kept while the link hangs (${during.backlog.events})`);
+    const watch = new LinkWatch(a);
+    const t0 = Date.now();
+    proxy.blackhole();
+    // Keep the black hole for 45 s, longer if the link has not been reported down yet (bounded).
+    while (Date.now() - t0 < 45_000 || (!watch.firstSeen('down') && Date.now() - t0 < 90_000))
+      await sleep(500);
+    const during = await a.status();
+    const down = watch.firstSeen('down');
+    const firstBad = watch.firstSeen('degraded', 'down');
+    tt.comment(`hang: link ${watch.describe()}; last_error: ${during.link.last_error}`);
+    tt.ok(down, `status reports the link down during a hang outage (${watch.describe()})`);
+    if (down) {
+      tt.ok(
+        down.ms <= REQUEST_TIMEOUT_MS + 10_000,
+        `down reported ${(down.ms / 1000).toFixed(1)} s after the hang began (request timeout ${REQUEST_TIMEOUT_MS / 1000} s + 10 s)`,
+      );
+    }
+    if (firstBad) tt.comment(`hang: first not-up state after ${(firstBad.ms / 1000).toFixed(1)} s`);
+    // The agent's own account of the outage, for whoever reads a failure here.
+    for (const line of a.lines.filter((l) => /kafka link|timed out/.test(l)).slice(-4)) {
+      const j = JSON.parse(line);
+      tt.comment(
+        `hang: agent log +${((Date.parse(j.time) - t0) / 1000).toFixed(1)} s: ${j.msg}${j.reason ? ` (${j.reason})` : ''}`,
+      );
+    }
+    tt.ok(during.link.last_error, `last_error says why: ${during.link.last_error}`);
+    tt.ok(during.backlog.events > 0, `events kept while the link hangs (${during.backlog.events})`);
 
-  const healed = Date.now();
-  proxy.heal();
-  await sleep(3_000);
-  const res = await load.stop();
-  await watch.stop();
-  await a.waitDrained(120_000);
-  tt.comment(`hang: drained ${((Date.now() - healed) / 1000).toFixed(1)} s after heal; ${res.acked.size} acked, ${res.failed} failed`);
-  const after = await a.status();
-  tt.equal(after.link.state, 'up', 'link up again without intervention');
-  await verifyTopic(tt, topic, res.acked);
-  await a.stop();
-});
+    const healed = Date.now();
+    proxy.heal();
+    await sleep(3_000);
+    const res = await load.stop();
+    await watch.stop();
+    await a.waitDrained(120_000);
+    tt.comment(
+      `hang: drained ${((Date.now() - healed) / 1000).toFixed(1)} s after heal; ${res.acked.size} acked, ${res.failed} failed`,
+    );
+    const after = await a.status();
+    tt.equal(after.link.state, 'up', 'link up again without intervention');
+    await verifyTopic(tt, topic, res.acked);
+    await a.stop();
+  },
+);
 
-t.test('connections reset mid-batch during a drain: nothing lost, nothing reordered', async (tt) => {
-  const topic = 'faults-reset';
-  await createTopic(kafka.bootstrap, topic, 3);
-  // No compression: batches are large on the wire, so a reset lands inside a request.
-  const a = await startAgent({ KEDGE_COMPRESSION: 'none' });
-  await waitState(a, ['up'], 30_000);
-  const p = await post(`${a.base}/v1/forwarding/pause`, '');
-  tt.equal(p.status, 200, 'forwarding paused to build a backlog');
-  const load = new HttpLoad({ base: () => a.base, topic, keys: 8, batch: 20, concurrency: 2, maxEvents: 60_000 });
-  const deadline = Date.now() + 60_000;
-  while ((await a.status()).backlog.events < 40_000 && Date.now() < deadline) await sleep(250);
-  tt.ok((await a.status()).backlog.events >= 40_000, 'a backlog of 40,000+ events');
+t.test(
+  'connections reset mid-batch during a drain: nothing lost, nothing reordered',
+  async (tt) => {
+    const topic = 'faults-reset';
+    await createTopic(kafka.bootstrap, topic, 3);
+    // No compression: batches are large on the wire, so a reset lands inside a request.
+    const a = await startAgent({ KEDGE_COMPRESSION: 'none' });
+    await waitState(a, ['up'], 30_000);
+    const p = await post(`${a.base}/v1/forwarding/pause`, '');
+    tt.equal(p.status, 200, 'forwarding paused to build a backlog');
+    const load = new HttpLoad({
+      base: () => a.base,
+      topic,
+      keys: 8,
+      batch: 20,
+      concurrency: 2,
+      maxEvents: 60_000,
+    });
+    const deadline = Date.now() + 60_000;
+    while ((await a.status()).backlog.events < 40_000 && Date.now() < deadline) await sleep(250);
+    tt.ok((await a.status()).backlog.events >= 40_000, 'a backlog of 40,000+ events');
 
-  const watch = new LinkWatch(a);
-  const accepted0 = proxy.accepted;
-  tt.equal((await post(`${a.base}/v1/forwarding/resume`, '')).status, 200, 'forwarding resumed');
-  const errors: string[] = [];
-  let fired = 0;
-  const backlogAtReset: number[] = [];
-  for (let i = 0; i < 5; i++) {
-    // Somewhere inside the next request or two (a batch is up to 512 KiB uncompressed).
-    const n = 20_000 + Math.floor(Math.random() * 300_000);
-    const resetDone = proxy.resetAfterBytes(n);
-    const ok = await Promise.race([resetDone.then(() => true), sleep(30_000).then(() => false)]);
-    if (!ok) break;
-    fired++;
-    await sleep(200);
-    const s = await a.status();
-    backlogAtReset.push(s.backlog.events);
-    if (s.link.last_error) errors.push(`${s.link.state}: ${s.link.last_error}`);
-  }
-  tt.ok(backlogAtReset.every((n) => n > 0), `every reset hit the drain (backlog after each: ${backlogAtReset.join(', ')})`);
-  tt.equal(fired, 5, `5 connection resets fired in the middle of the drain (${proxy.resets} connections reset)`);
-  const res = await load.stop();
-  await a.waitDrained(120_000);
-  await watch.stop();
-  tt.comment(`resets: link ${watch.describe()}; ${proxy.accepted - accepted0} reconnects; errors in status: ${errors.length ? errors.slice(-2).join(' | ') : 'none (kafkajs retried inside the send)'}`);
-  tt.equal((await a.status()).link.state, 'up', 'link up after the resets');
-  await verifyTopic(tt, topic, res.acked);
-  await a.stop();
-});
+    const watch = new LinkWatch(a);
+    const accepted0 = proxy.accepted;
+    tt.equal((await post(`${a.base}/v1/forwarding/resume`, '')).status, 200, 'forwarding resumed');
+    const errors: string[] = [];
+    let fired = 0;
+    const backlogAtReset: number[] = [];
+    for (let i = 0; i < 5; i++) {
+      // Somewhere inside the next request or two (a batch is up to 512 KiB uncompressed).
+      const n = 20_000 + Math.floor(Math.random() * 300_000);
+      const resetDone = proxy.resetAfterBytes(n);
+      const ok = await Promise.race([resetDone.then(() => true), sleep(30_000).then(() => false)]);
+      if (!ok) break;
+      fired++;
+      await sleep(200);
+      const s = await a.status();
+      backlogAtReset.push(s.backlog.events);
+      if (s.link.last_error) errors.push(`${s.link.state}: ${s.link.last_error}`);
+    }
+    tt.ok(
+      backlogAtReset.every((n) => n > 0),
+      `every reset hit the drain (backlog after each: ${backlogAtReset.join(', ')})`,
+    );
+    tt.equal(
+      fired,
+      5,
+      `5 connection resets fired in the middle of the drain (${proxy.resets} connections reset)`,
+    );
+    const res = await load.stop();
+    await a.waitDrained(120_000);
+    await watch.stop();
+    tt.comment(
+      `resets: link ${watch.describe()}; ${proxy.accepted - accepted0} reconnects; errors in status: ${errors.length ? errors.slice(-2).join(' | ') : 'none (kafkajs retried inside the send)'}`,
+    );
+    tt.equal((await a.status()).link.state, 'up', 'link up after the resets');
+    await verifyTopic(tt, topic, res.acked);
+    await a.stop();
+  },
+);
 
-t.test('broker stopped and started under load: down while stopped, every acknowledged event delivered', async (tt) => {
-  const topic = 'faults-restart';
-  await createTopic(kafka.bootstrap, topic, 3);
-  const a = await startAgent();
-  await waitState(a, ['up'], 30_000);
-  const load = new HttpLoad({ base: () => a.base, topic, keys: 8, batch: 10, concurrency: 2, maxEvents: 150_000 });
-  await sleep(3_000);
-  const node = kafka.nodes[0].id;
-  const watch = new LinkWatch(a);
-  const t0 = Date.now();
-  await kafka.stopNode(node);
-  const stoppedAfter = Date.now() - t0;
-  const s = await waitState(a, ['down'], 60_000);
-  tt.equal(s.link.state, 'down', `status reports the link down while the broker is stopped (after ${((Date.now() - t0) / 1000).toFixed(1)} s)`);
-  tt.ok(s.link.last_error, `last_error says why: ${s.link.last_error}`);
-  tt.comment(`broker stop: the controlled shutdown took ${(stoppedAfter / 1000).toFixed(1)} s`);
-  await sleep(Math.max(0, 20_000 - (Date.now() - t0)));
-  const restarted = Date.now();
-  await kafka.startNode(node);
-  await sleep(3_000);
-  const res = await load.stop();
-  await a.waitDrained(120_000);
-  await watch.stop();
-  tt.comment(`broker restart: link ${watch.describe()}; drained ${((Date.now() - restarted) / 1000).toFixed(1)} s after start; ${res.acked.size} acked, ${res.failed} failed`);
-  tt.equal((await a.status()).link.state, 'up', 'link up again without intervention');
-  await verifyTopic(tt, topic, res.acked);
-  await a.stop();
-});
+t.test(
+  'broker stopped and started under load: down while stopped, every acknowledged event delivered',
+  async (tt) => {
+    const topic = 'faults-restart';
+    await createTopic(kafka.bootstrap, topic, 3);
+    const a = await startAgent();
+    await waitState(a, ['up'], 30_000);
+    const load = new HttpLoad({
+      base: () => a.base,
+      topic,
+      keys: 8,
+      batch: 10,
+      concurrency: 2,
+      maxEvents: 150_000,
+    });
+    await sleep(3_000);
+    const node = kafka.nodes[0].id;
+    const watch = new LinkWatch(a);
+    const t0 = Date.now();
+    await kafka.stopNode(node);
+    const stoppedAfter = Date.now() - t0;
+    const s = await waitState(a, ['down'], 60_000);
+    tt.equal(
+      s.link.state,
+      'down',
+      `status reports the link down while the broker is stopped (after ${((Date.now() - t0) / 1000).toFixed(1)} s)`,
+    );
+    tt.ok(s.link.last_error, `last_error says why: ${s.link.last_error}`);
+    tt.comment(`broker stop: the controlled shutdown took ${(stoppedAfter / 1000).toFixed(1)} s`);
+    await sleep(Math.max(0, 20_000 - (Date.now() - t0)));
+    const restarted = Date.now();
+    await kafka.startNode(node);
+    await sleep(3_000);
+    const res = await load.stop();
+    await a.waitDrained(120_000);
+    await watch.stop();
+    tt.comment(
+      `broker restart: link ${watch.describe()}; drained ${((Date.now() - restarted) / 1000).toFixed(1)} s after start; ${res.acked.size} acked, ${res.failed} failed`,
+    );
+    tt.equal((await a.status()).link.state, 'up', 'link up again without intervention');
+    await verifyTopic(tt, topic, res.acked);
+    await a.stop();
+  },
+);

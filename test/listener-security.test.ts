@@ -33,7 +33,12 @@ function dataDir(): string {
 }
 
 const CLI = [process.execPath, ...NODE_FLAGS, join(REPO, 'agent/cli.ts')];
-const baseEnv = (): Record<string, string> => ({ PATH: process.env.PATH ?? '', KEDGE_DATA_DIR: dataDir(), KEDGE_KAFKA_BROKERS: deadKafka, KEDGE_HEARTBEAT_TOPIC: '' });
+const baseEnv = (): Record<string, string> => ({
+  PATH: process.env.PATH ?? '',
+  KEDGE_DATA_DIR: dataDir(),
+  KEDGE_KAFKA_BROKERS: deadKafka,
+  KEDGE_HEARTBEAT_TOPIC: '',
+});
 
 const mqttOpts = { protocolVersion: 4 as const, reconnectPeriod: 0, connectTimeout: 5_000 };
 
@@ -41,7 +46,10 @@ const mqttOpts = { protocolVersion: 4 as const, reconnectPeriod: 0, connectTimeo
  * Connects once: the client, or why not. MQTT.js' connectAsync never settles when the server
  * just closes the connection (no 'error' event), which is what a TLS listener does to plain MQTT.
  */
-function tryConnect(url: string, opts: mqtt.IClientOptions): Promise<{ client: mqtt.MqttClient } | { error: Error & { code?: number } }> {
+function tryConnect(
+  url: string,
+  opts: mqtt.IClientOptions,
+): Promise<{ client: mqtt.MqttClient } | { error: Error & { code?: number } }> {
   return new Promise((resolve) => {
     const c = mqtt.connect(url, { ...mqttOpts, ...opts });
     const fail = (error: Error) => {
@@ -60,7 +68,10 @@ function tryConnect(url: string, opts: mqtt.IClientOptions): Promise<{ client: m
 }
 
 /** The refusal of a connect attempt that must fail, or null (after closing the client) when it got in. */
-async function refusal(url: string, opts: mqtt.IClientOptions): Promise<(Error & { code?: number }) | null> {
+async function refusal(
+  url: string,
+  opts: mqtt.IClientOptions,
+): Promise<(Error & { code?: number }) | null> {
   const r = await tryConnect(url, opts);
   if ('error' in r) return r.error;
   await r.client.endAsync();
@@ -70,17 +81,29 @@ async function refusal(url: string, opts: mqtt.IClientOptions): Promise<(Error &
 t.test('listeners bind loopback by default', async (t) => {
   const cfg = loadConfig({});
   t.equal(cfg.http.listen?.host, '127.0.0.1', 'HTTP on 127.0.0.1');
-  t.equal(cfg.mqtt.listen, null, 'the embedded MQTT listener is off unless KEDGE_MQTT_LISTEN is set');
+  t.equal(
+    cfg.mqtt.listen,
+    null,
+    'the embedded MQTT listener is off unless KEDGE_MQTT_LISTEN is set',
+  );
 });
 
 t.test('the token is compared in constant time', async (t) => {
   const src = readFileSync(join(REPO, 'agent/ingest/token.ts'), 'utf8');
   t.match(src, /timingSafeEqual\(/, 'token.ts compares with crypto.timingSafeEqual');
-  t.match(src, /createHash\('sha256'\)/, 'on fixed-length digests (no early exit on a length mismatch)');
+  t.match(
+    src,
+    /createHash\('sha256'\)/,
+    'on fixed-length digests (no early exit on a length mismatch)',
+  );
   for (const f of ['agent/ingest/http.ts', 'agent/ingest/mqtt-broker.ts']) {
     const code = readFileSync(join(REPO, f), 'utf8');
     t.match(code, /tokenMatches\(/, `${f} uses tokenMatches`);
-    t.notMatch(code, /(token|password)\s*[!=]==(?!\s*(null|undefined)\b)|[!=]==\s*(this\.opts\.|o\.)?(token|password)\b/, `${f} never compares a secret with ===`);
+    t.notMatch(
+      code,
+      /(token|password)\s*[!=]==(?!\s*(null|undefined)\b)|[!=]==\s*(this\.opts\.|o\.)?(token|password)\b/,
+      `${f} never compares a secret with ===`,
+    );
   }
   t.equal(tokenMatches('s3cret-token', 's3cret-token'), true);
   t.equal(tokenMatches('s3cret-tokeN', 's3cret-token'), false);
@@ -99,13 +122,21 @@ t.test('HTTP token: ingest and pause/resume need it, the right one is accepted',
     ['no Authorization header', {}],
     ['a wrong token', bearer('tok-7f3a9c1e5c')],
     ['a prefix of the token', bearer('tok-7f3a')],
-    ['the token as Basic auth', { authorization: `Basic ${Buffer.from(`x:${token}`).toString('base64')}` }],
+    [
+      'the token as Basic auth',
+      { authorization: `Basic ${Buffer.from(`x:${token}`).toString('base64')}` },
+    ],
   ] as const) {
     const res = await post(ingest, '{"a":1}', 'application/json', headers);
     t.equal(res.status, 401, `ingest with ${what}: 401`);
     t.equal(res.body.error, 'unauthorized');
     t.match(res.headers['www-authenticate'], /^Bearer/);
-    const rest = await post(`${agent.base}/topics/secured`, '{"records":[{"value":1}]}', 'application/vnd.kafka.json.v2+json', headers);
+    const rest = await post(
+      `${agent.base}/topics/secured`,
+      '{"records":[{"value":1}]}',
+      'application/vnd.kafka.json.v2+json',
+      headers,
+    );
     t.equal(rest.status, 401, `REST proxy produce with ${what}: 401`);
     for (const action of ['pause', 'resume']) {
       const r = await post(`${agent.base}/v1/forwarding/${action}`, '', undefined, headers);
@@ -127,29 +158,46 @@ t.test('HTTP token: ingest and pause/resume need it, the right one is accepted',
   t.equal((await agent.status()).backlog.events, 1, 'exactly the accepted event is in the log');
 });
 
-t.test('embedded MQTT broker credentials: wrong → CONNACK not authorized, right → PUBACK', async (t) => {
-  const mqttPort = await freeLoopbackPort();
-  const agent = await AgentProc.start({
-    env: { ...baseEnv(), KEDGE_MQTT_LISTEN: `127.0.0.1:${mqttPort}`, KEDGE_MQTT_USERNAME: 'sensor', KEDGE_MQTT_PASSWORD: 'mq-pass-91' },
-  });
-  t.teardown(() => agent.stop());
-  const url = `mqtt://127.0.0.1:${mqttPort}`;
-  for (const [what, creds] of [
-    ['a wrong password', { username: 'sensor', password: 'mq-pass-92' }],
-    ['a wrong user name', { username: 'sensors', password: 'mq-pass-91' }],
-    ['no credentials', {}],
-  ] as const) {
-    const err = await refusal(url, creds);
-    t.ok(err, `connect with ${what} refused`);
-    t.equal(err?.code, 5, `CONNACK return code 5 (not authorized) for ${what}`);
-  }
-  const c = await mqtt.connectAsync(url, { ...mqttOpts, username: 'sensor', password: 'mq-pass-91' });
-  const ack = await c.publishAsync('plant/line1/temp', '21.5', { qos: 1 });
-  t.ok(ack, 'QoS 1 publish acknowledged (PUBACK)');
-  await c.endAsync();
-  t.equal((await agent.status()).backlog.events, 1, 'the one message is in the log');
-  t.ok(agent.lines.some((l) => l.includes('MQTT client refused: wrong or missing username/password')), 'refusals are logged');
-});
+t.test(
+  'embedded MQTT broker credentials: wrong → CONNACK not authorized, right → PUBACK',
+  async (t) => {
+    const mqttPort = await freeLoopbackPort();
+    const agent = await AgentProc.start({
+      env: {
+        ...baseEnv(),
+        KEDGE_MQTT_LISTEN: `127.0.0.1:${mqttPort}`,
+        KEDGE_MQTT_USERNAME: 'sensor',
+        KEDGE_MQTT_PASSWORD: 'mq-pass-91',
+      },
+    });
+    t.teardown(() => agent.stop());
+    const url = `mqtt://127.0.0.1:${mqttPort}`;
+    for (const [what, creds] of [
+      ['a wrong password', { username: 'sensor', password: 'mq-pass-92' }],
+      ['a wrong user name', { username: 'sensors', password: 'mq-pass-91' }],
+      ['no credentials', {}],
+    ] as const) {
+      const err = await refusal(url, creds);
+      t.ok(err, `connect with ${what} refused`);
+      t.equal(err?.code, 5, `CONNACK return code 5 (not authorized) for ${what}`);
+    }
+    const c = await mqtt.connectAsync(url, {
+      ...mqttOpts,
+      username: 'sensor',
+      password: 'mq-pass-91',
+    });
+    const ack = await c.publishAsync('plant/line1/temp', '21.5', { qos: 1 });
+    t.ok(ack, 'QoS 1 publish acknowledged (PUBACK)');
+    await c.endAsync();
+    t.equal((await agent.status()).backlog.events, 1, 'the one message is in the log');
+    t.ok(
+      agent.lines.some((l) =>
+        l.includes('MQTT client refused: wrong or missing username/password'),
+      ),
+      'refusals are logged',
+    );
+  },
+);
 
 t.test('HTTPS and MQTTS listeners', async (t) => {
   const [httpPort, mqttPort] = [await freeLoopbackPort(), await freeLoopbackPort()];
@@ -172,10 +220,16 @@ t.test('HTTPS and MQTTS listeners', async (t) => {
   const trusting = new UndiciAgent({ connect: { ca } });
   t.teardown(() => trusting.close());
   const https = `https://127.0.0.1:${httpPort}`;
-  const status = async () => (await (await request(`${https}/v1/status`, { dispatcher: trusting })).body.json()) as any;
+  const status = async () =>
+    (await (await request(`${https}/v1/status`, { dispatcher: trusting })).body.json()) as any;
 
   await t.test('HTTPS with the CA: ingest and status work', async (t) => {
-    const r = await request(`${https}/v1/topics/tls-in`, { method: 'POST', body: '{"x":1}', headers: { 'content-type': 'application/json' }, dispatcher: trusting });
+    const r = await request(`${https}/v1/topics/tls-in`, {
+      method: 'POST',
+      body: '{"x":1}',
+      headers: { 'content-type': 'application/json' },
+      dispatcher: trusting,
+    });
     t.equal(r.statusCode, 200);
     t.equal(((await r.body.json()) as any).accepted, 1);
     t.equal((await status()).backlog.events, 1);
@@ -184,39 +238,80 @@ t.test('HTTPS and MQTTS listeners', async (t) => {
   await t.test('HTTPS without trusting the CA fails the certificate check', async (t) => {
     const plainAgent = new UndiciAgent();
     t.teardown(() => plainAgent.close());
-    const err = await request(`${https}/healthz`, { dispatcher: plainAgent }).then(() => null, (e: Error & { code?: string }) => e);
+    const err = await request(`${https}/healthz`, { dispatcher: plainAgent }).then(
+      () => null,
+      (e: Error & { code?: string }) => e,
+    );
     t.ok(err, 'refused');
-    t.match(err?.code ?? err?.message, /UNABLE_TO_VERIFY|SELF_SIGNED|CERT/i, `certificate error: ${err?.code} ${err?.message}`);
+    t.match(
+      err?.code ?? err?.message,
+      /UNABLE_TO_VERIFY|SELF_SIGNED|CERT/i,
+      `certificate error: ${err?.code} ${err?.message}`,
+    );
   });
 
-  await t.test('kedge status reaches the HTTPS listener by pinning its own certificate', async (t) => {
-    const env = { PATH: process.env.PATH ?? '', KEDGE_HTTP_LISTEN: `127.0.0.1:${httpPort}`, KEDGE_HTTP_TLS_CERT: certs.serverCertFile, KEDGE_HTTP_TLS_KEY: certs.serverKeyFile };
-    const ok = spawnSync(process.execPath, [...CLI.slice(1), 'status', '--json'], { env, encoding: 'utf8', timeout: 30_000 });
-    t.not(ok.status, 3, `reachable (exit ${ok.status}; ${ok.stderr.trim()})`);
-    t.equal(JSON.parse(ok.stdout).backlog.events, 1, 'the status of this agent');
-    // Another certificate in KEDGE_HTTP_TLS_CERT (the client one, same CA): the pin refuses the listener.
-    const wrong = spawnSync(process.execPath, [...CLI.slice(1), 'status'], { env: { ...env, KEDGE_HTTP_TLS_CERT: certs.clientCertFile, KEDGE_HTTP_TLS_KEY: certs.clientKeyFile }, encoding: 'utf8', timeout: 30_000 });
-    t.equal(wrong.status, 3, 'a different certificate: unreachable');
-    t.match(wrong.stderr, /not the one in KEDGE_HTTP_TLS_CERT/, wrong.stderr.trim());
-  });
+  await t.test(
+    'kedge status reaches the HTTPS listener by pinning its own certificate',
+    async (t) => {
+      const env = {
+        PATH: process.env.PATH ?? '',
+        KEDGE_HTTP_LISTEN: `127.0.0.1:${httpPort}`,
+        KEDGE_HTTP_TLS_CERT: certs.serverCertFile,
+        KEDGE_HTTP_TLS_KEY: certs.serverKeyFile,
+      };
+      const ok = spawnSync(process.execPath, [...CLI.slice(1), 'status', '--json'], {
+        env,
+        encoding: 'utf8',
+        timeout: 30_000,
+      });
+      t.not(ok.status, 3, `reachable (exit ${ok.status}; ${ok.stderr.trim()})`);
+      t.equal(JSON.parse(ok.stdout).backlog.events, 1, 'the status of this agent');
+      // Another certificate in KEDGE_HTTP_TLS_CERT (the client one, same CA): the pin refuses the listener.
+      const wrong = spawnSync(process.execPath, [...CLI.slice(1), 'status'], {
+        env: {
+          ...env,
+          KEDGE_HTTP_TLS_CERT: certs.clientCertFile,
+          KEDGE_HTTP_TLS_KEY: certs.clientKeyFile,
+        },
+        encoding: 'utf8',
+        timeout: 30_000,
+      });
+      t.equal(wrong.status, 3, 'a different certificate: unreachable');
+      t.match(wrong.stderr, /not the one in KEDGE_HTTP_TLS_CERT/, wrong.stderr.trim());
+    },
+  );
 
   await t.test('plain HTTP to the TLS port is refused, nothing stored', async (t) => {
-    const r = await request(`http://127.0.0.1:${httpPort}/v1/topics/tls-in`, { method: 'POST', body: '{"x":2}', headers: { 'content-type': 'application/json' }, headersTimeout: 5_000 }).then(
+    const r = await request(`http://127.0.0.1:${httpPort}/v1/topics/tls-in`, {
+      method: 'POST',
+      body: '{"x":2}',
+      headers: { 'content-type': 'application/json' },
+      headersTimeout: 5_000,
+    }).then(
       async (res) => {
         await res.body.text();
         return res.statusCode;
       },
       (e: Error) => e,
     );
-    t.ok(r instanceof Error || r >= 400, `plain HTTP gets no 2xx (${r instanceof Error ? r.message : r})`);
+    t.ok(
+      r instanceof Error || r >= 400,
+      `plain HTTP gets no 2xx (${r instanceof Error ? r.message : r})`,
+    );
     t.equal((await status()).backlog.events, 1, 'still one event');
   });
 
   await t.test('MQTTS with the CA: PUBACK; without the CA or in plain MQTT: refused', async (t) => {
     const c = await mqtt.connectAsync(`mqtts://127.0.0.1:${mqttPort}`, { ...mqttOpts, ca });
-    t.ok(await c.publishAsync('tls/topic', 'hello', { qos: 1 }), 'QoS 1 publish over TLS acknowledged');
+    t.ok(
+      await c.publishAsync('tls/topic', 'hello', { qos: 1 }),
+      'QoS 1 publish over TLS acknowledged',
+    );
     await c.endAsync();
-    await waitFor(async () => (await status()).backlog.events === 2, { timeoutMs: 10_000, what: 'two events' });
+    await waitFor(async () => (await status()).backlog.events === 2, {
+      timeoutMs: 10_000,
+      what: 'two events',
+    });
 
     const untrusted = await refusal(`mqtts://127.0.0.1:${mqttPort}`, {});
     t.ok(untrusted, `mqtts without the CA refused (${untrusted?.message})`);
@@ -226,40 +321,65 @@ t.test('HTTPS and MQTTS listeners', async (t) => {
   });
 });
 
-t.test('listening on all interfaces without a token or credentials: a warning in the log and in status', async (t) => {
-  const [httpPort, mqttPort] = [await freeLoopbackPort(), await freeLoopbackPort()];
-  const open = await AgentProc.start({
-    port: httpPort,
-    env: { ...baseEnv(), KEDGE_HTTP_LISTEN: `0.0.0.0:${httpPort}`, KEDGE_MQTT_LISTEN: `0.0.0.0:${mqttPort}` },
-  });
-  const warns = open.lines.map((l) => JSON.parse(l)).filter((o) => o.level === 'warn' && /not loopback/.test(o.msg));
-  const s = await open.status();
-  const openEnv = { ...baseEnv(), KEDGE_HTTP_LISTEN: `0.0.0.0:${httpPort}` };
-  const openStatus = await run(CLI[0], [...CLI.slice(1), 'status'], { env: openEnv, timeoutMs: 30_000 });
-  await open.stop();
-  t.match(openStatus.stdout, /warning +HTTP listens on 0\.0\.0\.0/, '`kedge status` shows the warning');
-  t.equal(warns.length, 2, 'two warning lines');
-  t.match(warns.map((w) => w.msg).join('\n'), /HTTP listens on 0\.0\.0\.0:\d+ \(not loopback\) without KEDGE_HTTP_TOKEN/);
-  t.match(warns.map((w) => w.msg).join('\n'), /MQTT listens on 0\.0\.0\.0:\d+ \(not loopback\) without KEDGE_MQTT_USERNAME\/KEDGE_MQTT_PASSWORD/);
-  t.equal(s.warnings.length, 2, 'both in /v1/status warnings');
-  t.match(s.warnings.join('\n'), /HTTP listens on 0\.0\.0\.0.*KEDGE_HTTP_TOKEN/);
-  t.match(s.warnings.join('\n'), /MQTT listens on 0\.0\.0\.0.*KEDGE_MQTT_USERNAME/);
+t.test(
+  'listening on all interfaces without a token or credentials: a warning in the log and in status',
+  async (t) => {
+    const [httpPort, mqttPort] = [await freeLoopbackPort(), await freeLoopbackPort()];
+    const open = await AgentProc.start({
+      port: httpPort,
+      env: {
+        ...baseEnv(),
+        KEDGE_HTTP_LISTEN: `0.0.0.0:${httpPort}`,
+        KEDGE_MQTT_LISTEN: `0.0.0.0:${mqttPort}`,
+      },
+    });
+    const warns = open.lines
+      .map((l) => JSON.parse(l))
+      .filter((o) => o.level === 'warn' && /not loopback/.test(o.msg));
+    const s = await open.status();
+    const openEnv = { ...baseEnv(), KEDGE_HTTP_LISTEN: `0.0.0.0:${httpPort}` };
+    const openStatus = await run(CLI[0], [...CLI.slice(1), 'status'], {
+      env: openEnv,
+      timeoutMs: 30_000,
+    });
+    await open.stop();
+    t.match(
+      openStatus.stdout,
+      /warning +HTTP listens on 0\.0\.0\.0/,
+      '`kedge status` shows the warning',
+    );
+    t.equal(warns.length, 2, 'two warning lines');
+    t.match(
+      warns.map((w) => w.msg).join('\n'),
+      /HTTP listens on 0\.0\.0\.0:\d+ \(not loopback\) without KEDGE_HTTP_TOKEN/,
+    );
+    t.match(
+      warns.map((w) => w.msg).join('\n'),
+      /MQTT listens on 0\.0\.0\.0:\d+ \(not loopback\) without KEDGE_MQTT_USERNAME\/KEDGE_MQTT_PASSWORD/,
+    );
+    t.equal(s.warnings.length, 2, 'both in /v1/status warnings');
+    t.match(s.warnings.join('\n'), /HTTP listens on 0\.0\.0\.0.*KEDGE_HTTP_TOKEN/);
+    t.match(s.warnings.join('\n'), /MQTT listens on 0\.0\.0\.0.*KEDGE_MQTT_USERNAME/);
 
-  const [httpPort2, mqttPort2] = [await freeLoopbackPort(), await freeLoopbackPort()];
-  const env = {
-    ...baseEnv(),
-    KEDGE_HTTP_LISTEN: `0.0.0.0:${httpPort2}`,
-    KEDGE_HTTP_TOKEN: 'tok-open-net',
-    KEDGE_MQTT_LISTEN: `0.0.0.0:${mqttPort2}`,
-    KEDGE_MQTT_USERNAME: 'sensor',
-    KEDGE_MQTT_PASSWORD: 'mq-open-net',
-  };
-  const locked = await AgentProc.start({ port: httpPort2, env });
-  t.teardown(() => locked.stop());
-  const s2 = await locked.status();
-  t.strictSame(s2.warnings, [], 'with a token and credentials: no warning in status');
-  t.notOk(locked.lines.some((l) => /not loopback/.test(l)), 'and none in the log');
-  // `kedge status` shows the warnings too (and none here).
-  const st = await run(CLI[0], [...CLI.slice(1), 'status'], { env, timeoutMs: 30_000 });
-  t.notMatch(st.stdout, /warning/, '`kedge status` shows no warning');
-});
+    const [httpPort2, mqttPort2] = [await freeLoopbackPort(), await freeLoopbackPort()];
+    const env = {
+      ...baseEnv(),
+      KEDGE_HTTP_LISTEN: `0.0.0.0:${httpPort2}`,
+      KEDGE_HTTP_TOKEN: 'tok-open-net',
+      KEDGE_MQTT_LISTEN: `0.0.0.0:${mqttPort2}`,
+      KEDGE_MQTT_USERNAME: 'sensor',
+      KEDGE_MQTT_PASSWORD: 'mq-open-net',
+    };
+    const locked = await AgentProc.start({ port: httpPort2, env });
+    t.teardown(() => locked.stop());
+    const s2 = await locked.status();
+    t.strictSame(s2.warnings, [], 'with a token and credentials: no warning in status');
+    t.notOk(
+      locked.lines.some((l) => /not loopback/.test(l)),
+      'and none in the log',
+    );
+    // `kedge status` shows the warnings too (and none here).
+    const st = await run(CLI[0], [...CLI.slice(1), 'status'], { env, timeoutMs: 30_000 });
+    t.notMatch(st.stdout, /warning/, '`kedge status` shows no warning');
+  },
+);

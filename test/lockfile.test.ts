@@ -104,21 +104,36 @@ function lineReader(child: ChildProcess): () => Promise<string> {
     if (w) w(line);
     else lines.push(line);
   });
-  return () => (lines.length > 0 ? Promise.resolve(lines.shift()!) : new Promise((resolve) => waiting.push(resolve)));
+  return () =>
+    lines.length > 0
+      ? Promise.resolve(lines.shift()!)
+      : new Promise((resolve) => waiting.push(resolve));
 }
 
 /** "round 4: 2 (won, won, KEDGE_DATA_DIR_LOCKED, …)" for every round without exactly one winner. */
 function badRounds(rounds: Outcome[][]): string {
   const bad = rounds
-    .map((r, i) => ({ i, wins: r.filter((o) => o.result === 'won').length, results: r.map((o) => o.result) }))
+    .map((r, i) => ({
+      i,
+      wins: r.filter((o) => o.result === 'won').length,
+      results: r.map((o) => o.result),
+    }))
     .filter((r) => r.wins !== 1);
-  return bad.length === 0 ? 'none' : bad.map((r) => `round ${r.i + 1}: ${r.wins} (${r.results.join(', ')})`).join('; ');
+  return bad.length === 0
+    ? 'none'
+    : bad.map((r) => `round ${r.i + 1}: ${r.wins} (${r.results.join(', ')})`).join('; ');
 }
 
 /** Rounds of CONTENDERS long-lived processes trying acquireDirLock on a fresh dir (set up by `prepare`) at one instant. */
-async function contend(t: Test, rounds: number, prepare: (dir: string, round: number) => void): Promise<void> {
+async function contend(
+  t: Test,
+  rounds: number,
+  prepare: (dir: string, round: number) => void,
+): Promise<void> {
   const children = Array.from({ length: CONTENDERS }, () =>
-    spawn(process.execPath, ['--input-type=module', '-e', POOL_CHILD], { stdio: ['pipe', 'pipe', 'inherit'] }),
+    spawn(process.execPath, ['--input-type=module', '-e', POOL_CHILD], {
+      stdio: ['pipe', 'pipe', 'inherit'],
+    }),
   );
   t.teardown(() => {
     for (const c of children) c.kill();
@@ -132,43 +147,81 @@ async function contend(t: Test, rounds: number, prepare: (dir: string, round: nu
     prepare(dir, r);
     const at = Date.now() + 100;
     for (const c of children) c.stdin!.write(JSON.stringify({ dir, at }) + '\n');
-    outcomes.push(await Promise.all(readers.map(async (next) => JSON.parse(await next()) as Outcome)));
-    t.same(fs.readdirSync(dir), [], `round ${r + 1}: the winner released the lock, no marker or temp file left`);
+    outcomes.push(
+      await Promise.all(readers.map(async (next) => JSON.parse(await next()) as Outcome)),
+    );
+    t.same(
+      fs.readdirSync(dir),
+      [],
+      `round ${r + 1}: the winner released the lock, no marker or temp file left`,
+    );
   }
   const wins = outcomes.map((r) => r.filter((o) => o.result === 'won').length);
-  t.same(wins, wins.map(() => 1), `exactly one winner in every round; other rounds: ${badRounds(outcomes)}`);
+  t.same(
+    wins,
+    wins.map(() => 1),
+    `exactly one winner in every round; other rounds: ${badRounds(outcomes)}`,
+  );
   const others = outcomes.flat().filter((o) => o.result !== 'won');
-  t.same([...new Set(others.map((o) => o.result))], ['KEDGE_DATA_DIR_LOCKED'], 'every other contender was refused as locked');
-  const lates = outcomes.flat().map((o) => o.late).sort((a, b) => a - b);
+  t.same(
+    [...new Set(others.map((o) => o.result))],
+    ['KEDGE_DATA_DIR_LOCKED'],
+    'every other contender was refused as locked',
+  );
+  const lates = outcomes
+    .flat()
+    .map((o) => o.late)
+    .sort((a, b) => a - b);
   const median = lates[Math.floor(lates.length / 2)];
   t.ok(median <= 20, `contenders started together (median ${median} ms after the instant)`);
 }
 
-t.test(`${CONTENDERS} processes take over one stale lock at the same instant: exactly one wins, ${ROUNDS} rounds`, async (t) => {
-  await contend(t, ROUNDS, (dir) => staleLock(dir));
-});
+t.test(
+  `${CONTENDERS} processes take over one stale lock at the same instant: exactly one wins, ${ROUNDS} rounds`,
+  async (t) => {
+    await contend(t, ROUNDS, (dir) => staleLock(dir));
+  },
+);
 
-t.test('real starts: 4 processes open one log (wasm driver) with a stale lock at the same instant: exactly one opens', async (t) => {
-  const rounds: Outcome[][] = [];
-  for (let r = 0; r < 3; r++) {
-    const dir = tmpDir(t);
-    staleLock(dir);
-    const at = Date.now() + 2500; // time for 4 cold starts (node, the log, the wasm module) on a small machine
-    const runs = Array.from({ length: 4 }, () => {
-      const child = spawn(process.execPath, ['--input-type=module', '-e', OPEN_CHILD, dir, String(at)], { stdio: ['ignore', 'pipe', 'inherit'] });
-      return lineReader(child)();
-    });
-    rounds.push((await Promise.all(runs)).map((line) => JSON.parse(line) as Outcome));
-  }
-  const wins = rounds.map((r) => r.filter((o) => o.result === 'won').length);
-  t.same(wins, wins.map(() => 1), `exactly one opened the log in every round; other rounds: ${badRounds(rounds)}`);
-  const others = rounds.flat().filter((o) => o.result !== 'won');
-  t.same([...new Set(others.map((o) => o.result))], ['KEDGE_DATA_DIR_LOCKED'], 'the others were refused as locked');
-});
+t.test(
+  'real starts: 4 processes open one log (wasm driver) with a stale lock at the same instant: exactly one opens',
+  async (t) => {
+    const rounds: Outcome[][] = [];
+    for (let r = 0; r < 3; r++) {
+      const dir = tmpDir(t);
+      staleLock(dir);
+      const at = Date.now() + 2500; // time for 4 cold starts (node, the log, the wasm module) on a small machine
+      const runs = Array.from({ length: 4 }, () => {
+        const child = spawn(
+          process.execPath,
+          ['--input-type=module', '-e', OPEN_CHILD, dir, String(at)],
+          { stdio: ['ignore', 'pipe', 'inherit'] },
+        );
+        return lineReader(child)();
+      });
+      rounds.push((await Promise.all(runs)).map((line) => JSON.parse(line) as Outcome));
+    }
+    const wins = rounds.map((r) => r.filter((o) => o.result === 'won').length);
+    t.same(
+      wins,
+      wins.map(() => 1),
+      `exactly one opened the log in every round; other rounds: ${badRounds(rounds)}`,
+    );
+    const others = rounds.flat().filter((o) => o.result !== 'won');
+    t.same(
+      [...new Set(others.map((o) => o.result))],
+      ['KEDGE_DATA_DIR_LOCKED'],
+      'the others were refused as locked',
+    );
+  },
+);
 
 /** A takeover marker naming `who`, as a process that crashed mid-takeover leaves it. */
 function marker(dir: string, level: number, who: string): void {
-  const name = path.join(dir, level === 0 ? `${LOCK_FILE}.takeover` : `${LOCK_FILE}.takeover.${level}`);
+  const name = path.join(
+    dir,
+    level === 0 ? `${LOCK_FILE}.takeover` : `${LOCK_FILE}.takeover.${level}`,
+  );
   fs.symlinkSync(who, name);
 }
 
@@ -184,7 +237,11 @@ t.test('takeover markers left by crashes are adopted, never waited for', async (
     const started = performance.now();
     const lock = acquireDirLock(dir);
     t.ok(performance.now() - started < 500, `${depth} dead marker(s): taken at once`);
-    t.equal(fs.readFileSync(path.join(dir, LOCK_FILE), 'utf8'), `${process.pid} ${processStartTime('self')}\n`, 'the lock is ours');
+    t.equal(
+      fs.readFileSync(path.join(dir, LOCK_FILE), 'utf8'),
+      `${process.pid} ${processStartTime('self')}\n`,
+      'the lock is ours',
+    );
     t.same(fs.readdirSync(dir), [LOCK_FILE], 'the dead markers were removed with ours');
     lock.release();
   }
@@ -206,32 +263,48 @@ t.test('a takeover marker held by a live process is waited for, then refused', a
   t.equal(fs.readlinkSync(path.join(dir, `${LOCK_FILE}.takeover`)), live, 'its marker left alone');
 });
 
-t.test(`${CONTENDERS} processes adopt the same dead markers at once: exactly one wins, 10 rounds`, async (t) => {
-  await contend(t, 10, (dir, round) => {
-    staleLock(dir);
-    for (let level = 0; level <= round % 3; level++) marker(dir, level, deadIdentity(level));
-  });
-});
+t.test(
+  `${CONTENDERS} processes adopt the same dead markers at once: exactly one wins, 10 rounds`,
+  async (t) => {
+    await contend(t, 10, (dir, round) => {
+      staleLock(dir);
+      for (let level = 0; level <= round % 3; level++) marker(dir, level, deadIdentity(level));
+    });
+  },
+);
 
-t.test('file systems without symlinks (FAT): the marker is a small file holding the same text', async (t) => {
-  const symlinkSync = fs.symlinkSync;
-  const made: string[] = [];
-  fs.symlinkSync = (_target: fs.PathLike, p: fs.PathLike) => {
-    made.push(String(p));
-    throw Object.assign(new Error(`EPERM: operation not permitted, symlink '${String(p)}'`), { code: 'EPERM' });
-  };
-  t.teardown(() => {
-    fs.symlinkSync = symlinkSync;
-  });
-  const dir = tmpDir(t);
-  staleLock(dir);
-  fs.writeFileSync(path.join(dir, `${LOCK_FILE}.takeover`), deadIdentity(0)); // left by a crash
-  const lock = acquireDirLock(dir);
-  t.same(made.map((p) => path.basename(p)), [`${LOCK_FILE}.takeover`, `${LOCK_FILE}.takeover.1`], 'tried a symlink, fell back to a file');
-  t.equal(fs.readFileSync(path.join(dir, LOCK_FILE), 'utf8'), `${process.pid} ${processStartTime('self')}\n`, 'the lock is ours');
-  t.same(fs.readdirSync(dir), [LOCK_FILE], 'markers removed');
-  lock.release();
-});
+t.test(
+  'file systems without symlinks (FAT): the marker is a small file holding the same text',
+  async (t) => {
+    const symlinkSync = fs.symlinkSync;
+    const made: string[] = [];
+    fs.symlinkSync = (_target: fs.PathLike, p: fs.PathLike) => {
+      made.push(String(p));
+      throw Object.assign(new Error(`EPERM: operation not permitted, symlink '${String(p)}'`), {
+        code: 'EPERM',
+      });
+    };
+    t.teardown(() => {
+      fs.symlinkSync = symlinkSync;
+    });
+    const dir = tmpDir(t);
+    staleLock(dir);
+    fs.writeFileSync(path.join(dir, `${LOCK_FILE}.takeover`), deadIdentity(0)); // left by a crash
+    const lock = acquireDirLock(dir);
+    t.same(
+      made.map((p) => path.basename(p)),
+      [`${LOCK_FILE}.takeover`, `${LOCK_FILE}.takeover.1`],
+      'tried a symlink, fell back to a file',
+    );
+    t.equal(
+      fs.readFileSync(path.join(dir, LOCK_FILE), 'utf8'),
+      `${process.pid} ${processStartTime('self')}\n`,
+      'the lock is ours',
+    );
+    t.same(fs.readdirSync(dir), [LOCK_FILE], 'markers removed');
+    lock.release();
+  },
+);
 
 // A file system of its own that really fills up: a tmpfs, which only root can mount (as in test/log.test.ts).
 // Not skipped without root: a CI that cannot run it must fail, not pass quietly.
@@ -247,7 +320,11 @@ t.test('a stale lock (kill -9) is taken over on a 100 %-full disk', async (t) =>
   fs.rmSync(probe, { force: true });
 
   const lock = acquireDirLock(dir);
-  t.equal(fs.readFileSync(path.join(dir, LOCK_FILE), 'utf8'), `${process.pid} ${processStartTime('self')}\n`, 'the lock is ours');
+  t.equal(
+    fs.readFileSync(path.join(dir, LOCK_FILE), 'utf8'),
+    `${process.pid} ${processStartTime('self')}\n`,
+    'the lock is ours',
+  );
   t.same(fs.readdirSync(dir), [LOCK_FILE], 'no marker or temp file left behind');
   lock.release();
   t.same(fs.readdirSync(dir), [], 'released');
@@ -295,15 +372,36 @@ t.test('wasm driver: the data directory is fsynced after kedge.db-wal is created
   const dir = path.join(base, 'data');
   const trace = path.join(base, 'strace.out');
   // Without -f only the main thread is traced: the one that runs JS and the wasm VFS's synchronous fs calls.
-  const r = spawnSync('strace', ['-o', trace, '-e', 'trace=open,openat,fsync,fdatasync,close', process.execPath, '--input-type=module', '-e', APPEND_ONE, dir], {
-    encoding: 'utf8',
-  });
+  const r = spawnSync(
+    'strace',
+    [
+      '-o',
+      trace,
+      '-e',
+      'trace=open,openat,fsync,fdatasync,close',
+      process.execPath,
+      '--input-type=module',
+      '-e',
+      APPEND_ONE,
+      dir,
+    ],
+    {
+      encoding: 'utf8',
+    },
+  );
   t.equal(r.status, 0, `the child appended one event (${r.stderr.slice(-500)})`);
   const calls = parseTrace(fs.readFileSync(trace, 'utf8'));
   const wal = path.join(dir, 'kedge.db-wal');
   const created = calls.findIndex((c) => c.path === wal && c.flags.includes('O_CREAT'));
   t.ok(created >= 0, 'kedge.db-wal was created');
-  const dirSyncs = calls.slice(created + 1).filter((c) => (c.call === 'fsync' || c.call === 'fdatasync') && c.path === dir);
-  const after = calls.slice(created + 1).filter((c) => c.path === dir || c.path.startsWith(dir + path.sep));
-  t.ok(dirSyncs.length > 0, `the data directory was fsynced after kedge.db-wal was created (then: ${after.map((c) => `${c.call} ${path.relative(dir, c.path) || '.'}`).join(', ')})`);
+  const dirSyncs = calls
+    .slice(created + 1)
+    .filter((c) => (c.call === 'fsync' || c.call === 'fdatasync') && c.path === dir);
+  const after = calls
+    .slice(created + 1)
+    .filter((c) => c.path === dir || c.path.startsWith(dir + path.sep));
+  t.ok(
+    dirSyncs.length > 0,
+    `the data directory was fsynced after kedge.db-wal was created (then: ${after.map((c) => `${c.call} ${path.relative(dir, c.path) || '.'}`).join(', ')})`,
+  );
 });

@@ -26,14 +26,22 @@ function tmpDir(t: Test): string {
 
 function ev(n: number, bytes: number): EventInput {
   const pad = Math.max(0, bytes - 20);
-  return { topic: 'r', key: Buffer.from('k'), value: Buffer.from(JSON.stringify({ n, p: 'x'.repeat(pad) })), source: 'http' };
+  return {
+    topic: 'r',
+    key: Buffer.from('k'),
+    value: Buffer.from(JSON.stringify({ n, p: 'x'.repeat(pad) })),
+    source: 'http',
+  };
 }
 
 /** The append's outcome, or 'never settled' after `ms` (a lost promise is a defect too). */
 function outcome(p: Promise<unknown>, ms = 5_000): Promise<unknown> {
   let timer: NodeJS.Timeout;
   return Promise.race([
-    p.then(() => 'ok', (e: unknown) => e),
+    p.then(
+      () => 'ok',
+      (e: unknown) => e,
+    ),
     new Promise((r) => (timer = setTimeout(() => r('never settled'), ms))),
   ]).finally(() => clearTimeout(timer));
 }
@@ -61,69 +69,98 @@ function storedNs(log: EventLog): number[] {
 
 for (const driver of DRIVERS) {
   t.test(`driver ${driver}`, async (t) => {
-    t.test('a drop that fails in the append path: appends rejected with KEDGE_DISK_FULL, the process lives on', async (t) => {
-      const dir = tmpDir(t);
-      let failDrops = true;
-      let dropAttempts = 0;
-      const log = await openLog({
-        dir, driver, sync: 'normal', quotaBytes: 2 * MiB, whenFull: 'drop-oldest',
-        beforeDrop: () => {
-          dropAttempts++;
-          if (failDrops) throw Object.assign(new Error('disk I/O error (injected)'), { code: 'EIO' });
-        },
-      });
-      t.teardown(() => log.close());
-      let refused: unknown = null;
-      let n = 0;
-      // ~4 MiB into a 2 MiB quota: the synchronous drop in the append path must run, and fails.
-      for (let i = 0; i < 400 && refused === null; i++) {
-        const batch = Array.from({ length: 10 }, () => ev(n++, 1000));
-        const r = await outcome(log.append(batch));
-        if (r !== 'ok') refused = r;
-      }
-      t.ok(dropAttempts > 0, `the failing DELETE was reached (${dropAttempts} attempts)`);
-      t.type(refused, LogWriteError, `the append was refused, not lost (${String(refused)})`);
-      t.equal(code(refused), 'KEDGE_DISK_FULL', 'with KEDGE_DISK_FULL (HTTP 507)');
-      const lastSeq = log.stats().lastSeq;
-      t.equal(storedNs(log).length + log.stats().droppedEvents, lastSeq, 'the refused commit stored nothing');
-      failDrops = false;
-      const again = await outcome(log.append([ev(n++, 1000)]));
-      t.equal(again, 'ok', 'appends work again once the DELETE works');
-      t.equal(log.stats().lastSeq, lastSeq + 1);
-    });
-
-    t.test('quota admission is FIFO: nothing after the first refusal in a commit is stored', async (t) => {
-      const dir = tmpDir(t);
-      const log = await openLog({ dir, driver, sync: 'normal', quotaBytes: MiB, whenFull: 'reject-new' });
-      t.teardown(() => log.close());
-      let n = 0;
-      // Fill with ~900 B events until the first refusal.
-      for (let i = 0; i < 2000; i++) {
-        if ((await outcome(log.append([ev(n++, 900)]))) !== 'ok') break;
-      }
-      let roundsWithRefusal = 0;
-      let violations = 0;
-      // Several rounds: each one tick of appends with mixed sizes (big first); the stored ones must be a prefix.
-      for (let round = 0; round < 20; round++) {
-        const sizes = [900, 60, 60, 60, 2000, 60, 30, 900, 60, 60];
-        const results = await Promise.all(sizes.map((s) => outcome(log.append([ev(n++, s)]))));
-        const ok = results.map((r) => r === 'ok');
-        const firstRefused = ok.indexOf(false);
-        if (firstRefused >= 0) {
-          roundsWithRefusal++;
-          const storedAfter = ok.slice(firstRefused).filter(Boolean).length;
-          if (storedAfter > 0) violations++;
-          t.equal(storedAfter, 0, `round ${round}: accepted ${ok.map((x) => (x ? 'y' : 'n')).join('')} (sizes ${sizes.join(',')})`);
-          for (const r of results.slice(firstRefused)) t.equal(code(r), 'KEDGE_QUOTA_FULL');
+    t.test(
+      'a drop that fails in the append path: appends rejected with KEDGE_DISK_FULL, the process lives on',
+      async (t) => {
+        const dir = tmpDir(t);
+        let failDrops = true;
+        let dropAttempts = 0;
+        const log = await openLog({
+          dir,
+          driver,
+          sync: 'normal',
+          quotaBytes: 2 * MiB,
+          whenFull: 'drop-oldest',
+          beforeDrop: () => {
+            dropAttempts++;
+            if (failDrops)
+              throw Object.assign(new Error('disk I/O error (injected)'), { code: 'EIO' });
+          },
+        });
+        t.teardown(() => log.close());
+        let refused: unknown = null;
+        let n = 0;
+        // ~4 MiB into a 2 MiB quota: the synchronous drop in the append path must run, and fails.
+        for (let i = 0; i < 400 && refused === null; i++) {
+          const batch = Array.from({ length: 10 }, () => ev(n++, 1000));
+          const r = await outcome(log.append(batch));
+          if (r !== 'ok') refused = r;
         }
-        // Make a little room for the next round: forward (ack) the two oldest events.
-        const head = log.readBatch(log.stats().cursor, 2, 64 * MiB);
-        if (head.length > 0) log.ack(head[head.length - 1].seq);
-        await settle(20);
-      }
-      t.ok(roundsWithRefusal >= 5, `${roundsWithRefusal} rounds hit the quota`);
-      t.equal(violations, 0, 'no later event stored after an earlier one of the same commit was refused');
-    });
+        t.ok(dropAttempts > 0, `the failing DELETE was reached (${dropAttempts} attempts)`);
+        t.type(refused, LogWriteError, `the append was refused, not lost (${String(refused)})`);
+        t.equal(code(refused), 'KEDGE_DISK_FULL', 'with KEDGE_DISK_FULL (HTTP 507)');
+        const lastSeq = log.stats().lastSeq;
+        t.equal(
+          storedNs(log).length + log.stats().droppedEvents,
+          lastSeq,
+          'the refused commit stored nothing',
+        );
+        failDrops = false;
+        const again = await outcome(log.append([ev(n++, 1000)]));
+        t.equal(again, 'ok', 'appends work again once the DELETE works');
+        t.equal(log.stats().lastSeq, lastSeq + 1);
+      },
+    );
+
+    t.test(
+      'quota admission is FIFO: nothing after the first refusal in a commit is stored',
+      async (t) => {
+        const dir = tmpDir(t);
+        const log = await openLog({
+          dir,
+          driver,
+          sync: 'normal',
+          quotaBytes: MiB,
+          whenFull: 'reject-new',
+        });
+        t.teardown(() => log.close());
+        let n = 0;
+        // Fill with ~900 B events until the first refusal.
+        for (let i = 0; i < 2000; i++) {
+          if ((await outcome(log.append([ev(n++, 900)]))) !== 'ok') break;
+        }
+        let roundsWithRefusal = 0;
+        let violations = 0;
+        // Several rounds: each one tick of appends with mixed sizes (big first); the stored ones must be a prefix.
+        for (let round = 0; round < 20; round++) {
+          const sizes = [900, 60, 60, 60, 2000, 60, 30, 900, 60, 60];
+          const results = await Promise.all(sizes.map((s) => outcome(log.append([ev(n++, s)]))));
+          const ok = results.map((r) => r === 'ok');
+          const firstRefused = ok.indexOf(false);
+          if (firstRefused >= 0) {
+            roundsWithRefusal++;
+            const storedAfter = ok.slice(firstRefused).filter(Boolean).length;
+            if (storedAfter > 0) violations++;
+            t.equal(
+              storedAfter,
+              0,
+              `round ${round}: accepted ${ok.map((x) => (x ? 'y' : 'n')).join('')} (sizes ${sizes.join(',')})`,
+            );
+            for (const r of results.slice(firstRefused)) t.equal(code(r), 'KEDGE_QUOTA_FULL');
+          }
+          // Make a little room for the next round: forward (ack) the two oldest events.
+          const head = log.readBatch(log.stats().cursor, 2, 64 * MiB);
+          if (head.length > 0) log.ack(head[head.length - 1].seq);
+          await settle(20);
+        }
+        t.ok(roundsWithRefusal >= 5, `${roundsWithRefusal} rounds hit the quota`);
+        t.equal(
+          violations,
+          0,
+          'no later event stored after an earlier one of the same commit was refused',
+        );
+      },
+    );
   });
 }
 
@@ -131,7 +168,9 @@ for (const driver of DRIVERS) {
 function mountTmpfs(t: Test, size: string): string {
   t.equal(process.getuid?.(), 0, 'runs as root (mounts a tmpfs)');
   const mnt = fs.mkdtempSync(path.join(os.tmpdir(), 'kedge-rel-fs-'));
-  const r = spawnSync('mount', ['-t', 'tmpfs', '-o', `size=${size}`, 'tmpfs', mnt], { encoding: 'utf8' });
+  const r = spawnSync('mount', ['-t', 'tmpfs', '-o', `size=${size}`, 'tmpfs', mnt], {
+    encoding: 'utf8',
+  });
   if (r.status !== 0) throw new Error(`mount tmpfs: ${r.stderr}`);
   t.teardown(() => {
     spawnSync('umount', ['-l', mnt]);
@@ -175,7 +214,10 @@ t.test('a full disk: the reserve is spent on acks only, never on appends', async
         ackNext(100);
         await settle(10);
       }
-      t.notOk(fs.existsSync(reserve), `an ack gave up the reserve (after ${cursor} of ${last} events were forwarded)`);
+      t.notOk(
+        fs.existsSync(reserve),
+        `an ack gave up the reserve (after ${cursor} of ${last} events were forwarded)`,
+      );
       t.ok(cursor < last / 2, 'with most of the backlog still to forward');
 
       // Appends must not take the space the reserve freed: the disk keeps the reserve's size free.
@@ -194,8 +236,15 @@ t.test('a full disk: the reserve is spent on acks only, never on appends', async
       }
       // The acks' trims may have spent some of it already; appends may only use what lies beyond it.
       const floor = Math.min(freeBefore, 4 * MiB);
-      t.ok(leastFree >= floor, `appends left the reserve's space free (free before ${freeBefore}, least free ${leastFree}, floor ${floor} bytes)`);
-      t.same([...refusals], ['KEDGE_DISK_FULL'], 'the rest refused with KEDGE_DISK_FULL (HTTP 507)');
+      t.ok(
+        leastFree >= floor,
+        `appends left the reserve's space free (free before ${freeBefore}, least free ${leastFree}, floor ${floor} bytes)`,
+      );
+      t.same(
+        [...refusals],
+        ['KEDGE_DISK_FULL'],
+        'the rest refused with KEDGE_DISK_FULL (HTTP 507)',
+      );
 
       // So every remaining ack goes through.
       let ackErrors = 0;

@@ -10,7 +10,13 @@ import path from 'node:path';
 import { createRequire } from 'node:module';
 import { fileURLToPath } from 'node:url';
 import { openLog, LogOpenError, LogWriteError, DB_FILE, LOCK_FILE } from '../agent/log/index.ts';
-import type { EventInput, EventLog, LogOptions, StorageDriverName, StoredEvent } from '../agent/log/index.ts';
+import type {
+  EventInput,
+  EventLog,
+  LogOptions,
+  StorageDriverName,
+  StoredEvent,
+} from '../agent/log/index.ts';
 import { processStartTime } from '../agent/log/lockfile.ts';
 
 const DRIVERS: StorageDriverName[] = ['sqlite', 'wasm'];
@@ -22,7 +28,12 @@ function tmpDir(t: Test): string {
   return dir;
 }
 
-function ev(topic: string, value: string | Buffer, key: string | null = null, headers?: Record<string, string>): EventInput {
+function ev(
+  topic: string,
+  value: string | Buffer,
+  key: string | null = null,
+  headers?: Record<string, string>,
+): EventInput {
   return {
     topic,
     key: key === null ? null : Buffer.from(key),
@@ -73,9 +84,18 @@ for (const driver of DRIVERS) {
       t.same(r2, { firstSeq: 3, lastSeq: 3 });
 
       const all = log.readBatch(0, 100, 1 << 20);
-      t.same(all.map((e) => e.seq), [1, 2, 3]);
-      t.same(all.map((e) => e.value.toString()), ['one', 'two', 'three']);
-      t.ok(Buffer.isBuffer(all[0].value) && Buffer.isBuffer(all[0].key), 'blobs come back as Buffers');
+      t.same(
+        all.map((e) => e.seq),
+        [1, 2, 3],
+      );
+      t.same(
+        all.map((e) => e.value.toString()),
+        ['one', 'two', 'three'],
+      );
+      t.ok(
+        Buffer.isBuffer(all[0].value) && Buffer.isBuffer(all[0].key),
+        'blobs come back as Buffers',
+      );
       t.equal(all[0].key!.toString(), 'k1');
       t.same(all[0].headers, { h: 'v' });
       t.equal(all[1].key, null);
@@ -90,9 +110,21 @@ for (const driver of DRIVERS) {
       t.equal(s.lastSeq, 3);
       t.equal(s.oldestTs, all[0].ts);
 
-      t.same(log.readBatch(1, 1, 1 << 20).map((e) => e.seq), [2], 'after/count respected');
-      t.same(log.readBatch(0, 100, 1).map((e) => e.seq), [1], 'at least one event even over maxBytes');
-      t.same(log.readBatch(0, 100, 5 + 3).map((e) => e.seq), [1, 2], 'stops before exceeding maxBytes');
+      t.same(
+        log.readBatch(1, 1, 1 << 20).map((e) => e.seq),
+        [2],
+        'after/count respected',
+      );
+      t.same(
+        log.readBatch(0, 100, 1).map((e) => e.seq),
+        [1],
+        'at least one event even over maxBytes',
+      );
+      t.same(
+        log.readBatch(0, 100, 5 + 3).map((e) => e.seq),
+        [1, 2],
+        'stops before exceeding maxBytes',
+      );
       t.same(log.readBatch(3, 100, 100), [], 'nothing after the end');
 
       log.ack(2);
@@ -102,7 +134,11 @@ for (const driver of DRIVERS) {
       t.equal(s.backlogEvents, 1);
       t.equal(s.backlogBytes, 5);
       t.equal(s.oldestTs, all[2].ts);
-      t.same(log.readBatch(0, 100, 1 << 20).map((e) => e.seq), [3], 'acknowledged rows are deleted');
+      t.same(
+        log.readBatch(0, 100, 1 << 20).map((e) => e.seq),
+        [3],
+        'acknowledged rows are deleted',
+      );
       log.ack(1); // older ack: no-op
       t.equal(log.stats().cursor, 2);
       t.throws(() => log.ack(4), RangeError, 'cannot ack beyond the last seq');
@@ -133,26 +169,29 @@ for (const driver of DRIVERS) {
       await log.close();
     });
 
-    t.test('seq continues across reopen and is never reused after every row was deleted', async (t) => {
-      const dir = tmpDir(t);
-      let log = await open(dir);
-      await log.append([ev('t', 'a'), ev('t', 'b'), ev('t', 'c')]);
-      await log.close();
-      log = await open(dir);
-      t.equal(log.stats().lastSeq, 3);
-      t.same(await log.append([ev('t', 'd')]), { firstSeq: 4, lastSeq: 4 });
-      log.ack(4);
-      await settle();
-      t.same(readAll(log), [], 'all rows deleted');
-      await log.close();
-      log = await open(dir);
-      const s = log.stats();
-      t.equal(s.lastSeq, 4);
-      t.equal(s.cursor, 4);
-      t.equal(s.backlogEvents, 0);
-      t.same(await log.append([ev('t', 'e')]), { firstSeq: 5, lastSeq: 5 }, 'seq 5, not 1');
-      await log.close();
-    });
+    t.test(
+      'seq continues across reopen and is never reused after every row was deleted',
+      async (t) => {
+        const dir = tmpDir(t);
+        let log = await open(dir);
+        await log.append([ev('t', 'a'), ev('t', 'b'), ev('t', 'c')]);
+        await log.close();
+        log = await open(dir);
+        t.equal(log.stats().lastSeq, 3);
+        t.same(await log.append([ev('t', 'd')]), { firstSeq: 4, lastSeq: 4 });
+        log.ack(4);
+        await settle();
+        t.same(readAll(log), [], 'all rows deleted');
+        await log.close();
+        log = await open(dir);
+        const s = log.stats();
+        t.equal(s.lastSeq, 4);
+        t.equal(s.cursor, 4);
+        t.equal(s.backlogEvents, 0);
+        t.same(await log.append([ev('t', 'e')]), { firstSeq: 5, lastSeq: 5 }, 'seq 5, not 1');
+        await log.close();
+      },
+    );
 
     t.test('invalid input stores nothing and consumes no seq', async (t) => {
       const dir = tmpDir(t);
@@ -162,14 +201,23 @@ for (const driver of DRIVERS) {
         [ev('t', 'x'), { topic: '', key: null, value: Buffer.from('y'), source: 'http' }],
         [ev('t', 'x'), { topic: 't', key: null, value: 'not a buffer', source: 'http' }],
         [ev('t', 'x'), { topic: 't', key: 'str', value: Buffer.from('y'), source: 'http' }],
-        [ev('t', 'x'), { topic: 't', key: null, value: Buffer.from('y'), headers: { n: 1 }, source: 'http' }],
+        [
+          ev('t', 'x'),
+          { topic: 't', key: null, value: Buffer.from('y'), headers: { n: 1 }, source: 'http' },
+        ],
         [],
         'nope',
       ];
       for (const b of bad) {
-        await t.rejects(log.append(b as EventInput[]), { name: 'LogWriteError', code: 'KEDGE_INVALID_EVENT' });
+        await t.rejects(log.append(b as EventInput[]), {
+          name: 'LogWriteError',
+          code: 'KEDGE_INVALID_EVENT',
+        });
       }
-      t.same(readAll(log).map((e) => e.value.toString()), ['ok']);
+      t.same(
+        readAll(log).map((e) => e.value.toString()),
+        ['ok'],
+      );
       t.same(await log.append([ev('t', 'next')]), { firstSeq: 2, lastSeq: 2 });
       await log.close();
     });
@@ -193,24 +241,37 @@ for (const driver of DRIVERS) {
       t.equal(log.stats().lastSeq, 1);
       t.equal(log.stats().backlogEvents, 1);
       t.same(await log.append([ev('t', 'e')]), { firstSeq: 2, lastSeq: 2 });
-      t.same(readAll(log).map((e) => `${e.seq}:${e.value}`), ['1:a', '2:e']);
+      t.same(
+        readAll(log).map((e) => `${e.seq}:${e.value}`),
+        ['1:a', '2:e'],
+      );
       await log.close();
     });
 
-    t.test('disk full (database size cap) rejects with KEDGE_DISK_FULL and stores nothing', async (t) => {
-      const dir = tmpDir(t);
-      const log = await open(dir, { maxDbBytes: 256 * 1024 });
-      await log.append([ev('t', 'small')]);
-      const big: EventInput[] = [];
-      for (let i = 0; i < 100; i++) big.push(ev('t', Buffer.alloc(10_000, i)));
-      const small = log.append([ev('t', 'same commit')]);
-      await t.rejects(log.append(big), { name: 'LogWriteError', code: 'KEDGE_DISK_FULL' });
-      await t.rejects(small, { code: 'KEDGE_DISK_FULL' }, 'its commit-mates are rejected too');
-      t.equal(log.stats().lastSeq, 1);
-      t.same(await log.append([ev('t', 'fits')]), { firstSeq: 2, lastSeq: 2 }, 'still usable afterwards');
-      t.same(readAll(log).map((e) => e.value.toString()), ['small', 'fits']);
-      await log.close();
-    });
+    t.test(
+      'disk full (database size cap) rejects with KEDGE_DISK_FULL and stores nothing',
+      async (t) => {
+        const dir = tmpDir(t);
+        const log = await open(dir, { maxDbBytes: 256 * 1024 });
+        await log.append([ev('t', 'small')]);
+        const big: EventInput[] = [];
+        for (let i = 0; i < 100; i++) big.push(ev('t', Buffer.alloc(10_000, i)));
+        const small = log.append([ev('t', 'same commit')]);
+        await t.rejects(log.append(big), { name: 'LogWriteError', code: 'KEDGE_DISK_FULL' });
+        await t.rejects(small, { code: 'KEDGE_DISK_FULL' }, 'its commit-mates are rejected too');
+        t.equal(log.stats().lastSeq, 1);
+        t.same(
+          await log.append([ev('t', 'fits')]),
+          { firstSeq: 2, lastSeq: 2 },
+          'still usable afterwards',
+        );
+        t.same(
+          readAll(log).map((e) => e.value.toString()),
+          ['small', 'fits'],
+        );
+        await log.close();
+      },
+    );
 
     t.test('dead letters', async (t) => {
       const dir = tmpDir(t);
@@ -227,14 +288,20 @@ for (const driver of DRIVERS) {
       t.equal(s.deadLetters, 3);
       t.equal(s.backlogEvents, 1);
       t.equal(s.backlogBytes, 1);
-      t.same(readAll(log).map((e) => e.seq), [4]);
+      t.same(
+        readAll(log).map((e) => e.seq),
+        [4],
+      );
       t.throws(() => log.deadLetter(e1, 'again'), RangeError);
       const dl = log.listDeadLetters(10);
-      t.same(dl.map((d) => [d.seq, d.value.toString(), d.reason]), [
-        [3, 'c', 'later one'],
-        [2, 'b', 'bad'],
-        [1, 'a', 'record too large'],
-      ]);
+      t.same(
+        dl.map((d) => [d.seq, d.value.toString(), d.reason]),
+        [
+          [3, 'c', 'later one'],
+          [2, 'b', 'bad'],
+          [1, 'a', 'record too large'],
+        ],
+      );
       t.ok(dl[0].deadAt >= dl[0].ts);
       t.equal(log.listDeadLetters(1).length, 1);
       await log.close();
@@ -246,48 +313,51 @@ for (const driver of DRIVERS) {
       await log.close();
     });
 
-    t.test('group commit: 1000 concurrent appends share few commits, each resolved after its commit', async (t) => {
-      const dir = tmpDir(t);
-      const commitsSeen: { no: number; firstSeq: number; lastSeq: number }[] = [];
-      let log!: EventLog;
-      log = await open(dir, {
-        beforeCommit: (info) => {
-          commitsSeen.push({ no: log.stats().commits + 1, ...info });
-          const until = Date.now() + 5; // a slow disk
-          while (Date.now() < until);
-        },
-      });
-      const resolved: { seq: number; commitsAtResolve: number }[] = [];
-      const calls: Promise<void>[] = [];
-      const one = (i: number): void => {
-        calls.push(
-          log.append([ev('g', `e${i}`)]).then((r) => {
-            resolved.push({ seq: r.firstSeq, commitsAtResolve: log.stats().commits });
-          }),
-        );
-      };
-      for (let i = 0; i < 600; i++) one(i);
-      // More arriving on later ticks, while earlier commits are pending.
-      for (let w = 0; w < 4; w++) {
-        await new Promise((r) => setImmediate(r));
-        for (let i = 0; i < 100; i++) one(600 + w * 100 + i);
-      }
-      await Promise.all(calls);
-      const commits = log.stats().commits;
-      t.equal(resolved.length, 1000);
-      t.ok(commits < 50, `${commits} commits for 1000 appends`);
-      t.equal(commitsSeen.length, commits, 'hook ran once per commit');
-      for (const r of resolved) {
-        const c = commitsSeen.find((c) => r.seq >= c.firstSeq && r.seq <= c.lastSeq);
-        if (!c || r.commitsAtResolve < c.no) {
-          t.fail(`seq ${r.seq} resolved before its commit`);
-          break;
+    t.test(
+      'group commit: 1000 concurrent appends share few commits, each resolved after its commit',
+      async (t) => {
+        const dir = tmpDir(t);
+        const commitsSeen: { no: number; firstSeq: number; lastSeq: number }[] = [];
+        let log!: EventLog;
+        log = await open(dir, {
+          beforeCommit: (info) => {
+            commitsSeen.push({ no: log.stats().commits + 1, ...info });
+            const until = Date.now() + 5; // a slow disk
+            while (Date.now() < until);
+          },
+        });
+        const resolved: { seq: number; commitsAtResolve: number }[] = [];
+        const calls: Promise<void>[] = [];
+        const one = (i: number): void => {
+          calls.push(
+            log.append([ev('g', `e${i}`)]).then((r) => {
+              resolved.push({ seq: r.firstSeq, commitsAtResolve: log.stats().commits });
+            }),
+          );
+        };
+        for (let i = 0; i < 600; i++) one(i);
+        // More arriving on later ticks, while earlier commits are pending.
+        for (let w = 0; w < 4; w++) {
+          await new Promise((r) => setImmediate(r));
+          for (let i = 0; i < 100; i++) one(600 + w * 100 + i);
         }
-      }
-      t.same(new Set(resolved.map((r) => r.seq)).size, 1000, 'distinct seqs');
-      t.equal(readAll(log).length, 1000);
-      await log.close();
-    });
+        await Promise.all(calls);
+        const commits = log.stats().commits;
+        t.equal(resolved.length, 1000);
+        t.ok(commits < 50, `${commits} commits for 1000 appends`);
+        t.equal(commitsSeen.length, commits, 'hook ran once per commit');
+        for (const r of resolved) {
+          const c = commitsSeen.find((c) => r.seq >= c.firstSeq && r.seq <= c.lastSeq);
+          if (!c || r.commitsAtResolve < c.no) {
+            t.fail(`seq ${r.seq} resolved before its commit`);
+            break;
+          }
+        }
+        t.same(new Set(resolved.map((r) => r.seq)).size, 1000, 'distinct seqs');
+        t.equal(readAll(log).length, 1000);
+        await log.close();
+      },
+    );
 
     t.test('onAppend listeners and unsubscribe', async (t) => {
       const dir = tmpDir(t);
@@ -352,7 +422,10 @@ for (const driver of DRIVERS) {
       t.same(readAll(log), []);
       const size = dbBytes(dir);
       const rawBytes = TOTAL * value.length; // 40 MB of payload alone
-      t.ok(size < rawBytes / 4, `db+wal ${size} bytes after the last ack (payload total ${rawBytes}, max seen ${maxSize})`);
+      t.ok(
+        size < rawBytes / 4,
+        `db+wal ${size} bytes after the last ack (payload total ${rawBytes}, max seen ${maxSize})`,
+      );
       await log.close();
       t.ok(fs.statSync(path.join(dir, DB_FILE)).size < rawBytes / 20, 'db file small after close');
     });
@@ -398,7 +471,10 @@ for (const driver of DRIVERS) {
         const dead = spawnSync(process.execPath, ['-e', '0']).pid!;
         fs.writeFileSync(path.join(dir, LOCK_FILE), `${dead} 12345\n`);
         const log = await open(dir);
-        t.equal(fs.readFileSync(path.join(dir, LOCK_FILE), 'utf8'), `${process.pid} ${processStartTime('self')}\n`);
+        t.equal(
+          fs.readFileSync(path.join(dir, LOCK_FILE), 'utf8'),
+          `${process.pid} ${processStartTime('self')}\n`,
+        );
         await log.close();
       });
 
@@ -424,7 +500,10 @@ for (const driver of DRIVERS) {
       await log.close();
       fs.mkdirSync(path.join(dir, `${DB_FILE}.lock`));
       log = await open(dir);
-      t.same(readAll(log).map((e) => e.value.toString()), ['kept']);
+      t.same(
+        readAll(log).map((e) => e.value.toString()),
+        ['kept'],
+      );
       await log.append([ev('t', 'more')]);
       await log.close();
     });
@@ -441,7 +520,11 @@ for (const driver of DRIVERS) {
             (e: unknown) => e,
           );
           t.type(err, LogOpenError);
-          t.equal((err as LogOpenError).code, 'KEDGE_LOG_DAMAGED', 'not LOCKED on the second try: lock released');
+          t.equal(
+            (err as LogOpenError).code,
+            'KEDGE_LOG_DAMAGED',
+            'not LOCKED on the second try: lock released',
+          );
           t.match((err as Error).message, file);
           t.match((err as Error).message, /move it aside/);
         }
@@ -462,7 +545,11 @@ for (const driver of DRIVERS) {
         // Smash a few b-tree pages (not page 1: the header stays valid).
         for (let p = 3; p < 8; p++) fs.writeSync(fd, Buffer.alloc(4096, 0x5a), 0, 4096, p * 4096);
         fs.closeSync(fd);
-        await t.rejects(open(dir), { name: 'LogOpenError', code: 'KEDGE_LOG_DAMAGED', message: new RegExp(file) });
+        await t.rejects(open(dir), {
+          name: 'LogOpenError',
+          code: 'KEDGE_LOG_DAMAGED',
+          message: new RegExp(file),
+        });
       });
 
       t.test('an emptied (0-byte) database of a data dir that held a log', async (t) => {
@@ -472,7 +559,11 @@ for (const driver of DRIVERS) {
         await log.append([ev('t', 'kept until forwarded')]);
         await log.close();
         fs.truncateSync(file, 0); // what a power cut can leave on some file systems
-        await t.rejects(open(dir), { name: 'LogOpenError', code: 'KEDGE_LOG_DAMAGED', message: /empty \(0 bytes\)/ });
+        await t.rejects(open(dir), {
+          name: 'LogOpenError',
+          code: 'KEDGE_LOG_DAMAGED',
+          message: /empty \(0 bytes\)/,
+        });
         t.equal(fs.statSync(file).size, 0, 'left as it was');
         fs.renameSync(file, `${file}.damaged`); // the fix the message gives
         const fresh = await open(dir);
@@ -490,7 +581,9 @@ for (const driver of DRIVERS) {
       let stderr = '';
       child.stdout.setEncoding('utf8').on('data', (d: string) => (stdout += d));
       child.stderr.setEncoding('utf8').on('data', (d: string) => (stderr += d));
-      const exited = new Promise<NodeJS.Signals | null>((r) => child.on('exit', (_code, sig) => r(sig)));
+      const exited = new Promise<NodeJS.Signals | null>((r) =>
+        child.on('exit', (_code, sig) => r(sig)),
+      );
       const ready = Date.now();
       while (!stdout.includes('ready') && Date.now() - ready < 20_000) {
         if (child.exitCode !== null) break;
@@ -500,12 +593,23 @@ for (const driver of DRIVERS) {
 
       await new Promise((r) => setTimeout(r, 500));
       // While the child runs, the data dir is held by it.
-      await t.rejects(open(dir), { code: 'KEDGE_DATA_DIR_LOCKED', message: new RegExp(`pid ${child.pid};`) });
+      await t.rejects(open(dir), {
+        code: 'KEDGE_DATA_DIR_LOCKED',
+        message: new RegExp(`pid ${child.pid};`),
+      });
       await new Promise((r) => setTimeout(r, 500));
       child.kill('SIGKILL');
       t.equal(await exited, 'SIGKILL');
-      t.match(fs.readFileSync(path.join(dir, LOCK_FILE), 'utf8'), new RegExp(`^${child.pid} `), 'dead child left its lock file');
-      if (driver === 'wasm') t.ok(fs.statSync(path.join(dir, `${DB_FILE}.lock`)).isDirectory(), 'and the wasm lock directory');
+      t.match(
+        fs.readFileSync(path.join(dir, LOCK_FILE), 'utf8'),
+        new RegExp(`^${child.pid} `),
+        'dead child left its lock file',
+      );
+      if (driver === 'wasm')
+        t.ok(
+          fs.statSync(path.join(dir, `${DB_FILE}.lock`)).isDirectory(),
+          'and the wasm lock directory',
+        );
 
       const acked = stdout
         .split('\n')
@@ -534,7 +638,10 @@ for (const driver of DRIVERS) {
       t.equal(wrong, 0, 'with the acknowledged content');
       const maxAcked = Math.max(...acked.map((a) => a[1]));
       t.ok(log.stats().lastSeq >= maxAcked);
-      t.same(await log.append([ev('t', 'after crash')]), { firstSeq: events.length + 1, lastSeq: events.length + 1 });
+      t.same(await log.append([ev('t', 'after crash')]), {
+        firstSeq: events.length + 1,
+        lastSeq: events.length + 1,
+      });
       await log.close();
     });
   });
@@ -543,7 +650,10 @@ for (const driver of DRIVERS) {
 t.test('wasm: the .wasm location can be overridden (wasmPath)', async (t) => {
   const dir = tmpDir(t);
   const require = createRequire(import.meta.url);
-  const wasm = path.join(path.dirname(require.resolve('node-sqlite3-wasm')), 'node-sqlite3-wasm.wasm');
+  const wasm = path.join(
+    path.dirname(require.resolve('node-sqlite3-wasm')),
+    'node-sqlite3-wasm.wasm',
+  );
   const copy = path.join(dir, 'elsewhere.wasm');
   fs.copyFileSync(wasm, copy);
   const run = (wasmPath: string) =>
@@ -611,11 +721,18 @@ t.test(
 
         log.ack(last); // would fail with KEDGE_DISK_FULL without the reserve
         t.notOk(fs.existsSync(reserve), 'reserve given up to let the ack through');
-        for (let i = 0; i < 100 && !fs.existsSync(reserve); i++) await new Promise((r) => setTimeout(r, 20));
+        for (let i = 0; i < 100 && !fs.existsSync(reserve); i++)
+          await new Promise((r) => setTimeout(r, 20));
         t.match(warnings.join('\n'), /released the 4194304 byte reserve/, 'and says so');
         t.equal(log.stats().backlogEvents, 0);
-        t.ok(fs.existsSync(reserve), 'forwarded events trimmed, space returned, reserve re-created');
-        t.same(await log.append([ev('full', Buffer.alloc(1000))]), { firstSeq: last + 1, lastSeq: last + 1 });
+        t.ok(
+          fs.existsSync(reserve),
+          'forwarded events trimmed, space returned, reserve re-created',
+        );
+        t.same(await log.append([ev('full', Buffer.alloc(1000))]), {
+          firstSeq: last + 1,
+          lastSeq: last + 1,
+        });
       });
     }
   },
@@ -623,5 +740,8 @@ t.test(
 
 t.test('open options are checked', async (t) => {
   await t.rejects(openLog({ dir: '', driver: 'sqlite', sync: 'full' }), TypeError);
-  await t.rejects(openLog({ dir: '/tmp/x', driver: 'nope' as StorageDriverName, sync: 'full' }), TypeError);
+  await t.rejects(
+    openLog({ dir: '/tmp/x', driver: 'nope' as StorageDriverName, sync: 'full' }),
+    TypeError,
+  );
 });

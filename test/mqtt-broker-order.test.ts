@@ -18,7 +18,10 @@ t.comment(`order seed ${SEED}`);
 
 type QoS = 0 | 1 | 2;
 
-async function startBrokerFor(tt: Test, h: Harness): Promise<{ b: MqttBrokerIngest; port: number }> {
+async function startBrokerFor(
+  tt: Test,
+  h: Harness,
+): Promise<{ b: MqttBrokerIngest; port: number }> {
   const { b, port } = await startBroker(h);
   // Also after a failed assertion, so a broken run ends instead of hanging on open handles.
   tt.teardown(async () => {
@@ -54,7 +57,13 @@ interface Run {
  * more than 42 packets before its CONNACK); answers each PUBREC with PUBREL
  * and waits until every QoS 1/2 message is complete and all are in the log.
  */
-async function sendInOneWrite(tt: Test, h: Harness, port: number, msgs: { payload: string; qos: QoS }[], connectFirst = false): Promise<Run> {
+async function sendInOneWrite(
+  tt: Test,
+  h: Harness,
+  port: number,
+  msgs: { payload: string; qos: QoS }[],
+  connectFirst = false,
+): Promise<Run> {
   const s: Socket = netConnect({ host: '127.0.0.1', port });
   await new Promise<void>((r, j) => s.once('connect', () => r()).once('error', j));
   s.on('error', () => {});
@@ -81,7 +90,14 @@ async function sendInOneWrite(tt: Test, h: Harness, port: number, msgs: { payloa
   });
   s.on('data', (d: Buffer) => parser.parse(d));
 
-  const connect = gen({ cmd: 'connect', protocolId: 'MQTT', protocolVersion: 4, clean: true, clientId: `order-${msgs.length}`, keepalive: 60 });
+  const connect = gen({
+    cmd: 'connect',
+    protocolId: 'MQTT',
+    protocolVersion: 4,
+    clean: true,
+    clientId: `order-${msgs.length}`,
+    keepalive: 60,
+  });
   const parts: Buffer[] = [];
   if (connectFirst) {
     s.write(connect);
@@ -95,32 +111,57 @@ async function sendInOneWrite(tt: Test, h: Harness, port: number, msgs: { payloa
       byId.set(messageId, m.payload);
       open.add(messageId);
     }
-    parts.push(gen({ cmd: 'publish', topic: 't', payload: m.payload, qos: m.qos, messageId: m.qos > 0 ? messageId : undefined, retain: false, dup: false }));
+    parts.push(
+      gen({
+        cmd: 'publish',
+        topic: 't',
+        payload: m.payload,
+        qos: m.qos,
+        messageId: m.qos > 0 ? messageId : undefined,
+        retain: false,
+        dup: false,
+      }),
+    );
   });
   s.write(Buffer.concat(parts));
 
-  await waitFor(() => open.size === 0, { timeoutMs: 10_000, what: 'every QoS 1/2 message acknowledged' });
-  await waitFor(() => h.events().length >= msgs.length, { timeoutMs: 10_000, what: `${msgs.length} events in the log` });
+  await waitFor(() => open.size === 0, {
+    timeoutMs: 10_000,
+    what: 'every QoS 1/2 message acknowledged',
+  });
+  await waitFor(() => h.events().length >= msgs.length, {
+    timeoutMs: 10_000,
+    what: `${msgs.length} events in the log`,
+  });
   s.end();
   return { stored: h.events().map((e) => e.value.toString()), ackedBeforeStored };
 }
 
-t.test('QoS 2 "A" then QoS 1 "B" on one topic, CONNECT and both in one write: stored A, B', async (tt) => {
-  const h = await harness({ sync: 'normal' });
-  const { port } = await startBrokerFor(tt, h);
-  const run = await sendInOneWrite(tt, h, port, [
-    { payload: 'A', qos: 2 },
-    { payload: 'B', qos: 1 },
-  ]);
-  tt.same(run.stored, ['A', 'B'], 'stored in send order');
-  tt.same(run.ackedBeforeStored, [], 'PUBREC / PUBACK only after the commit');
-});
+t.test(
+  'QoS 2 "A" then QoS 1 "B" on one topic, CONNECT and both in one write: stored A, B',
+  async (tt) => {
+    const h = await harness({ sync: 'normal' });
+    const { port } = await startBrokerFor(tt, h);
+    const run = await sendInOneWrite(tt, h, port, [
+      { payload: 'A', qos: 2 },
+      { payload: 'B', qos: 1 },
+    ]);
+    tt.same(run.stored, ['A', 'B'], 'stored in send order');
+    tt.same(run.ackedBeforeStored, [], 'PUBREC / PUBACK only after the commit');
+  },
+);
 
 function mixed(tt: Test, n: number, seed: number): { payload: string; qos: QoS }[] {
   const rnd = prng(seed);
-  const msgs = Array.from({ length: n }, (_, i) => ({ payload: `m${String(i).padStart(3, '0')}`, qos: Math.floor(rnd() * 3) as QoS }));
+  const msgs = Array.from({ length: n }, (_, i) => ({
+    payload: `m${String(i).padStart(3, '0')}`,
+    qos: Math.floor(rnd() * 3) as QoS,
+  }));
   tt.comment(`QoS sequence ${msgs.map((m) => m.qos).join('')}`);
-  tt.ok(msgs.some((m, i) => m.qos === 2 && i + 1 < n && msgs[i + 1].qos !== 2), 'the sequence has a QoS 2 message followed by a QoS 0/1 one');
+  tt.ok(
+    msgs.some((m, i) => m.qos === 2 && i + 1 < n && msgs[i + 1].qos !== 2),
+    'the sequence has a QoS 2 message followed by a QoS 0/1 one',
+  );
   return msgs;
 }
 
@@ -129,13 +170,20 @@ for (const [n, connectFirst] of [
   [50, true],
 ] as const) {
   const how = connectFirst ? 'after the CONNACK' : 'with the CONNECT';
-  t.test(`${n} messages with random QoS 0/1/2 on one topic in one write ${how}: stored in send order`, async (tt) => {
-    const h = await harness({ sync: 'normal' });
-    const { b, port } = await startBrokerFor(tt, h);
-    const msgs = mixed(tt, n, SEED + n);
-    const run = await sendInOneWrite(tt, h, port, msgs, connectFirst);
-    tt.same(run.stored, msgs.map((m) => m.payload), 'stored in send order');
-    tt.same(run.ackedBeforeStored, [], 'every PUBACK / PUBREC only after the commit');
-    tt.equal(b.status().ingested, n, 'each message ingested once');
-  });
+  t.test(
+    `${n} messages with random QoS 0/1/2 on one topic in one write ${how}: stored in send order`,
+    async (tt) => {
+      const h = await harness({ sync: 'normal' });
+      const { b, port } = await startBrokerFor(tt, h);
+      const msgs = mixed(tt, n, SEED + n);
+      const run = await sendInOneWrite(tt, h, port, msgs, connectFirst);
+      tt.same(
+        run.stored,
+        msgs.map((m) => m.payload),
+        'stored in send order',
+      );
+      tt.same(run.ackedBeforeStored, [], 'every PUBACK / PUBREC only after the commit');
+      tt.equal(b.status().ingested, n, 'each message ingested once');
+    },
+  );
 }

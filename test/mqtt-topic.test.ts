@@ -16,28 +16,47 @@ t.test('mapping rules', async (tt) => {
   tt.equal(kafkaTopicName('/a/'), '.a.');
 });
 
-t.test('long topics are truncated to leave room for the prefix, distinct topics stay distinct', async (tt) => {
-  const long = 'x/'.repeat(200);
-  const a = kafkaTopicName(long + 'a');
-  const b = kafkaTopicName(long + 'b');
-  tt.equal(a.length, KAFKA_TOPIC_MAX);
-  tt.not(a, b, 'hash suffix keeps two long topics apart');
-  tt.equal(kafkaTopicName(long + 'a'), a, 'deterministic');
-  tt.ok(isValidTopic(a));
-  const prefixed = kafkaTopicName(long, 'site42.'.length);
-  tt.equal(prefixed.length, KAFKA_TOPIC_MAX - 7);
-  tt.ok(isValidTopic('site42.' + prefixed), 'prefix + name is a valid topic');
-  tt.equal(kafkaTopicName('a'.repeat(249)), 'a'.repeat(249), 'exactly 249 is kept as is');
-  tt.equal(kafkaTopicName('a'.repeat(300), 245), 'aaaa', 'tiny room: plain truncation');
-  tt.equal(kafkaTopicName('abc', 400).length, 1, 'never empty even with an absurd prefix');
-});
+t.test(
+  'long topics are truncated to leave room for the prefix, distinct topics stay distinct',
+  async (tt) => {
+    const long = 'x/'.repeat(200);
+    const a = kafkaTopicName(long + 'a');
+    const b = kafkaTopicName(long + 'b');
+    tt.equal(a.length, KAFKA_TOPIC_MAX);
+    tt.not(a, b, 'hash suffix keeps two long topics apart');
+    tt.equal(kafkaTopicName(long + 'a'), a, 'deterministic');
+    tt.ok(isValidTopic(a));
+    const prefixed = kafkaTopicName(long, 'site42.'.length);
+    tt.equal(prefixed.length, KAFKA_TOPIC_MAX - 7);
+    tt.ok(isValidTopic('site42.' + prefixed), 'prefix + name is a valid topic');
+    tt.equal(kafkaTopicName('a'.repeat(249)), 'a'.repeat(249), 'exactly 249 is kept as is');
+    tt.equal(kafkaTopicName('a'.repeat(300), 245), 'aaaa', 'tiny room: plain truncation');
+    tt.equal(kafkaTopicName('abc', 400).length, 1, 'never empty even with an absurd prefix');
+  },
+);
 
 t.test('every mapped name is a valid Kafka topic', async (tt) => {
-  const samples = ['/', '//', '...', 'a/../b', '.', '..', '\u0000', 'x'.repeat(1000), '🌡'.repeat(300), '#', '+/+', ' '];
+  const samples = [
+    '/',
+    '//',
+    '...',
+    'a/../b',
+    '.',
+    '..',
+    '\u0000',
+    'x'.repeat(1000),
+    '🌡'.repeat(300),
+    '#',
+    '+/+',
+    ' ',
+  ];
   for (const s of samples) {
     for (const p of [0, 10, 200]) {
       const name = kafkaTopicName(s, p);
-      tt.ok(isValidTopic(name) && name.length <= KAFKA_TOPIC_MAX - p, `${JSON.stringify(s.slice(0, 10))} with a ${p}-character prefix → ${name.slice(0, 20)}…`);
+      tt.ok(
+        isValidTopic(name) && name.length <= KAFKA_TOPIC_MAX - p,
+        `${JSON.stringify(s.slice(0, 10))} with a ${p}-character prefix → ${name.slice(0, 20)}…`,
+      );
     }
   }
 });

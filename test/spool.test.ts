@@ -11,7 +11,9 @@ import { checkDelivery } from './helpers/verify.ts';
 
 const kafka = await startKafka({ brokers: 1 });
 const dir = tempDir();
-const agent = await AgentProc.start({ env: { KEDGE_DATA_DIR: dir, KEDGE_KAFKA_BROKERS: kafka.bootstrap } });
+const agent = await AgentProc.start({
+  env: { KEDGE_DATA_DIR: dir, KEDGE_KAFKA_BROKERS: kafka.bootstrap },
+});
 t.teardown(async () => {
   await agent.stop();
   await kafka.stop();
@@ -20,7 +22,9 @@ t.teardown(async () => {
 
 async function rss(): Promise<number> {
   const r = await request(`${agent.base}/metrics`);
-  const m = /^kedge_process_resident_memory_bytes (\d+(?:\.\d+)?(?:e\+\d+)?)$/m.exec(await r.body.text());
+  const m = /^kedge_process_resident_memory_bytes (\d+(?:\.\d+)?(?:e\+\d+)?)$/m.exec(
+    await r.body.text(),
+  );
   return Number(m![1]);
 }
 
@@ -32,7 +36,11 @@ t.test('broker down: 20,000 events acknowledged, then all delivered in order', a
   for (let r = 0; r < 200; r++) {
     const key = `key-${r % 10}`;
     const ids = Array.from({ length: 100 }, (_, i) => `${r}-${i}`);
-    const res = await post(`${agent.base}/v1/topics/spool?key=${key}`, ids.map((id) => JSON.stringify({ id, v: 'y'.repeat(150) })).join('\n'), 'application/x-ndjson');
+    const res = await post(
+      `${agent.base}/v1/topics/spool?key=${key}`,
+      ids.map((id) => JSON.stringify({ id, v: 'y'.repeat(150) })).join('\n'),
+      'application/x-ndjson',
+    );
     statuses.set(res.status, (statuses.get(res.status) ?? 0) + 1);
     if (res.status === 200) for (const id of ids) acked.add(id);
   }
@@ -44,7 +52,11 @@ t.test('broker down: 20,000 events acknowledged, then all delivered in order', a
     await sleep(200);
     s = await agent.status();
   }
-  tt.equal(s.link.state, 'down', `status shows the link down (after ${Date.now() - t0} ms), reason: ${s.link.last_error}`);
+  tt.equal(
+    s.link.state,
+    'down',
+    `status shows the link down (after ${Date.now() - t0} ms), reason: ${s.link.last_error}`,
+  );
 
   await kafka.startNode(node);
   const samples: number[] = [await rss()];
@@ -62,5 +74,8 @@ t.test('broker down: 20,000 events acknowledged, then all delivered in order', a
   tt.same(rep.orderViolations, [], 'order per key holds');
   tt.equal(rep.foreignDuplicates, 0);
   const max = Math.max(...samples);
-  tt.ok(max < 200 * 1024 * 1024, `RSS stays bounded while draining (max ${(max / 1048576).toFixed(1)} MiB)`);
+  tt.ok(
+    max < 200 * 1024 * 1024,
+    `RSS stays bounded while draining (max ${(max / 1048576).toFixed(1)} MiB)`,
+  );
 });

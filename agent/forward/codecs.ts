@@ -47,28 +47,31 @@ class ReusedZstd {
   private tail: Promise<unknown> = Promise.resolve();
 
   compress(input: Buffer): Promise<Buffer> {
-    const run = () => new Promise<Buffer>((resolve, reject) => {
-      const z = (this.z ??= zlib.createZstdCompress({ params: { [zlib.constants.ZSTD_c_compressionLevel]: 3 } }));
-      const chunks: Buffer[] = [];
-      const onData = (c: Buffer) => chunks.push(c);
-      const onError = (e: Error) => {
-        cleanup();
-        this.z = null; // a broken stream is not reused
-        reject(e);
-      };
-      const cleanup = () => {
-        z.off('data', onData);
-        z.off('error', onError);
-      };
-      z.on('data', onData);
-      z.once('error', onError);
-      z.write(input);
-      // As ws does for permessage-deflate: the flush callback runs after the flushed output was emitted.
-      z.flush(zlib.constants.ZSTD_e_end, () => {
-        cleanup();
-        resolve(Buffer.concat(chunks));
+    const run = () =>
+      new Promise<Buffer>((resolve, reject) => {
+        const z = (this.z ??= zlib.createZstdCompress({
+          params: { [zlib.constants.ZSTD_c_compressionLevel]: 3 },
+        }));
+        const chunks: Buffer[] = [];
+        const onData = (c: Buffer) => chunks.push(c);
+        const onError = (e: Error) => {
+          cleanup();
+          this.z = null; // a broken stream is not reused
+          reject(e);
+        };
+        const cleanup = () => {
+          z.off('data', onData);
+          z.off('error', onError);
+        };
+        z.on('data', onData);
+        z.once('error', onError);
+        z.write(input);
+        // As ws does for permessage-deflate: the flush callback runs after the flushed output was emitted.
+        z.flush(zlib.constants.ZSTD_e_end, () => {
+          cleanup();
+          resolve(Buffer.concat(chunks));
+        });
       });
-    });
     const p = this.tail.then(run, run);
     this.tail = p.catch(() => undefined);
     return p;
@@ -104,13 +107,16 @@ function snappyCodec(): Codec {
   return {
     compress: async (input) => snappy.compress(input),
     decompress: async (input) => {
-      if (input.length < XERIAL_HEADER || !input.subarray(0, 8).equals(XERIAL_MAGIC)) return snappy.uncompress(input);
+      if (input.length < XERIAL_HEADER || !input.subarray(0, 8).equals(XERIAL_MAGIC))
+        return snappy.uncompress(input);
       const parts: Buffer[] = [];
-      for (let at = XERIAL_HEADER; at < input.length;) {
-        if (at + 4 > input.length) throw new CorruptCompressedDataError('snappy', 'xerial chunk length cut short');
+      for (let at = XERIAL_HEADER; at < input.length; ) {
+        if (at + 4 > input.length)
+          throw new CorruptCompressedDataError('snappy', 'xerial chunk length cut short');
         const len = input.readUInt32BE(at);
         at += 4;
-        if (at + len > input.length) throw new CorruptCompressedDataError('snappy', 'xerial chunk cut short');
+        if (at + len > input.length)
+          throw new CorruptCompressedDataError('snappy', 'xerial chunk cut short');
         parts.push(snappy.uncompress(input.subarray(at, at + len)));
         at += len;
       }
@@ -123,7 +129,13 @@ function snappyCodec(): Codec {
 
 interface Lz4Js {
   compressBound(n: number): number;
-  compressBlock(src: Uint8Array, dst: Uint8Array, sIndex: number, sLength: number, hashTable: Uint32Array): number;
+  compressBlock(
+    src: Uint8Array,
+    dst: Uint8Array,
+    sIndex: number,
+    sLength: number,
+    hashTable: Uint32Array,
+  ): number;
   decompress(src: Uint8Array, maxSize?: number): Uint8Array;
 }
 interface Xxh32 {
@@ -177,7 +189,8 @@ function lz4Codec(): Codec {
       return out.subarray(0, o + 4);
     },
     decompress: async (input) => {
-      if (input.length < 7 || input.readUInt32LE(0) !== LZ4_MAGIC) throw new CorruptCompressedDataError('lz4', 'no LZ4 frame magic');
+      if (input.length < 7 || input.readUInt32LE(0) !== LZ4_MAGIC)
+        throw new CorruptCompressedDataError('lz4', 'no LZ4 frame magic');
       const d = lz4.decompress(input);
       return Buffer.from(d.buffer, d.byteOffset, d.length);
     },
@@ -188,7 +201,9 @@ function lz4Codec(): Codec {
 
 export class CodecUnavailableError extends Error {
   constructor(codec: string) {
-    super(`KEDGE_COMPRESSION=${codec} is not a codec kedge knows (use none, gzip, snappy, lz4 or zstd)`);
+    super(
+      `KEDGE_COMPRESSION=${codec} is not a codec kedge knows (use none, gzip, snappy, lz4 or zstd)`,
+    );
     this.name = 'CodecUnavailableError';
   }
 }
@@ -197,7 +212,10 @@ export class CodecUnavailableError extends Error {
 const registered = new Map<number, () => KafkajsCodec>();
 
 function adapt(c: Codec): () => KafkajsCodec {
-  const k: KafkajsCodec = { compress: (e) => c.compress(e.buffer), decompress: (b) => c.decompress(b) };
+  const k: KafkajsCodec = {
+    compress: (e) => c.compress(e.buffer),
+    decompress: (b) => c.decompress(b),
+  };
   return () => k;
 }
 
@@ -220,7 +238,15 @@ function makeCodec(type: number): Codec {
 /** Registers what `compression` needs with kafkajs and returns kafkajs' codec id. */
 export function kafkaCompression(compression: Compression): number {
   const { CompressionTypes, CompressionCodecs } = kafkajs;
-  const type = ({ none: CompressionTypes.None, gzip: CompressionTypes.GZIP, snappy: CompressionTypes.Snappy, lz4: CompressionTypes.LZ4, zstd: CompressionTypes.ZSTD } as Record<string, number | undefined>)[compression];
+  const type = (
+    {
+      none: CompressionTypes.None,
+      gzip: CompressionTypes.GZIP,
+      snappy: CompressionTypes.Snappy,
+      lz4: CompressionTypes.LZ4,
+      zstd: CompressionTypes.ZSTD,
+    } as Record<string, number | undefined>
+  )[compression];
   if (type === undefined) throw new CodecUnavailableError(compression);
   if (type === CompressionTypes.None || type === CompressionTypes.GZIP) return type; // gzip: kafkajs' own
   let factory = registered.get(type);

@@ -14,7 +14,14 @@ import type { Logger } from '../observe/logger.ts';
 import type { Metrics } from '../observe/metrics.ts';
 import type { TimeWindow } from '../config.ts';
 import { Backoff } from '../backoff.ts';
-import { describeKafkaError, graceReason, permanentReason, type OutRecord, type RecordSink } from './kafka-producer.ts';
+import {
+  causeChain,
+  describeKafkaError,
+  graceReason,
+  permanentReason,
+  type OutRecord,
+  type RecordSink,
+} from './kafka-producer.ts';
 import { TransferWindows } from './windows.ts';
 import { TokenBucket } from './token-bucket.ts';
 import { WireRate, type WireMeter } from './wire-meter.ts';
@@ -105,7 +112,7 @@ const POLICY_RECHECK_MS = 1_000;
 
 /** A request that ran out of time (ours or kafkajs'), as opposed to a refusal. */
 function isTimeout(e: unknown): boolean {
-  for (let cur: any = e, depth = 0; cur && depth < 8; cur = cur.cause, depth++) {
+  for (const cur of causeChain(e)) {
     if (cur instanceof SendDeadlineError || cur.name === 'KafkaJSRequestTimeoutError') return true;
   }
   return false;
@@ -171,13 +178,17 @@ export class Forwarder {
     this.windows = new TransferWindows(o.windows ?? []);
     this.now = o.now ?? Date.now;
     const rate = o.rateBytesPerSecond ?? null;
-    if (rate !== null && !o.wire) throw new TypeError('a rate cap needs a wire meter (ForwarderOptions.wire)');
+    if (rate !== null && !o.wire)
+      throw new TypeError('a rate cap needs a wire meter (ForwarderOptions.wire)');
     this.maxBytes = o.maxBatchBytes;
     this.budget = { events: o.maxBatchEvents, bytes: this.maxBytes };
     // Under a cap, a batch must go out well within the request timeout (a quarter of
     // it at the capped rate), and at most ~2 s of the rate: a batch is also the
     // largest burst, so smaller batches keep the wire rate smooth.
-    this.rateBatchWireBytes = rate === null ? null : Math.max(1, Math.floor((rate * Math.min(o.sendDeadlineMs / 4, RATE_BATCH_MS)) / 1000));
+    this.rateBatchWireBytes =
+      rate === null
+        ? null
+        : Math.max(1, Math.floor((rate * Math.min(o.sendDeadlineMs / 4, RATE_BATCH_MS)) / 1000));
     // No credit saved up while idle: a batch is sent, then paid for, so the largest
     // burst above the rate is exactly one batch (a saved-up batch of credit would allow two).
     this.bucket = rate === null ? null : new TokenBucket(rate, 0);
@@ -197,7 +208,10 @@ export class Forwarder {
     if (!this.windows.always) {
       const now = this.now();
       const ms = this.windows.msUntilNextChange(new Date(now));
-      window = { open: this.windows.isOpen(new Date(now)), nextChangeAt: ms === null ? null : iso(now + ms) };
+      window = {
+        open: this.windows.isOpen(new Date(now)),
+        nextChangeAt: ms === null ? null : iso(now + ms),
+      };
     }
     return {
       state: this.shown,
@@ -233,7 +247,10 @@ export class Forwarder {
       // In memory first: on a full disk the operator must still be able to resume
       // (that is when a drain is wanted most), even if the setting cannot be saved yet.
       this.paused = paused;
-      this.o.logger.info({ paused }, paused ? 'forwarding paused by operator' : 'forwarding resumed by operator');
+      this.o.logger.info(
+        { paused },
+        paused ? 'forwarding paused by operator' : 'forwarding resumed by operator',
+      );
       this.refresh();
       this.wake?.();
     }
@@ -248,7 +265,10 @@ export class Forwarder {
       return true;
     } catch (e) {
       if (!this.pausePending) {
-        this.o.logger.warn({ err: (e as Error).message }, `could not save the ${this.paused ? 'pause' : 'resume'} (it holds until a restart); retrying`);
+        this.o.logger.warn(
+          { err: (e as Error).message },
+          `could not save the ${this.paused ? 'pause' : 'resume'} (it holds until a restart); retrying`,
+        );
       }
       this.pausePending = true;
       return false;
@@ -287,7 +307,11 @@ export class Forwarder {
     // Outside a window the state stays outside-window while priority events flow
     // fine (no flapping per alarm); a failing link shows, as that needs action.
     const failing = this.health === 'degraded' || this.health === 'down';
-    const s: LinkState = this.paused ? 'paused' : this.windowClosed && !(this.priorityPending && failing) ? 'outside-window' : this.health;
+    const s: LinkState = this.paused
+      ? 'paused'
+      : this.windowClosed && !(this.priorityPending && failing)
+        ? 'outside-window'
+        : this.health;
     if (s === this.shown) return;
     const from = this.shown;
     this.shown = s;
@@ -301,7 +325,11 @@ export class Forwarder {
     if (s === 'degraded' || s === 'down') log.warn({ link: s, from, reason }, `kafka link ${s}`);
     else if (s === 'up') log.info({ link: s, from }, 'kafka link up');
     else if (s === 'paused') log.info({ link: s, from }, 'forwarding paused');
-    else if (s === 'outside-window') log.info({ link: s, from }, 'outside the transfer window: only priority topics are forwarded');
+    else if (s === 'outside-window')
+      log.info(
+        { link: s, from },
+        'outside the transfer window: only priority topics are forwarded',
+      );
     else log.info({ link: s, from }, `kafka link ${s}`);
   }
 
@@ -332,9 +360,18 @@ export class Forwarder {
     const open = this.windows.isOpen(now);
     const nextChangeMs = this.windows.msUntilNextChange(now);
     if (open !== this.windowOpen) {
-      const next = nextChangeMs === null ? null : new Date(now.getTime() + nextChangeMs).toISOString();
-      if (open) this.o.logger.info({ window: 'open', closesAt: next }, 'transfer window opened: all topics are forwarded');
-      else this.o.logger.info({ window: 'closed', opensAt: next }, 'transfer window closed: only priority topics are forwarded');
+      const next =
+        nextChangeMs === null ? null : new Date(now.getTime() + nextChangeMs).toISOString();
+      if (open)
+        this.o.logger.info(
+          { window: 'open', closesAt: next },
+          'transfer window opened: all topics are forwarded',
+        );
+      else
+        this.o.logger.info(
+          { window: 'closed', opensAt: next },
+          'transfer window closed: only priority topics are forwarded',
+        );
       this.windowOpen = open;
     }
     return { open, nextChangeMs };
@@ -384,7 +421,8 @@ export class Forwarder {
     const o = this.o;
     if (this.pendingAck) {
       // Only the log write is retried: resending would make duplicates for nothing.
-      if (!this.acknowledge(this.pendingAck.batch, this.pendingAck.lane)) await this.sleep(this.backoff.next());
+      if (!this.acknowledge(this.pendingAck.batch, this.pendingAck.lane))
+        await this.sleep(this.backoff.next());
       return;
     }
     this.chargeWire();
@@ -428,7 +466,10 @@ export class Forwarder {
   private storageFailed(what: string, e: unknown): void {
     const msg = (e as Error)?.message ?? String(e);
     if (!this.storageFailing) {
-      this.o.logger.error({ err: msg }, `cannot ${what}; forwarding retries with backoff (the events stay in the log)`);
+      this.o.logger.error(
+        { err: msg },
+        `cannot ${what}; forwarding retries with backoff (the events stay in the log)`,
+      );
     }
     this.storageFailing = true;
     this.setHealth('degraded', `log: ${msg}`);
@@ -461,7 +502,13 @@ export class Forwarder {
     const headers: Record<string, string> = { ...(e.headers ?? {}) };
     headers['kedge-id'] = `${this.o.agentId}:${e.seq}`;
     headers['kedge-ingest-ts'] = String(e.ts);
-    return { topic: this.o.topicPrefix + e.topic, key: e.key, value: e.value, timestamp: e.ts, headers };
+    return {
+      topic: this.o.topicPrefix + e.topic,
+      key: e.key,
+      value: e.value,
+      timestamp: e.ts,
+      headers,
+    };
   }
 
   private withDeadline<T>(p: Promise<T>): Promise<T> {
@@ -486,7 +533,11 @@ export class Forwarder {
       if (isTimeout(e)) this.shrinkBudget(batch);
       // Which topic a refusal is about is not known for a batch: every topic in it
       // starts its grace, and one run out means sending one by one to find out.
-      if (permanentReason(e) || (graceReason(e) && this.graceOver(new Set(batch.map((ev) => ev.topic))))) return this.isolate(batch, lane);
+      if (
+        permanentReason(e) ||
+        (graceReason(e) && this.graceOver(new Set(batch.map((ev) => ev.topic))))
+      )
+        return this.isolate(batch, lane);
       await this.onFailure(e);
       return;
     }
@@ -514,14 +565,21 @@ export class Forwarder {
       bytes: Math.max(1, Math.floor(Math.min(this.budget.bytes, bytes) / 2)),
     };
     // Growing straight back would time out every other batch: hold this size for a while.
-    this.budgetCeilingUntil = performance.now() + (this.o.batchRegrowAfterMs ?? BATCH_REGROW_AFTER_MS);
-    this.o.logger.info({ batchBytes: this.budget.bytes, batchEvents: this.budget.events }, 'send timed out: sending smaller batches');
+    this.budgetCeilingUntil =
+      performance.now() + (this.o.batchRegrowAfterMs ?? BATCH_REGROW_AFTER_MS);
+    this.o.logger.info(
+      { batchBytes: this.budget.bytes, batchEvents: this.budget.events },
+      'send timed out: sending smaller batches',
+    );
   }
 
   /** Log bytes for the next batch: the adaptive budget, and under a cap about RATE_BATCH_MS of wire bytes. */
   private batchBytes(): number {
     if (this.rateBatchWireBytes === null) return this.budget.bytes;
-    return Math.max(1, Math.min(this.budget.bytes, Math.floor(this.rateBatchWireBytes / this.wirePerLogByte)));
+    return Math.max(
+      1,
+      Math.min(this.budget.bytes, Math.floor(this.rateBatchWireBytes / this.wirePerLogByte)),
+    );
   }
 
   /** After a success, back towards the configured size (×2 per batch). */
@@ -576,7 +634,10 @@ export class Forwarder {
     // connection): that is `down`, not `degraded`. The state is set before the
     // disconnect below, which can itself wait on the hung connection.
     const recentlyUp = this.lastForwardAt !== null && Date.now() - this.lastForwardAt < 60_000;
-    this.setHealth(!isTimeout(e) && recentlyUp && this.backoff.failures < 3 ? 'degraded' : 'down', reason);
+    this.setHealth(
+      !isTimeout(e) && recentlyUp && this.backoff.failures < 3 ? 'degraded' : 'down',
+      reason,
+    );
     // A fresh producer after a failure: kafkajs' idempotent sequence state can be
     // out of step with the broker after a timeout, which would fail every later send.
     // kafkajs' disconnect waits for requests in flight; on a hung link that is another
@@ -595,12 +656,23 @@ export class Forwarder {
     const o = this.o;
     // Topics whose grace ran out in this pass: their other events are not sent again one by one.
     const deadTopics = new Map<string, { type: string; detail: string }>();
-    const dead = new Map<string, { topic: string; reason: string; count: number; firstSeq: number; bytes: number }>();
+    const dead = new Map<
+      string,
+      { topic: string; reason: string; count: number; firstSeq: number; bytes: number }
+    >();
     const report = () => {
       // One line per topic and reason for the pass, not one per event.
       for (const d of dead.values()) {
-        o.logger.error({ topic: o.topicPrefix + d.topic, reason: d.reason, events: d.count, firstSeq: d.firstSeq, bytes: d.bytes },
-          'Kafka refused events for good; moved them to the dead-letter table (see /v1/status)');
+        o.logger.error(
+          {
+            topic: o.topicPrefix + d.topic,
+            reason: d.reason,
+            events: d.count,
+            firstSeq: d.firstSeq,
+            bytes: d.bytes,
+          },
+          'Kafka refused events for good; moved them to the dead-letter table (see /v1/status)',
+        );
       }
     };
     for (const ev of batch) {
@@ -640,7 +712,13 @@ export class Forwarder {
         }
         o.metrics.deadLettered.inc({ topic: ev.topic, reason: permanent });
         const k = `${ev.topic}\u0000${permanent}`;
-        const d = dead.get(k) ?? { topic: ev.topic, reason: permanent, count: 0, firstSeq: ev.seq, bytes: 0 };
+        const d = dead.get(k) ?? {
+          topic: ev.topic,
+          reason: permanent,
+          count: 0,
+          firstSeq: ev.seq,
+          bytes: 0,
+        };
         d.count++;
         d.bytes += ev.value.length;
         dead.set(k, d);
@@ -656,5 +734,11 @@ const DISCONNECT_WAIT_MS = 5_000;
 /** Waits for `p` at most `ms`; its outcome is ignored either way. */
 function boundedWait(p: Promise<unknown>, ms: number): Promise<void> {
   let t: NodeJS.Timeout;
-  return Promise.race([p.then(() => undefined, () => undefined), new Promise<void>((r) => (t = setTimeout(r, ms)))]).finally(() => clearTimeout(t));
+  return Promise.race([
+    p.then(
+      () => undefined,
+      () => undefined,
+    ),
+    new Promise<void>((r) => (t = setTimeout(r, ms))),
+  ]).finally(() => clearTimeout(t));
 }

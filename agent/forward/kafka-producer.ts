@@ -9,7 +9,6 @@ import type { ISocketFactory, Kafka, Producer, Message, SASLOptions } from 'kafk
 // kafkajs is CommonJS: a default import works in Node ESM and bundles with esbuild.
 import kafkajs from 'kafkajs';
 
-
 export interface OutRecord {
   topic: string;
   key: Buffer | null;
@@ -40,7 +39,25 @@ export interface KafkaSinkOptions {
  * they count as permanent: a topic not created yet (auto-creation racing, an operator
  * about to create it), an ACL not yet propagated to every broker.
  */
-export const GRACE_ERRORS: ReadonlySet<string> = new Set(['UNKNOWN_TOPIC_OR_PARTITION', 'TOPIC_AUTHORIZATION_FAILED']);
+export const GRACE_ERRORS: ReadonlySet<string> = new Set([
+  'UNKNOWN_TOPIC_OR_PARTITION',
+  'TOPIC_AUTHORIZATION_FAILED',
+]);
+
+/** One link of an error's `cause` chain, as kafkajs and Node build them. */
+export interface ErrorLink {
+  type?: unknown;
+  name?: unknown;
+  message?: unknown;
+  cause?: unknown;
+  errors?: unknown;
+}
+
+/** `e`, its cause, the cause's cause…, at most `depth` links. */
+export function* causeChain(e: unknown, depth = 8): Generator<ErrorLink> {
+  let cur = e as ErrorLink | null | undefined;
+  for (let i = 0; cur && i < depth; cur = cur.cause as ErrorLink | null | undefined, i++) yield cur;
+}
 
 /** The first GRACE_ERRORS type in a kafkajs error chain, or null. */
 export function graceReason(e: unknown): string | null {
@@ -51,12 +68,22 @@ export function graceReason(e: unknown): string | null {
 /** A refusal that retrying will not fix (record too large, invalid topic). */
 export function permanentReason(e: unknown): string | null {
   const PERMANENT = new Set([
-    'MESSAGE_TOO_LARGE', 'RECORD_LIST_TOO_LARGE', 'INVALID_TOPIC_EXCEPTION',
-    'INVALID_RECORD', 'CORRUPT_MESSAGE', 'INVALID_REQUIRED_ACKS', 'POLICY_VIOLATION', 'UNSUPPORTED_FOR_MESSAGE_FORMAT',
+    'MESSAGE_TOO_LARGE',
+    'RECORD_LIST_TOO_LARGE',
+    'INVALID_TOPIC_EXCEPTION',
+    'INVALID_RECORD',
+    'CORRUPT_MESSAGE',
+    'INVALID_REQUIRED_ACKS',
+    'POLICY_VIOLATION',
+    'UNSUPPORTED_FOR_MESSAGE_FORMAT',
   ]);
-  for (let cur: any = e, depth = 0; cur && depth < 8; cur = cur.cause, depth++) {
+  for (const cur of causeChain(e)) {
     if (typeof cur.type === 'string' && PERMANENT.has(cur.type)) return cur.type;
-    if (Array.isArray(cur.errors)) for (const sub of cur.errors) { const r = permanentReason(sub); if (r) return r; }
+    if (Array.isArray(cur.errors))
+      for (const sub of cur.errors) {
+        const r = permanentReason(sub);
+        if (r) return r;
+      }
   }
   return null;
 }
@@ -77,9 +104,12 @@ export function errorTypes(e: unknown, out = new Set<string>(), depth = 0): Set<
 export function describeKafkaError(e: unknown): string {
   const parts: string[] = [];
   const seen = new Set<string>();
-  for (let cur: any = e, depth = 0; cur && depth < 6; cur = cur.cause, depth++) {
+  for (const cur of causeChain(e, 6)) {
     // Node suggests a Node flag for untrusted certificates; the fix for kedge is KEDGE_KAFKA_CA_FILE.
-    const msg = String(cur.message ?? String(cur)).replace(/; if the root CA is installed locally, try running Node\.js with --use-system-ca/, '');
+    const msg = String(cur.message ?? String(cur)).replace(
+      /; if the root CA is installed locally, try running Node\.js with --use-system-ca/,
+      '',
+    );
     if (seen.has(msg)) continue;
     seen.add(msg);
     parts.push(`${cur.type ?? cur.name ?? 'Error'}: ${msg}`);
@@ -89,21 +119,38 @@ export function describeKafkaError(e: unknown): string {
 }
 
 const TLS_HINTS: [RegExp, string][] = [
-  [/UNABLE_TO_VERIFY|SELF_SIGNED|UNABLE_TO_GET_ISSUER|CERT_UNTRUSTED|unable to verify|self[- ]signed certificate|unable to get (local )?issuer/i,
-    "TLS certificate error: Kafka's certificate is not signed by a CA kedge trusts (check KEDGE_KAFKA_CA_FILE)"],
-  [/ALTNAME|does not match certificate|Hostname\/IP does not match/i,
-    "TLS certificate error: Kafka's certificate does not name the address in KEDGE_KAFKA_BROKERS (use a name or IP the certificate lists)"],
-  [/CERT_HAS_EXPIRED|CERT_NOT_YET_VALID|certificate has expired|certificate is not yet valid/i,
-    "TLS certificate error: Kafka's certificate has expired or is not valid yet"],
-  [/alert (bad certificate|certificate unknown|certificate required|unknown ca|certificate expired)|ALERT_(BAD_CERTIFICATE|CERTIFICATE_UNKNOWN|CERTIFICATE_REQUIRED|UNKNOWN_CA|CERTIFICATE_EXPIRED)/i,
-    'TLS certificate error: Kafka refused kedge\'s client certificate (check KEDGE_KAFKA_CERT_FILE and KEDGE_KAFKA_KEY_FILE, and that Kafka trusts their CA)'],
-  [/WRONG_VERSION_NUMBER|wrong version number|packet length too long|unknown protocol/i,
-    'TLS error: the broker port does not speak TLS (point KEDGE_KAFKA_BROKERS at the TLS listener, or set KEDGE_KAFKA_TLS=false)'],
+  [
+    /UNABLE_TO_VERIFY|SELF_SIGNED|UNABLE_TO_GET_ISSUER|CERT_UNTRUSTED|unable to verify|self[- ]signed certificate|unable to get (local )?issuer/i,
+    "TLS certificate error: Kafka's certificate is not signed by a CA kedge trusts (check KEDGE_KAFKA_CA_FILE)",
+  ],
+  [
+    /ALTNAME|does not match certificate|Hostname\/IP does not match/i,
+    "TLS certificate error: Kafka's certificate does not name the address in KEDGE_KAFKA_BROKERS (use a name or IP the certificate lists)",
+  ],
+  [
+    /CERT_HAS_EXPIRED|CERT_NOT_YET_VALID|certificate has expired|certificate is not yet valid/i,
+    "TLS certificate error: Kafka's certificate has expired or is not valid yet",
+  ],
+  [
+    /alert (bad certificate|certificate unknown|certificate required|unknown ca|certificate expired)|ALERT_(BAD_CERTIFICATE|CERTIFICATE_UNKNOWN|CERTIFICATE_REQUIRED|UNKNOWN_CA|CERTIFICATE_EXPIRED)/i,
+    "TLS certificate error: Kafka refused kedge's client certificate (check KEDGE_KAFKA_CERT_FILE and KEDGE_KAFKA_KEY_FILE, and that Kafka trusts their CA)",
+  ],
+  [
+    /WRONG_VERSION_NUMBER|wrong version number|packet length too long|unknown protocol/i,
+    'TLS error: the broker port does not speak TLS (point KEDGE_KAFKA_BROKERS at the TLS listener, or set KEDGE_KAFKA_TLS=false)',
+  ],
 ];
 
 /** One line naming the thing to fix, for TLS and SASL failures anywhere in a kafkajs error chain; null otherwise. */
 export function securityHint(e: unknown, depth = 0): string | null {
-  const cur = e as { name?: unknown; type?: unknown; code?: unknown; message?: unknown; cause?: unknown; errors?: unknown } | null;
+  const cur = e as {
+    name?: unknown;
+    type?: unknown;
+    code?: unknown;
+    message?: unknown;
+    cause?: unknown;
+    errors?: unknown;
+  } | null;
   if (!cur || typeof cur !== 'object' || depth > 8) return null;
   if (cur.type === 'UNSUPPORTED_SASL_MECHANISM') {
     return 'authentication failed: Kafka does not offer KEDGE_KAFKA_SASL_MECHANISM on this listener (check the mechanism and KEDGE_KAFKA_BROKERS)';
@@ -143,17 +190,26 @@ export class KafkaSink implements RecordSink {
       brokers: k.brokers,
       ssl,
       ...(opts.socketFactory ? { socketFactory: opts.socketFactory } : {}),
-      sasl: k.sasl ? ({ mechanism: k.sasl.mechanism, username: k.sasl.username, password: k.sasl.password } as SASLOptions) : undefined,
+      sasl: k.sasl
+        ? ({
+            mechanism: k.sasl.mechanism,
+            username: k.sasl.username,
+            password: k.sasl.password,
+          } as SASLOptions)
+        : undefined,
       connectionTimeout: 5000,
       authenticationTimeout: 5000,
       requestTimeout: opts.requestTimeoutMs,
       // The forwarder retries for ever with its own backoff; kafkajs only rides out short blips.
       retry: { retries: 3, initialRetryTime: 200, maxRetryTime: 2000 },
       // kafkajs logs every reconnect at error level; the forwarder logs state changes itself.
-      logCreator: () => ({ level, log: entry }) => {
-        const msg = `${entry.message}`;
-        if (level <= 2) log.debug({ kafkajs: entry.namespace, detail: entry.log?.error ?? undefined }, msg);
-      },
+      logCreator:
+        () =>
+        ({ level, log: entry }) => {
+          const msg = `${entry.message}`;
+          if (level <= 2)
+            log.debug({ kafkajs: entry.namespace, detail: entry.log?.error ?? undefined }, msg);
+        },
     });
   }
 

@@ -29,8 +29,16 @@ export class TokenBucket {
    * @param now monotonic milliseconds; tests inject a fake clock
    * @param graceMs how long credit earned after a paid debt is kept (late timers)
    */
-  constructor(rate: number, capacity: number, now: () => number = () => performance.now(), graceMs = 1_000) {
-    if (!(rate > 0) || !(capacity >= 0)) throw new RangeError(`token bucket needs rate > 0 and capacity >= 0 (got ${rate}, ${capacity})`);
+  constructor(
+    rate: number,
+    capacity: number,
+    now: () => number = () => performance.now(),
+    graceMs = 1_000,
+  ) {
+    if (!(rate > 0) || !(capacity >= 0))
+      throw new RangeError(
+        `token bucket needs rate > 0 and capacity >= 0 (got ${rate}, ${capacity})`,
+      );
     this.rate = rate;
     this.capacity = capacity;
     this.graceMs = graceMs;
@@ -54,7 +62,10 @@ export class TokenBucket {
       this.last = zero;
     }
     const sincePaid = t - this.paidAt;
-    const limit = sincePaid <= this.graceMs ? Math.max(this.capacity, (sincePaid * this.rate) / 1000) : this.capacity;
+    const limit =
+      sincePaid <= this.graceMs
+        ? Math.max(this.capacity, (sincePaid * this.rate) / 1000)
+        : this.capacity;
     this.tokens = Math.min(limit, this.tokens + ((t - this.last) * this.rate) / 1000);
     this.last = t;
   }

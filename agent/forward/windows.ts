@@ -19,7 +19,9 @@ function localMinute(d: Date): number {
 function inWindow(w: TimeWindow, minute: number): boolean {
   // end < start crosses midnight (22:00-06:00); end 0 is 24:00.
   const end = w.endMin === 0 ? DAY_MIN : w.endMin;
-  return w.startMin < end ? minute >= w.startMin && minute < end : minute >= w.startMin || minute < w.endMin;
+  return w.startMin < end
+    ? minute >= w.startMin && minute < end
+    : minute >= w.startMin || minute < w.endMin;
 }
 
 export class TransferWindows {

@@ -38,7 +38,10 @@ export class WireMeter {
       const raw = net.connect({ host, port }, ssl ? undefined : onConnect);
       this.track(raw);
       const socket = ssl
-        ? tls.connect({ ...(!net.isIP(host) ? { servername: host } : {}), ...ssl, socket: raw }, onConnect)
+        ? tls.connect(
+            { ...(!net.isIP(host) ? { servername: host } : {}), ...ssl, socket: raw },
+            onConnect,
+          )
         : raw;
       socket.setKeepAlive(true, KEEP_ALIVE_DELAY_MS);
       return socket;
@@ -58,7 +61,11 @@ export class WireRate {
   private readonly sampler: CounterSampler<'bytes'>;
 
   constructor(meter: WireMeter, windowMs = 60_000) {
-    this.sampler = new CounterSampler(() => ({ bytes: meter.total() }), windowMs, () => performance.now());
+    this.sampler = new CounterSampler(
+      () => ({ bytes: meter.total() }),
+      windowMs,
+      () => performance.now(),
+    );
   }
 
   start(intervalMs = 2_000): void {

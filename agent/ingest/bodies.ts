@@ -9,8 +9,15 @@ export type BodyKind = 'ndjson' | 'json' | 'raw';
 
 export function bodyKind(contentType: string | undefined): BodyKind {
   const mime = (contentType ?? '').split(';')[0].trim().toLowerCase();
-  if (mime === 'application/x-ndjson' || mime === 'application/ndjson' || mime === 'application/jsonl' || mime === 'application/x-jsonlines') return 'ndjson';
-  if (mime === 'application/json' || (mime.startsWith('application/') && mime.endsWith('+json'))) return 'json';
+  if (
+    mime === 'application/x-ndjson' ||
+    mime === 'application/ndjson' ||
+    mime === 'application/jsonl' ||
+    mime === 'application/x-jsonlines'
+  )
+    return 'ndjson';
+  if (mime === 'application/json' || (mime.startsWith('application/') && mime.endsWith('+json')))
+    return 'json';
   return 'raw';
 }
 
@@ -24,12 +31,21 @@ function decodeUtf8(buf: Buffer, what: string): string {
   }
 }
 
-function parseJson(text: string, what: string, reviver?: (k: string, v: unknown) => unknown): unknown {
+function parseJson(
+  text: string,
+  what: string,
+  reviver?: (k: string, v: unknown) => unknown,
+): unknown {
   try {
     return JSON.parse(text, reviver);
   } catch (e) {
     // The reviver walk recurses: a document thousands of levels deep overflows the stack.
-    if (e instanceof RangeError) throw new IngestError(400, 'bad_json', `${what} is nested too deeply to be re-serialised; send it as NDJSON or as one event (kept byte for byte)`);
+    if (e instanceof RangeError)
+      throw new IngestError(
+        400,
+        'bad_json',
+        `${what} is nested too deeply to be re-serialised; send it as NDJSON or as one event (kept byte for byte)`,
+      );
     throw new IngestError(400, 'bad_json', `${what} is not valid JSON: ${(e as Error).message}`);
   }
 }
@@ -42,12 +58,22 @@ function parseJson(text: string, what: string, reviver?: (k: string, v: unknown)
 export function parseJsonExact(text: string, what: string): unknown {
   let lossy: string | null = null;
   const reviver = function (_key: string, v: unknown, ctx?: { source?: string }): unknown {
-    if (lossy === null && typeof v === 'number' && ctx?.source !== undefined && !numberKeptExactly(v, ctx.source)) lossy = ctx.source;
+    if (
+      lossy === null &&
+      typeof v === 'number' &&
+      ctx?.source !== undefined &&
+      !numberKeptExactly(v, ctx.source)
+    )
+      lossy = ctx.source;
     return v;
   };
   const parsed = parseJson(text, what, reviver as (k: string, v: unknown) => unknown);
   if (lossy !== null) {
-    throw new IngestError(400, 'bad_number', `${what} has the number ${(lossy as string).slice(0, 40)}, which cannot be stored exactly (larger than a 64-bit float holds): send it as a string, or send the event as NDJSON (kept byte for byte)`);
+    throw new IngestError(
+      400,
+      'bad_number',
+      `${what} has the number ${(lossy as string).slice(0, 40)}, which cannot be stored exactly (larger than a 64-bit float holds): send it as a string, or send the event as NDJSON (kept byte for byte)`,
+    );
   }
   return parsed;
 }
@@ -66,7 +92,12 @@ export function serialiseJson(v: unknown, where: string): Buffer {
   try {
     return Buffer.from(JSON.stringify(v), 'utf8');
   } catch (e) {
-    if (e instanceof RangeError) throw new IngestError(400, 'bad_record', `${where} is nested too deeply to be re-serialised; send it as NDJSON (kept byte for byte)`);
+    if (e instanceof RangeError)
+      throw new IngestError(
+        400,
+        'bad_record',
+        `${where} is nested too deeply to be re-serialised; send it as NDJSON (kept byte for byte)`,
+      );
     throw e;
   }
 }
@@ -74,11 +105,18 @@ export function serialiseJson(v: unknown, where: string): Buffer {
 /** Header values must be strings: Kafka headers are bytes and we keep them text. */
 function parseHeaders(h: unknown, where: string): Record<string, string> | undefined {
   if (h === undefined || h === null) return undefined;
-  if (typeof h !== 'object' || Array.isArray(h)) throw new IngestError(400, 'bad_record', `${where}: "headers" must be an object of strings`);
+  if (typeof h !== 'object' || Array.isArray(h))
+    throw new IngestError(400, 'bad_record', `${where}: "headers" must be an object of strings`);
   const out: Record<string, string> = {};
   for (const [k, v] of Object.entries(h as Record<string, unknown>)) {
-    if (typeof v !== 'string') throw new IngestError(400, 'bad_record', `${where}: header "${k}" must be a string`);
-    if (k.startsWith('kedge-')) throw new IngestError(400, 'bad_record', `${where}: header "${k}" is reserved (kedge-* headers are set by kedge)`);
+    if (typeof v !== 'string')
+      throw new IngestError(400, 'bad_record', `${where}: header "${k}" must be a string`);
+    if (k.startsWith('kedge-'))
+      throw new IngestError(
+        400,
+        'bad_record',
+        `${where}: header "${k}" is reserved (kedge-* headers are set by kedge)`,
+      );
     out[k] = v;
   }
   return out;
@@ -87,17 +125,30 @@ function parseHeaders(h: unknown, where: string): Record<string, string> | undef
 function keyBytes(key: unknown, where: string): Buffer | null {
   if (key === undefined || key === null) return null;
   if (typeof key === 'string') return Buffer.from(key, 'utf8');
-  if (typeof key === 'number' || typeof key === 'boolean') return Buffer.from(JSON.stringify(key), 'utf8');
+  if (typeof key === 'number' || typeof key === 'boolean')
+    return Buffer.from(JSON.stringify(key), 'utf8');
   throw new IngestError(400, 'bad_record', `${where}: "key" must be a string, number or boolean`);
 }
 
 /** `{"records":[...]}` with nothing else is the envelope; any other JSON value is one event. */
 function isEnvelope(v: unknown): v is { records: unknown[] } {
-  return typeof v === 'object' && v !== null && !Array.isArray(v) && Array.isArray((v as { records?: unknown }).records) && Object.keys(v).length === 1;
+  return (
+    typeof v === 'object' &&
+    v !== null &&
+    !Array.isArray(v) &&
+    Array.isArray((v as { records?: unknown }).records) &&
+    Object.keys(v).length === 1
+  );
 }
 
-export function eventsFromBody(kind: BodyKind, body: Buffer, topic: string, queryKey: Buffer | null): EventInput[] {
-  if (body.length === 0) throw new IngestError(400, 'empty_body', 'the request body is empty: send at least one event');
+export function eventsFromBody(
+  kind: BodyKind,
+  body: Buffer,
+  topic: string,
+  queryKey: Buffer | null,
+): EventInput[] {
+  if (body.length === 0)
+    throw new IngestError(400, 'empty_body', 'the request body is empty: send at least one event');
   if (kind === 'raw') return [{ topic, key: queryKey, value: body, source: 'http' }];
 
   if (kind === 'ndjson') {
@@ -117,7 +168,8 @@ export function eventsFromBody(kind: BodyKind, body: Buffer, topic: string, quer
       // The event is the line's bytes exactly as received (not re-serialised).
       events.push({ topic, key: queryKey, value: Buffer.from(slice), source: 'http' });
     }
-    if (events.length === 0) throw new IngestError(400, 'empty_body', 'the NDJSON body has no events (only blank lines)');
+    if (events.length === 0)
+      throw new IngestError(400, 'empty_body', 'the NDJSON body has no events (only blank lines)');
     return events;
   }
 
@@ -126,17 +178,30 @@ export function eventsFromBody(kind: BodyKind, body: Buffer, topic: string, quer
   if (!isEnvelope(first)) return [{ topic, key: queryKey, value: body, source: 'http' }];
   // Only an envelope is re-serialised, so only an envelope needs the (slower) exact-number parse.
   const parsed = parseJsonExact(text, 'the body') as { records: unknown[] };
-  if (parsed.records.length === 0) throw new IngestError(400, 'empty_body', '"records" is empty: send at least one record');
+  if (parsed.records.length === 0)
+    throw new IngestError(400, 'empty_body', '"records" is empty: send at least one record');
   return parsed.records.map((r, i) => {
     const where = `records[${i}]`;
-    if (typeof r !== 'object' || r === null || Array.isArray(r)) throw new IngestError(400, 'bad_record', `${where} must be an object with "value"`);
+    if (typeof r !== 'object' || r === null || Array.isArray(r))
+      throw new IngestError(400, 'bad_record', `${where} must be an object with "value"`);
     const rec = r as Record<string, unknown>;
-    if (!('value' in rec) || rec.value === undefined) throw new IngestError(400, 'bad_record', `${where} has no "value"`);
+    if (!('value' in rec) || rec.value === undefined)
+      throw new IngestError(400, 'bad_record', `${where} has no "value"`);
     for (const k of Object.keys(rec)) {
-      if (k !== 'key' && k !== 'value' && k !== 'headers') throw new IngestError(400, 'bad_record', `${where}: unknown field "${k}" (expected key, value, headers)`);
+      if (k !== 'key' && k !== 'value' && k !== 'headers')
+        throw new IngestError(
+          400,
+          'bad_record',
+          `${where}: unknown field "${k}" (expected key, value, headers)`,
+        );
     }
     const headers = parseHeaders(rec.headers, where);
-    const ev: EventInput = { topic, key: keyBytes(rec.key, where) ?? queryKey, value: serialiseJson(rec.value, `${where}.value`), source: 'http' };
+    const ev: EventInput = {
+      topic,
+      key: keyBytes(rec.key, where) ?? queryKey,
+      value: serialiseJson(rec.value, `${where}.value`),
+      source: 'http',
+    };
     if (headers) ev.headers = headers;
     return ev;
   });

@@ -2,13 +2,18 @@
  * HTTP ingest and the local API on one listener. Ingest answers only after
  * the log committed the request's events (all of them, or none).
  */
-import { createServer as createHttpServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import {
+  createServer as createHttpServer,
+  type IncomingMessage,
+  type Server,
+  type ServerResponse,
+} from 'node:http';
 import { createServer as createHttpsServer } from 'node:https';
 import { readFileSync } from 'node:fs';
 import type { AddressInfo, Socket } from 'node:net';
 import { isValidTopic } from '../config.ts';
 import type { ListenAddress } from '../config.ts';
-import { LogWriteError } from '../log/types.ts';
+import { type AppendResult, LogWriteError } from '../log/types.ts';
 import { RateLimitedLog, type Logger } from '../observe/logger.ts';
 import type { Metrics } from '../observe/metrics.ts';
 import { bodyKind, eventsFromBody } from './bodies.ts';
@@ -79,7 +84,8 @@ export class HttpIngest {
     const handler = (req: IncomingMessage, res: ServerResponse) => {
       this.handle(req, res).catch((e) => {
         o.logger.error({ err: e }, 'http handler failed');
-        if (!res.headersSent) sendJson(res, 500, { error: 'internal', detail: 'internal error; see the agent log' });
+        if (!res.headersSent)
+          sendJson(res, 500, { error: 'internal', detail: 'internal error; see the agent log' });
         else res.destroy();
       });
     };
@@ -93,12 +99,24 @@ export class HttpIngest {
       keepAliveTimeout: lim.keepAliveTimeoutMs,
       // Node checks the two timeouts above only every connectionsCheckingInterval
       // (default 30 s, which would double them); check often, it is a cheap list walk.
-      connectionsCheckingInterval: Math.max(100, Math.min(1_000, Math.floor(lim.headersTimeoutMs / 4))),
+      connectionsCheckingInterval: Math.max(
+        100,
+        Math.min(1_000, Math.floor(lim.headersTimeoutMs / 4)),
+      ),
       maxHeaderSize: 16 * 1024,
     };
-    this.server = o.tlsCert && o.tlsKey
-      ? createHttpsServer({ ...serverOpts, handshakeTimeout: lim.headersTimeoutMs, cert: readFileSync(o.tlsCert), key: readFileSync(o.tlsKey) }, handler)
-      : createHttpServer(serverOpts, handler);
+    this.server =
+      o.tlsCert && o.tlsKey
+        ? createHttpsServer(
+            {
+              ...serverOpts,
+              handshakeTimeout: lim.headersTimeoutMs,
+              cert: readFileSync(o.tlsCert),
+              key: readFileSync(o.tlsKey),
+            },
+            handler,
+          )
+        : createHttpServer(serverOpts, handler);
     this.server.maxConnections = lim.maxConnections;
     // Measured: Node's headersTimeout never fires for a connection that sends
     // nothing at all, so a thousand silent sockets would hold every slot under
@@ -150,7 +168,14 @@ export class HttpIngest {
 
     if (path === '/healthz') return onlyGet(req, res, () => sendJson(res, 200, { status: 'ok' }));
     if (path === '/readyz') {
-      return onlyGet(req, res, () => (o.api.ready() ? sendJson(res, 200, { status: 'ready' }) : sendJson(res, 503, { error: 'not_ready', detail: 'the log is not open or kedge is shutting down' })));
+      return onlyGet(req, res, () =>
+        o.api.ready()
+          ? sendJson(res, 200, { status: 'ready' })
+          : sendJson(res, 503, {
+              error: 'not_ready',
+              detail: 'the log is not open or kedge is shutting down',
+            }),
+      );
     }
     if (path === '/metrics') {
       return onlyGet(req, res, async () => {
@@ -165,41 +190,59 @@ export class HttpIngest {
       if (!this.authorized(req, res)) return;
       await drain(req);
       const { persisted } = path.endsWith('pause') ? await o.api.pause() : await o.api.resume();
-      return sendJson(res, 200, { forwarding: path.endsWith('pause') ? 'paused' : 'running', persisted });
+      return sendJson(res, 200, {
+        forwarding: path.endsWith('pause') ? 'paused' : 'running',
+        persisted,
+      });
     }
 
     const v1 = TOPIC_PATH.exec(path);
     const rest = v1 ? null : REST_PROXY_PATH.exec(path);
     if (!v1 && !rest) {
       await drain(req);
-      return sendJson(res, 404, { error: 'not_found', detail: `no such endpoint: ${path} (ingest is POST /v1/topics/{topic})` });
+      return sendJson(res, 404, {
+        error: 'not_found',
+        detail: `no such endpoint: ${path} (ingest is POST /v1/topics/{topic})`,
+      });
     }
     if (method !== 'POST') return methodNotAllowed(req, res, 'POST');
     if (!this.authorized(req, res)) return;
 
     try {
       const topic = decodeTopic((v1 ?? rest)![1]);
-      if (!o.sink.ready) throw new IngestError(503, 'shutting_down', 'kedge is shutting down; retry shortly', { 'retry-after': '5' });
+      if (!o.sink.ready)
+        throw new IngestError(503, 'shutting_down', 'kedge is shutting down; retry shortly', {
+          'retry-after': '5',
+        });
       // The REST proxy content type is checked before the body is read, so a wrong client fails fast.
       const fmt = rest ? restFormat(req.headers['content-type']) : null;
       const body = await readBody(req, o.maxBody);
       const events = rest
         ? eventsFromRestProxy(fmt!, body, topic)
         : eventsFromBody(bodyKind(req.headers['content-type']), body, topic, queryKey(query));
-      let result;
+      let result: AppendResult;
       try {
         result = await o.sink.submit(events);
       } catch (e) {
         if (e instanceof LogWriteError) {
           const suppressed = this.refusedLog.shouldLog();
-          if (suppressed >= 0) o.logger.warn({ err: e.message, code: e.code, suppressed }, 'append refused: request answered with an error, nothing stored');
-          if (e.code === 'KEDGE_DISK_FULL' || e.code === 'KEDGE_QUOTA_FULL') throw new IngestError(507, 'insufficient_storage', e.message, { 'retry-after': '30' });
+          if (suppressed >= 0)
+            o.logger.warn(
+              { err: e.message, code: e.code, suppressed },
+              'append refused: request answered with an error, nothing stored',
+            );
+          if (e.code === 'KEDGE_DISK_FULL' || e.code === 'KEDGE_QUOTA_FULL')
+            throw new IngestError(507, 'insufficient_storage', e.message, { 'retry-after': '30' });
           throw new IngestError(503, 'log_unavailable', e.message, { 'retry-after': '5' });
         }
         throw e;
       }
       if (rest) return sendJson(res, 200, restProxyAnswer(result));
-      return sendJson(res, 200, { accepted: events.length, first_seq: result.firstSeq, last_seq: result.lastSeq });
+      return sendJson(res, 200, {
+        accepted: events.length,
+        first_seq: result.firstSeq,
+        last_seq: result.lastSeq,
+      });
     } catch (e) {
       if (!(e instanceof IngestError)) throw e;
       o.metrics.rejected.inc({ source: 'http', reason: e.error });
@@ -228,7 +271,10 @@ export class HttpIngest {
     res.setHeader('www-authenticate', 'Bearer realm="kedge"');
     res.setHeader('connection', 'close');
     req.resume();
-    sendJson(res, 401, { error: 'unauthorized', detail: 'missing or wrong bearer token (Authorization: Bearer <KEDGE_HTTP_TOKEN>)' });
+    sendJson(res, 401, {
+      error: 'unauthorized',
+      detail: 'missing or wrong bearer token (Authorization: Bearer <KEDGE_HTTP_TOKEN>)',
+    });
     return false;
   }
 }
@@ -241,7 +287,11 @@ function decodeTopic(raw: string): string {
     throw new IngestError(400, 'bad_topic', 'the topic in the path is not valid percent-encoding');
   }
   if (!isValidTopic(topic)) {
-    throw new IngestError(400, 'bad_topic', `topic "${topic.slice(0, 300)}" is not a valid Kafka topic name (1-249 characters of a-z A-Z 0-9 . _ -, not "." or "..")`);
+    throw new IngestError(
+      400,
+      'bad_topic',
+      `topic "${topic.slice(0, 300)}" is not a valid Kafka topic name (1-249 characters of a-z A-Z 0-9 . _ -, not "." or "..")`,
+    );
   }
   return topic;
 }
@@ -259,7 +309,13 @@ function queryKey(query: URLSearchParams): Buffer | null {
 function readBody(req: IncomingMessage, max: number): Promise<Buffer> {
   const declared = Number(req.headers['content-length']);
   if (Number.isFinite(declared) && declared > max) {
-    return Promise.reject(new IngestError(413, 'payload_too_large', `the body is ${declared} bytes; the limit is ${max} bytes (KEDGE_HTTP_MAX_BODY)`));
+    return Promise.reject(
+      new IngestError(
+        413,
+        'payload_too_large',
+        `the body is ${declared} bytes; the limit is ${max} bytes (KEDGE_HTTP_MAX_BODY)`,
+      ),
+    );
   }
   const discardCap = Math.max(4 * max, 4 * 1024 * 1024);
   return new Promise((resolve, reject) => {
@@ -267,7 +323,12 @@ function readBody(req: IncomingMessage, max: number): Promise<Buffer> {
     let size = 0;
     let tooLarge = false;
     let settled = false;
-    const tooLargeError = () => new IngestError(413, 'payload_too_large', `the body is larger than the limit of ${max} bytes (KEDGE_HTTP_MAX_BODY)`);
+    const tooLargeError = () =>
+      new IngestError(
+        413,
+        'payload_too_large',
+        `the body is larger than the limit of ${max} bytes (KEDGE_HTTP_MAX_BODY)`,
+      );
     req.on('data', (c: Buffer) => {
       size += c.length;
       if (tooLarge) {
@@ -292,7 +353,10 @@ function readBody(req: IncomingMessage, max: number): Promise<Buffer> {
       else resolve(chunks.length === 1 ? chunks[0] : Buffer.concat(chunks, size));
     });
     req.once('error', (e) => {
-      if (!settled) reject(new IngestError(400, 'bad_request', `the request body could not be read: ${e.message}`));
+      if (!settled)
+        reject(
+          new IngestError(400, 'bad_request', `the request body could not be read: ${e.message}`),
+        );
       settled = true;
     });
     req.once('aborted', () => {
@@ -312,7 +376,11 @@ async function drain(req: IncomingMessage): Promise<void> {
   });
 }
 
-async function onlyGet(req: IncomingMessage, res: ServerResponse, fn: () => void | Promise<void>): Promise<void> {
+async function onlyGet(
+  req: IncomingMessage,
+  res: ServerResponse,
+  fn: () => void | Promise<void>,
+): Promise<void> {
   if (req.method !== 'GET' && req.method !== 'HEAD') return methodNotAllowed(req, res, 'GET');
   await drain(req);
   await fn();
@@ -321,11 +389,17 @@ async function onlyGet(req: IncomingMessage, res: ServerResponse, fn: () => void
 function methodNotAllowed(req: IncomingMessage, res: ServerResponse, allow: string): void {
   req.resume();
   res.setHeader('allow', allow);
-  sendJson(res, 405, { error: 'method_not_allowed', detail: `${req.method} is not allowed here; use ${allow}` });
+  sendJson(res, 405, {
+    error: 'method_not_allowed',
+    detail: `${req.method} is not allowed here; use ${allow}`,
+  });
 }
 
 function sendJson(res: ServerResponse, status: number, body: unknown): void {
   const text = JSON.stringify(body);
-  res.writeHead(status, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(text) });
+  res.writeHead(status, {
+    'content-type': 'application/json',
+    'content-length': Buffer.byteLength(text),
+  });
   res.end(text);
 }

@@ -15,11 +15,17 @@
  * Local fan-out to subscribers still happens after the append (aedes publishes
  * once the hook passed), so devices can also talk to each other through kedge.
  */
-import { createServer as createNetServer, type AddressInfo, type Server, type Socket } from 'node:net';
+import {
+  createServer as createNetServer,
+  type AddressInfo,
+  type Server,
+  type Socket,
+} from 'node:net';
 import { createServer as createTlsServer } from 'node:tls';
 import { readFileSync } from 'node:fs';
 import type { EventEmitter } from 'node:events';
 import { Aedes, type Client, type PublishPacket } from 'aedes';
+import type { EventInput } from '../log/types.ts';
 import type { IngestSink } from './sink.ts';
 import type { Metrics } from '../observe/metrics.ts';
 import { RateLimitedLog, type Logger } from '../observe/logger.ts';
@@ -128,7 +134,15 @@ export class MqttBrokerIngest {
   /** Per connection, while a PUBLISH of it still waits to issue its append: settles once the latest one has. */
   private readonly issueTails = new WeakMap<Client, Promise<void>>();
   private readonly counts = { connections: 0, received: 0, ingested: 0 };
-  private readonly refusedCounts: Record<MqttRefusal, number> = { oversize: 0, log: 0, stopping: 0, auth: 0, protocol: 0, 'sys-topic': 0, malformed: 0 };
+  private readonly refusedCounts: Record<MqttRefusal, number> = {
+    oversize: 0,
+    log: 0,
+    stopping: 0,
+    auth: 0,
+    protocol: 0,
+    'sys-topic': 0,
+    malformed: 0,
+  };
   private readonly logs = {
     oversize: new RateLimitedLog(10_000),
     auth: new RateLimitedLog(10_000),
@@ -140,7 +154,10 @@ export class MqttBrokerIngest {
   constructor(opts: MqttBrokerIngestOptions) {
     this.opts = opts;
     this.logger = opts.logger.child({ component: 'mqtt-broker' });
-    this.mapper = new MqttEventMapper({ kafkaTopic: opts.kafkaTopic, prefixLength: opts.topicPrefixLength });
+    this.mapper = new MqttEventMapper({
+      kafkaTopic: opts.kafkaTopic,
+      prefixLength: opts.topicPrefixLength,
+    });
     this.m = mqttMetrics(opts.metrics.registry);
   }
 
@@ -153,7 +170,10 @@ export class MqttBrokerIngest {
       try {
         tls = { cert: readFileSync(o.tlsCert), key: readFileSync(o.tlsKey) };
       } catch (err) {
-        throw new Error(`KEDGE_MQTT_TLS_CERT/KEDGE_MQTT_TLS_KEY: cannot read ${(err as NodeJS.ErrnoException).path ?? 'the files'} (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})`, { cause: err });
+        throw new Error(
+          `KEDGE_MQTT_TLS_CERT/KEDGE_MQTT_TLS_KEY: cannot read ${(err as NodeJS.ErrnoException).path ?? 'the files'} (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})`,
+          { cause: err },
+        );
       }
     }
     const broker = new Aedes({
@@ -163,7 +183,11 @@ export class MqttBrokerIngest {
         if (packet.protocolVersion === 5) {
           // aedes answers CONNACK "unacceptable protocol version"; make it visible to the operator.
           this.refuse('protocol');
-          if (this.logs.protocol.shouldLog() >= 0) this.logger.warn({ clientId: packet.clientId, remote: remoteOf(client) }, 'MQTT 5 client refused: the embedded broker speaks MQTT 3.1.1 (set the client to protocol version 4)');
+          if (this.logs.protocol.shouldLog() >= 0)
+            this.logger.warn(
+              { clientId: packet.clientId, remote: remoteOf(client) },
+              'MQTT 5 client refused: the embedded broker speaks MQTT 3.1.1 (set the client to protocol version 4)',
+            );
         }
         // No broker-side sessions: aedes keeps them in memory, and a subscriber
         // that asked for one and never came back would grow it without bound.
@@ -172,7 +196,8 @@ export class MqttBrokerIngest {
         packet.clean = true;
         cb(null, true);
       },
-      authenticate: (client, username, password, cb) => this.authenticate(client, username, password, cb),
+      authenticate: (client, username, password, cb) =>
+        this.authenticate(client, username, password, cb),
       authorizePublish: (client, packet, cb) => this.authorizePublish(client, packet, cb),
     });
     // aedes emits 'error' for persistence failures; an unhandled 'error' event would kill the agent.
@@ -208,15 +233,31 @@ export class MqttBrokerIngest {
       await new Promise<void>((r) => broker.close(() => r()));
       this.broker = null;
       const code = (err as NodeJS.ErrnoException).code;
-      const why = code === 'EADDRINUSE' ? 'address already in use (another MQTT broker running?)' : code === 'EACCES' ? 'permission denied' : code === 'EADDRNOTAVAIL' ? 'no such local address' : (err as Error).message;
-      throw new Error(`KEDGE_MQTT_LISTEN ${o.listen.host}:${o.listen.port}: ${why}`, { cause: err });
+      const why =
+        code === 'EADDRINUSE'
+          ? 'address already in use (another MQTT broker running?)'
+          : code === 'EACCES'
+            ? 'permission denied'
+            : code === 'EADDRNOTAVAIL'
+              ? 'no such local address'
+              : (err as Error).message;
+      throw new Error(`KEDGE_MQTT_LISTEN ${o.listen.host}:${o.listen.port}: ${why}`, {
+        cause: err,
+      });
     }
     server.on('error', (err) => this.noteError(`listener: ${err.message}`));
     // Past the cap the OS still accepts, Node closes at once: idle sockets cannot exhaust file descriptors.
     server.maxConnections = o.maxConnections ?? 1024;
     this.address = server.address() as AddressInfo;
     this.setState('listening');
-    this.logger.info({ listen: `${this.address.address}:${this.address.port}`, tls: this.tls, auth: this.opts.username !== null }, 'embedded MQTT broker listening');
+    this.logger.info(
+      {
+        listen: `${this.address.address}:${this.address.port}`,
+        tls: this.tls,
+        auth: this.opts.username !== null,
+      },
+      'embedded MQTT broker listening',
+    );
     return this.address;
   }
 
@@ -303,10 +344,12 @@ export class MqttBrokerIngest {
       parseErrors.add(err);
       if (!(err instanceof OversizeError)) this.refuse('malformed');
     });
-    if (typeof parser._parseLength !== 'function' || typeof parser._emitError !== 'function') return;
+    if (typeof parser._parseLength !== 'function' || typeof parser._emitError !== 'function')
+      return;
     const original = parser._parseLength;
     const maxPublish = this.opts.maxPayload + PUBLISH_OVERHEAD;
-    const onOversize = (cmd: string, length: number) => this.oversize(client, cmd === 'publish' ? '(not read)' : `(${cmd} packet)`, length);
+    const onOversize = (cmd: string, length: number) =>
+      this.oversize(client, cmd === 'publish' ? '(not read)' : `(${cmd} packet)`, length);
     parser._parseLength = function (this: ParserInternals): boolean {
       const ok = original.call(this);
       if (ok) {
@@ -321,7 +364,12 @@ export class MqttBrokerIngest {
     };
   }
 
-  private authenticate(client: Client, username: string | undefined, password: Buffer | undefined, cb: (err: (Error & { returnCode: number }) | null, ok: boolean | null) => void): void {
+  private authenticate(
+    client: Client,
+    username: string | undefined,
+    password: Buffer | undefined,
+    cb: (err: (Error & { returnCode: number }) | null, ok: boolean | null) => void,
+  ): void {
     const o = this.opts;
     if (o.username === null) {
       cb(null, true);
@@ -330,19 +378,30 @@ export class MqttBrokerIngest {
     // Both comparisons always run (constant time, no early exit on the user name).
     // latin1 maps bytes to characters one to one, so the password is compared byte for byte.
     const userOk = tokenMatches(username ?? '', o.username);
-    const passOk = tokenMatches(password ? password.toString('latin1') : '', Buffer.from(o.password ?? '', 'utf8').toString('latin1'));
+    const passOk = tokenMatches(
+      password ? password.toString('latin1') : '',
+      Buffer.from(o.password ?? '', 'utf8').toString('latin1'),
+    );
     if (userOk && passOk) {
       cb(null, true);
       return;
     }
     this.refuse('auth');
     const n = this.logs.auth.shouldLog();
-    if (n >= 0) this.logger.warn({ clientId: client.id, remote: remoteOf(client), suppressed: n }, 'MQTT client refused: wrong or missing username/password');
+    if (n >= 0)
+      this.logger.warn(
+        { clientId: client.id, remote: remoteOf(client), suppressed: n },
+        'MQTT client refused: wrong or missing username/password',
+      );
     // CONNACK return code 5, "not authorized".
     cb(Object.assign(new Error('not authorized'), { returnCode: 5 }), null);
   }
 
-  private authorizePublish(client: Client | null, packet: PublishPacket, cb: (err?: Error | null) => void): void {
+  private authorizePublish(
+    client: Client | null,
+    packet: PublishPacket,
+    cb: (err?: Error | null) => void,
+  ): void {
     const done = (err: Error | null) => {
       try {
         cb(err);
@@ -369,7 +428,11 @@ export class MqttBrokerIngest {
     const size = typeof payload === 'string' ? Buffer.byteLength(payload) : payload.length;
     if (size > this.opts.maxPayload) {
       this.oversize(client, topic, size);
-      done(new OversizeError(`payload of ${size} bytes exceeds KEDGE_MQTT_MAX_PAYLOAD (${this.opts.maxPayload})`));
+      done(
+        new OversizeError(
+          `payload of ${size} bytes exceeds KEDGE_MQTT_MAX_PAYLOAD (${this.opts.maxPayload})`,
+        ),
+      );
       return;
     }
     if (this.stopping || !this.opts.sink.ready) {
@@ -384,10 +447,12 @@ export class MqttBrokerIngest {
     // A QoS 2 retransmission of a packet already stored (PUBREC lost) must not be appended twice.
     const stored =
       packet.qos === 2 && client && broker
-        ? (broker as Aedes & { persistence: IncomingStore }).persistence.incomingGetPacket(client, packet).then(
-            () => true,
-            () => false,
-          )
+        ? (broker as Aedes & { persistence: IncomingStore }).persistence
+            .incomingGetPacket(client, packet)
+            .then(
+              () => true,
+              () => false,
+            )
         : null;
     this.inArrivalOrder(client, stored, (duplicate) => {
       if (!duplicate) {
@@ -408,7 +473,11 @@ export class MqttBrokerIngest {
    * commit is done, and with nothing waiting the append is issued at once, in
    * the same tick as its neighbours, so they keep sharing one group commit.
    */
-  private inArrivalOrder(client: Client | null, stored: Promise<boolean> | null, issue: (duplicate: boolean) => void): void {
+  private inArrivalOrder(
+    client: Client | null,
+    stored: Promise<boolean> | null,
+    issue: (duplicate: boolean) => void,
+  ): void {
     const earlier = client ? this.issueTails.get(client) : undefined;
     if (!earlier && !stored) {
       issue(false);
@@ -420,13 +489,21 @@ export class MqttBrokerIngest {
         issue(duplicate === true);
       })
       // Keeps the chain alive should `issue` ever throw: every later message of the connection would wait forever, unacknowledged.
-      .catch((err: unknown) => this.noteError(`MQTT append could not be issued: ${(err as Error)?.message ?? String(err)}`));
+      .catch((err: unknown) =>
+        this.noteError(
+          `MQTT append could not be issued: ${(err as Error)?.message ?? String(err)}`,
+        ),
+      );
     if (client) this.issueTails.set(client, tail);
   }
 
   /** Called with `pending` already counted for this message. */
-  private append(client: Client | null, packet: PublishPacket, done: (err: Error | null) => void): void {
-    let event;
+  private append(
+    client: Client | null,
+    packet: PublishPacket,
+    done: (err: Error | null) => void,
+  ): void {
+    let event: EventInput;
     try {
       event = this.mapper.event(packet.topic, packet.payload);
     } catch (err) {
@@ -443,9 +520,15 @@ export class MqttBrokerIngest {
       (err: unknown) => {
         this.refuse('log');
         const code = (err as { code?: string })?.code;
-        this.noteError(`log refused an MQTT message: ${code ?? ''} ${(err as Error)?.message ?? String(err)}`.trim());
+        this.noteError(
+          `log refused an MQTT message: ${code ?? ''} ${(err as Error)?.message ?? String(err)}`.trim(),
+        );
         const n = this.logs.append.shouldLog();
-        if (n >= 0) this.logger.error({ err, code, clientId: client?.id, suppressed: n }, 'log append failed: MQTT message not acknowledged, connection closed');
+        if (n >= 0)
+          this.logger.error(
+            { err, code, clientId: client?.id, suppressed: n },
+            'log append failed: MQTT message not acknowledged, connection closed',
+          );
         this.settle();
         done(err instanceof Error ? err : new Error(String(err)));
       },
@@ -465,7 +548,17 @@ export class MqttBrokerIngest {
     this.refuse('oversize');
     const n = this.logs.oversize.shouldLog();
     if (n >= 0) {
-      this.logger.warn({ clientId: client?.id, remote: client ? remoteOf(client) : undefined, mqttTopic: topic.slice(0, 200), bytes: size, maxPayload: this.opts.maxPayload, suppressed: n }, 'MQTT payload larger than KEDGE_MQTT_MAX_PAYLOAD refused: connection closed, nothing stored');
+      this.logger.warn(
+        {
+          clientId: client?.id,
+          remote: client ? remoteOf(client) : undefined,
+          mqttTopic: topic.slice(0, 200),
+          bytes: size,
+          maxPayload: this.opts.maxPayload,
+          suppressed: n,
+        },
+        'MQTT payload larger than KEDGE_MQTT_MAX_PAYLOAD refused: connection closed, nothing stored',
+      );
     }
   }
 
@@ -474,7 +567,16 @@ export class MqttBrokerIngest {
     if (kind !== null) this.opts.metrics.mqttProtocolErrors.inc({ kind });
     if (err instanceof OversizeError) return; // counted and logged where it was detected
     const n = this.logs.client.shouldLog();
-    if (n >= 0) this.logger.info({ clientId: client?.id ?? null, remote: client ? remoteOf(client) : undefined, err: err.message, suppressed: n }, 'MQTT client connection closed on error');
+    if (n >= 0)
+      this.logger.info(
+        {
+          clientId: client?.id ?? null,
+          remote: client ? remoteOf(client) : undefined,
+          err: err.message,
+          suppressed: n,
+        },
+        'MQTT client connection closed on error',
+      );
   }
 
   private refuse(reason: MqttRefusal): void {

@@ -13,6 +13,7 @@
  * message per commit.
  */
 import mqtt, { type IClientOptions, type IPublishPacket, type MqttClient } from 'mqtt';
+import type { EventInput } from '../log/types.ts';
 import type { IngestSink } from './sink.ts';
 import type { Metrics } from '../observe/metrics.ts';
 import { RateLimitedLog, type Logger } from '../observe/logger.ts';
@@ -105,7 +106,14 @@ export class MqttClientIngest {
   private appendFailing = false;
   private lastError: string | null = null;
   private lastErrorAt: number | null = null;
-  private readonly counts = { connects: 0, received: 0, ingested: 0, retainedSkipped: 0, oversize: 0, appendFailures: 0 };
+  private readonly counts = {
+    connects: 0,
+    received: 0,
+    ingested: 0,
+    retainedSkipped: 0,
+    oversize: 0,
+    appendFailures: 0,
+  };
   private readonly oversizeLog = new RateLimitedLog(10_000);
   private readonly failLog = new RateLimitedLog(10_000);
   private readonly errorLog = new RateLimitedLog(10_000);
@@ -114,7 +122,10 @@ export class MqttClientIngest {
   constructor(opts: MqttClientIngestOptions) {
     this.opts = opts;
     this.logger = opts.logger.child({ component: 'mqtt-client' });
-    this.mapper = new MqttEventMapper({ kafkaTopic: opts.kafkaTopic, prefixLength: opts.topicPrefixLength });
+    this.mapper = new MqttEventMapper({
+      kafkaTopic: opts.kafkaTopic,
+      prefixLength: opts.topicPrefixLength,
+    });
     this.m = mqttMetrics(opts.metrics.registry);
     this.clientId = opts.clientId ?? `kedge-${opts.agentId}`;
     this.protocol = opts.protocolVersion ?? 5;
@@ -133,7 +144,9 @@ export class MqttClientIngest {
     client.on('error', (err) => this.onError(err));
     client.on('close', () => this.onClose());
     // MQTT 5 brokers say why they end a session (e.g. 0x8B server shutting down).
-    client.on('disconnect', (p) => this.noteError(`broker sent DISCONNECT (reason code ${p.reasonCode ?? 0})`));
+    client.on('disconnect', (p) =>
+      this.noteError(`broker sent DISCONNECT (reason code ${p.reasonCode ?? 0})`),
+    );
     await this.whenSubscribed(this.opts.startWaitMs ?? 5_000);
   }
 
@@ -152,8 +165,15 @@ export class MqttClientIngest {
       if (this.inflight) await withTimeout(this.inflight, 5_000);
       // Let the PUBACK of that last message reach the socket before DISCONNECT.
       await new Promise((r) => setImmediate(r));
-      await withTimeout(new Promise<void>((resolve) => client.end(false, {}, () => resolve())), 2_000);
-      if (!client.disconnected) await withTimeout(new Promise<void>((resolve) => client.end(true, {}, () => resolve())), 1_000);
+      await withTimeout(
+        new Promise<void>((resolve) => client.end(false, {}, () => resolve())),
+        2_000,
+      );
+      if (!client.disconnected)
+        await withTimeout(
+          new Promise<void>((resolve) => client.end(true, {}, () => resolve())),
+          1_000,
+        );
     }
     this.subscribed = false;
     this.m.linkUp.set(0);
@@ -211,7 +231,10 @@ export class MqttClientIngest {
     };
     if (this.opts.username !== null) o.username = this.opts.username;
     if (this.opts.password !== null) o.password = this.opts.password;
-    if (this.protocol === 5) o.properties = { sessionExpiryInterval: this.opts.sessionExpirySeconds ?? DEFAULT_SESSION_EXPIRY_S };
+    if (this.protocol === 5)
+      o.properties = {
+        sessionExpiryInterval: this.opts.sessionExpirySeconds ?? DEFAULT_SESSION_EXPIRY_S,
+      };
     return o;
   }
 
@@ -236,11 +259,20 @@ export class MqttClientIngest {
       this.counts.oversize++;
       this.refuse('oversize');
       const n = this.oversizeLog.shouldLog();
-      if (n >= 0) this.logger.warn({ mqttTopic: topic.slice(0, 200), bytes: size, maxPayload: this.opts.maxPayload, suppressed: n }, 'MQTT payload larger than KEDGE_MQTT_MAX_PAYLOAD dropped (acknowledged, not stored)');
+      if (n >= 0)
+        this.logger.warn(
+          {
+            mqttTopic: topic.slice(0, 200),
+            bytes: size,
+            maxPayload: this.opts.maxPayload,
+            suppressed: n,
+          },
+          'MQTT payload larger than KEDGE_MQTT_MAX_PAYLOAD dropped (acknowledged, not stored)',
+        );
       cb();
       return;
     }
-    let event;
+    let event: EventInput;
     try {
       event = this.mapper.event(topic, payload);
     } catch (err) {
@@ -263,7 +295,8 @@ export class MqttClientIngest {
         // (stored twice: at-least-once).
         if (generation === this.generation) cb();
       },
-      (err: unknown) => this.appendFailed(err, packet.qos, generation === this.generation ? stream : undefined, cb),
+      (err: unknown) =>
+        this.appendFailed(err, packet.qos, generation === this.generation ? stream : undefined, cb),
     );
     this.inflight = p;
     void p.finally(() => {
@@ -275,13 +308,26 @@ export class MqttClientIngest {
    * QoS 1/2: no PUBACK, and drop the connection so the broker redelivers (MQTT.js
    * has no way to ask for one message again). QoS 0 has no ack: counted, gone.
    */
-  private appendFailed(err: unknown, qos: number, stream: { destroy(): void } | undefined, cb?: (err?: Error) => void): void {
+  private appendFailed(
+    err: unknown,
+    qos: number,
+    stream: { destroy(): void } | undefined,
+    cb?: (err?: Error) => void,
+  ): void {
     this.counts.appendFailures++;
     this.refuse('log');
     const code = (err as { code?: string })?.code;
-    this.noteError(`log refused an MQTT message: ${code ?? ''} ${(err as Error)?.message ?? String(err)}`.trim());
+    this.noteError(
+      `log refused an MQTT message: ${code ?? ''} ${(err as Error)?.message ?? String(err)}`.trim(),
+    );
     const n = this.failLog.shouldLog();
-    if (n >= 0) this.logger.error({ err, code, qos, suppressed: n }, qos > 0 ? 'log append failed: MQTT message not acknowledged, reconnecting so the broker redelivers it' : 'log append failed: QoS 0 MQTT message lost');
+    if (n >= 0)
+      this.logger.error(
+        { err, code, qos, suppressed: n },
+        qos > 0
+          ? 'log append failed: MQTT message not acknowledged, reconnecting so the broker redelivers it'
+          : 'log append failed: QoS 0 MQTT message lost',
+      );
     if (qos === 0) {
       cb?.();
       return;
@@ -297,7 +343,10 @@ export class MqttClientIngest {
     if (!this.appendFailing) this.backoff?.reset();
     this.setState('up');
     this.m.linkUp.set(1);
-    this.logger.info({ clientId: this.clientId, protocol: this.protocol === 5 ? '5' : '3.1.1', sessionPresent }, 'connected to MQTT broker');
+    this.logger.info(
+      { clientId: this.clientId, protocol: this.protocol === 5 ? '5' : '3.1.1', sessionPresent },
+      'connected to MQTT broker',
+    );
     // Subscribe on a new session, and once per process run so a changed KEDGE_MQTT_TOPICS takes effect.
     // On a resumed session the subscriptions exist already; re-subscribing would make a 3.1.1 broker replay retained messages.
     if (!sessionPresent || this.firstSubscribe) this.subscribe();
@@ -319,9 +368,16 @@ export class MqttClientIngest {
       const downgraded = (granted ?? []).filter((g) => g.qos === 0);
       if (refused.length > 0) {
         this.noteError(`broker refused subscription to ${refused.map((g) => g.topic).join(', ')}`);
-        this.logger.error({ filters: refused.map((g) => g.topic) }, 'MQTT broker refused subscriptions (check its ACL)');
+        this.logger.error(
+          { filters: refused.map((g) => g.topic) },
+          'MQTT broker refused subscriptions (check its ACL)',
+        );
       }
-      if (downgraded.length > 0) this.logger.warn({ filters: downgraded.map((g) => g.topic) }, 'MQTT broker granted QoS 0 only: those messages are not redelivered after an outage');
+      if (downgraded.length > 0)
+        this.logger.warn(
+          { filters: downgraded.map((g) => g.topic) },
+          'MQTT broker granted QoS 0 only: those messages are not redelivered after an outage',
+        );
       this.firstSubscribe = false;
       this.markSubscribed();
     });
@@ -334,16 +390,25 @@ export class MqttClientIngest {
 
   private onError(err: Error & { code?: number | string }): void {
     const code = err.code;
-    if (this.protocol === 5 && typeof code === 'number' && UNSUPPORTED_PROTOCOL.has(code) && this.negotiated === null) {
+    if (
+      this.protocol === 5 &&
+      typeof code === 'number' &&
+      UNSUPPORTED_PROTOCOL.has(code) &&
+      this.negotiated === null
+    ) {
       // Decided on the broker's explicit refusal only: a network error must not downgrade the session for good.
-      this.logger.warn({ url: redactUrl(this.opts.url) }, 'MQTT broker does not speak MQTT 5: using 3.1.1');
+      this.logger.warn(
+        { url: redactUrl(this.opts.url) },
+        'MQTT broker does not speak MQTT 5: using 3.1.1',
+      );
       this.protocol = 4;
       this.backoff?.reset();
       return;
     }
     this.noteError(err.message);
     const n = this.errorLog.shouldLog();
-    if (n >= 0) this.logger.warn({ err: err.message, code, suppressed: n }, 'MQTT connection error');
+    if (n >= 0)
+      this.logger.warn({ err: err.message, code, suppressed: n }, 'MQTT connection error');
   }
 
   private onClose(): void {
@@ -352,16 +417,21 @@ export class MqttClientIngest {
     this.subscribed = false;
     this.m.linkUp.set(0);
     if (this.stopping) return;
-    if (wasUp && (this.lastErrorAt === null || Date.now() - this.lastErrorAt > 1_000)) this.noteError('connection to the MQTT broker closed');
+    if (wasUp && (this.lastErrorAt === null || Date.now() - this.lastErrorAt > 1_000))
+      this.noteError('connection to the MQTT broker closed');
     this.setState(this.counts.connects === 0 && !wasUp ? 'connecting' : 'down');
-    if (wasUp) this.logger.warn({ lastError: this.lastError }, 'MQTT broker connection lost: reconnecting');
+    if (wasUp)
+      this.logger.warn({ lastError: this.lastError }, 'MQTT broker connection lost: reconnecting');
     this.scheduleReconnect();
   }
 
   private scheduleReconnect(): void {
     if (this.reconnectTimer || this.stopping) return;
     // Capped exponential with jitter: a fleet that lost the same broker must not come back in lockstep.
-    this.backoff ??= new Backoff(this.opts.reconnectMinMs ?? 500, this.opts.reconnectMaxMs ?? 30_000);
+    this.backoff ??= new Backoff(
+      this.opts.reconnectMinMs ?? 500,
+      this.opts.reconnectMaxMs ?? 30_000,
+    );
     const delay = this.backoff.next();
     this.reconnectTimer = setTimeout(() => {
       this.reconnectTimer = null;
@@ -406,5 +476,11 @@ export function redactUrl(url: string): string {
 
 function withTimeout(p: Promise<unknown>, ms: number): Promise<void> {
   let t: NodeJS.Timeout;
-  return Promise.race([p.then(() => undefined, () => undefined), new Promise<void>((r) => (t = setTimeout(r, ms)))]).finally(() => clearTimeout(t));
+  return Promise.race([
+    p.then(
+      () => undefined,
+      () => undefined,
+    ),
+    new Promise<void>((r) => (t = setTimeout(r, ms))),
+  ]).finally(() => clearTimeout(t));
 }

@@ -31,7 +31,10 @@ export function kafkaTopicName(mqttTopic: string, prefixLength = 0): string {
   let name = mqttTopic.replace(/\//g, '.').replace(/[^a-zA-Z0-9._-]/gu, '_');
   if (name.length > max) {
     const hash = createHash('sha256').update(mqttTopic, 'utf8').digest('hex').slice(0, 8);
-    name = max > hash.length + 1 ? `${name.slice(0, max - hash.length - 1)}_${hash}` : name.slice(0, max);
+    name =
+      max > hash.length + 1
+        ? `${name.slice(0, max - hash.length - 1)}_${hash}`
+        : name.slice(0, max);
   }
   // `.` and `..` are the only all-legal names Kafka still refuses (MQTT topics "/" and "//").
   if (name === '' || name === '.' || name === '..') name = '_'.repeat(Math.max(1, name.length));
@@ -62,7 +65,11 @@ export class MqttEventMapper {
 
   /** Key = the MQTT topic's bytes, header `mqtt-topic` = the MQTT topic, value = the payload bytes exactly. */
   event(mqttTopic: string, payload: Buffer | Uint8Array | string): EventInput {
-    const value = Buffer.isBuffer(payload) ? payload : typeof payload === 'string' ? Buffer.from(payload, 'utf8') : Buffer.from(payload.buffer, payload.byteOffset, payload.byteLength);
+    const value = Buffer.isBuffer(payload)
+      ? payload
+      : typeof payload === 'string'
+        ? Buffer.from(payload, 'utf8')
+        : Buffer.from(payload.buffer, payload.byteOffset, payload.byteLength);
     return {
       topic: this.kafkaTopic(mqttTopic),
       key: Buffer.from(mqttTopic, 'utf8'),
@@ -102,34 +109,55 @@ export interface MqttMetrics {
 
 /** The kedge_mqtt_* metrics on `registry`, created on first use. */
 export function mqttMetrics(registry: Registry): MqttMetrics {
-  const get = <T>(name: string, make: () => T): T => (registry.getSingleMetric(name) as T | undefined) ?? make();
+  const get = <T>(name: string, make: () => T): T =>
+    (registry.getSingleMetric(name) as T | undefined) ?? make();
   const registers = [registry];
   return {
-    refused: get('kedge_mqtt_refused_total', () => new Counter({
-      name: 'kedge_mqtt_refused_total',
-      help: 'MQTT messages or connections refused (nothing stored); reason oversize = payload above KEDGE_MQTT_MAX_PAYLOAD, dropped for good',
-      labelNames: ['mode', 'reason'] as const,
-      registers,
-    })),
-    retainedSkipped: get('kedge_mqtt_retained_skipped_total', () => new Counter({
-      name: 'kedge_mqtt_retained_skipped_total',
-      help: 'Retained messages replayed by the broker on subscribe and not stored (KEDGE_MQTT_RETAINED=skip)',
-      registers,
-    })),
-    linkUp: get('kedge_mqtt_link_up', () => new Gauge({
-      name: 'kedge_mqtt_link_up',
-      help: 'Client mode: 1 while connected and subscribed to the MQTT broker, else 0',
-      registers,
-    })),
-    reconnects: get('kedge_mqtt_reconnects_total', () => new Counter({
-      name: 'kedge_mqtt_reconnects_total',
-      help: 'Client mode: connection attempts after the first',
-      registers,
-    })),
-    clients: get('kedge_mqtt_clients', () => new Gauge({
-      name: 'kedge_mqtt_clients',
-      help: 'Embedded broker: connected MQTT clients',
-      registers,
-    })),
+    refused: get(
+      'kedge_mqtt_refused_total',
+      () =>
+        new Counter({
+          name: 'kedge_mqtt_refused_total',
+          help: 'MQTT messages or connections refused (nothing stored); reason oversize = payload above KEDGE_MQTT_MAX_PAYLOAD, dropped for good',
+          labelNames: ['mode', 'reason'] as const,
+          registers,
+        }),
+    ),
+    retainedSkipped: get(
+      'kedge_mqtt_retained_skipped_total',
+      () =>
+        new Counter({
+          name: 'kedge_mqtt_retained_skipped_total',
+          help: 'Retained messages replayed by the broker on subscribe and not stored (KEDGE_MQTT_RETAINED=skip)',
+          registers,
+        }),
+    ),
+    linkUp: get(
+      'kedge_mqtt_link_up',
+      () =>
+        new Gauge({
+          name: 'kedge_mqtt_link_up',
+          help: 'Client mode: 1 while connected and subscribed to the MQTT broker, else 0',
+          registers,
+        }),
+    ),
+    reconnects: get(
+      'kedge_mqtt_reconnects_total',
+      () =>
+        new Counter({
+          name: 'kedge_mqtt_reconnects_total',
+          help: 'Client mode: connection attempts after the first',
+          registers,
+        }),
+    ),
+    clients: get(
+      'kedge_mqtt_clients',
+      () =>
+        new Gauge({
+          name: 'kedge_mqtt_clients',
+          help: 'Embedded broker: connected MQTT clients',
+          registers,
+        }),
+    ),
   };
 }

@@ -20,7 +20,12 @@ export class IngestSink {
   private full: string | null = null;
 
   /** `priorityTopics` (KEDGE_PRIORITY_TOPICS, without the topic prefix): their events go to the priority lane. */
-  constructor(log: EventLog, metrics: Metrics, priorityTopics: readonly string[] = [], logger: Logger | null = null) {
+  constructor(
+    log: EventLog,
+    metrics: Metrics,
+    priorityTopics: readonly string[] = [],
+    logger: Logger | null = null,
+  ) {
     this.log = log;
     this.metrics = metrics;
     this.priorityTopics = new Set(priorityTopics);
@@ -32,7 +37,13 @@ export class IngestSink {
     if (code === this.full) return;
     const was = this.full;
     this.full = code;
-    if (code) this.logger?.warn({ code, detail }, code === 'KEDGE_QUOTA_FULL' ? 'disk quota reached: new events are refused (HTTP 507, no MQTT PUBACK) until forwarding frees space' : 'disk full: new events are refused (HTTP 507, no MQTT PUBACK) until space comes back');
+    if (code)
+      this.logger?.warn(
+        { code, detail },
+        code === 'KEDGE_QUOTA_FULL'
+          ? 'disk quota reached: new events are refused (HTTP 507, no MQTT PUBACK) until forwarding frees space'
+          : 'disk full: new events are refused (HTTP 507, no MQTT PUBACK) until space comes back',
+      );
     else if (was) this.logger?.info({ was }, 'space available again: new events are accepted');
   }
 
@@ -56,7 +67,8 @@ export class IngestSink {
     try {
       res = await this.log.append(events);
     } catch (e) {
-      if (e instanceof LogWriteError && STORAGE_FULL.has(e.code)) this.noteStorage(e.code, e.message);
+      if (e instanceof LogWriteError && STORAGE_FULL.has(e.code))
+        this.noteStorage(e.code, e.message);
       throw e;
     }
     if (this.full) this.noteStorage(null);

@@ -61,7 +61,10 @@ interface WasmDatabase {
   readonly isOpen: boolean;
 }
 interface WasmModule {
-  Database: new (file: string, opts?: { fileMustExist?: boolean; readOnly?: boolean }) => WasmDatabase;
+  Database: new (
+    file: string,
+    opts?: { fileMustExist?: boolean; readOnly?: boolean },
+  ) => WasmDatabase;
 }
 
 const require = createRequire(import.meta.url);
@@ -93,17 +96,27 @@ function load(opts: DriverOpenOptions): WasmModule {
     else {
       const resolved = path.resolve(wasmPath!);
       if (!fs.existsSync(resolved)) {
-        throw new LogOpenError(`the SQLite WebAssembly file ${resolved} does not exist`, 'KEDGE_STORAGE_UNAVAILABLE');
+        throw new LogOpenError(
+          `the SQLite WebAssembly file ${resolved} does not exist`,
+          'KEDGE_STORAGE_UNAVAILABLE',
+        );
       }
-      overrides.locateFile = (file: string, scriptDir: string) => (file === WASM_FILE ? resolved : scriptDir + file);
+      overrides.locateFile = (file: string, scriptDir: string) =>
+        file === WASM_FILE ? resolved : scriptDir + file;
     }
-    const src = moduleSource ?? (() => {
-      const filename = require.resolve(PKG);
-      return { code: fs.readFileSync(filename, 'utf8'), filename };
-    })();
-    const fn = vm.compileFunction(src.code, ['exports', 'require', 'module', '__filename', '__dirname', 'Module'], {
-      filename: src.filename,
-    });
+    const src =
+      moduleSource ??
+      (() => {
+        const filename = require.resolve(PKG);
+        return { code: fs.readFileSync(filename, 'utf8'), filename };
+      })();
+    const fn = vm.compileFunction(
+      src.code,
+      ['exports', 'require', 'module', '__filename', '__dirname', 'Module'],
+      {
+        filename: src.filename,
+      },
+    );
     const m = { exports: {} as unknown };
     fn(m.exports, require, m, src.filename, path.dirname(src.filename), overrides);
     mod = m.exports as WasmModule;
@@ -145,7 +158,9 @@ class WalDirSync {
       fsyncDir(dir);
     } catch (err) {
       // Like native SQLite, a directory that cannot be synced (some file systems refuse) does not fail the commit; but say so.
-      process.emitWarning(`kedge log: cannot fsync directory ${dir} after creating ${this.#wal} (${(err as Error).message}); a power cut may lose it`);
+      process.emitWarning(
+        `kedge log: cannot fsync directory ${dir} after creating ${this.#wal} (${(err as Error).message}); a power cut may lose it`,
+      );
     }
   }
 }

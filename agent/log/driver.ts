@@ -82,15 +82,25 @@ const SQLITE_FULL = 13;
 const SQLITE_NOTADB = 26;
 
 export function sqlErrorKind(err: unknown): SqlErrorKind {
-  const e = err as { errcode?: unknown; errstr?: unknown; message?: unknown; code?: unknown } | null;
+  const e = err as {
+    errcode?: unknown;
+    errstr?: unknown;
+    message?: unknown;
+    code?: unknown;
+  } | null;
   if (e && typeof e.errcode === 'number') {
     switch (e.errcode & 0xff) {
-      case SQLITE_FULL: return 'full';
-      case SQLITE_CORRUPT: return 'corrupt';
-      case SQLITE_NOTADB: return 'notadb';
+      case SQLITE_FULL:
+        return 'full';
+      case SQLITE_CORRUPT:
+        return 'corrupt';
+      case SQLITE_NOTADB:
+        return 'notadb';
       case SQLITE_BUSY:
-      case SQLITE_LOCKED: return 'busy';
-      case SQLITE_IOERR: return 'io';
+      case SQLITE_LOCKED:
+        return 'busy';
+      case SQLITE_IOERR:
+        return 'io';
     }
   }
   if (e && e.code === 'ENOSPC') return 'full';

@@ -124,7 +124,10 @@ function tryLock(dir: string, file: string, me: string): Wait | null {
 function refuseLiveHolder(dir: string, text: string | null): void {
   const holder = text === null ? null : parse(text);
   if (holder && isAlive(holder)) {
-    throw new LogOpenError(`data dir ${dir} is in use by kedge pid ${holder.pid}; stop it first`, 'KEDGE_DATA_DIR_LOCKED');
+    throw new LogOpenError(
+      `data dir ${dir} is in use by kedge pid ${holder.pid}; stop it first`,
+      'KEDGE_DATA_DIR_LOCKED',
+    );
   }
 }
 
@@ -134,7 +137,11 @@ function readLock(file: string): string | null {
     return fs.readFileSync(file, 'utf8');
   } catch (err) {
     if (errCode(err) === 'ENOENT') return null;
-    throw new LogOpenError(`cannot read lock file ${file}: ${(err as Error).message}`, 'KEDGE_LOG_OPEN', { cause: err });
+    throw new LogOpenError(
+      `cannot read lock file ${file}: ${(err as Error).message}`,
+      'KEDGE_LOG_OPEN',
+      { cause: err },
+    );
   }
 }
 
@@ -266,10 +273,16 @@ function markerText(marker: string): string | null {
 
 function stillBusy(dir: string, wait: Wait): LogOpenError {
   if (wait === 'changed') {
-    return new LogOpenError(`data dir ${dir}: the lock kept changing for ${TAKEOVER_WAIT_MS} ms (kedge starting in a loop?); try again`, 'KEDGE_DATA_DIR_LOCKED');
+    return new LogOpenError(
+      `data dir ${dir}: the lock kept changing for ${TAKEOVER_WAIT_MS} ms (kedge starting in a loop?); try again`,
+      'KEDGE_DATA_DIR_LOCKED',
+    );
   }
   if (wait.holder) {
-    return new LogOpenError(`data dir ${dir} is being taken by kedge pid ${wait.holder.pid}; stop it first`, 'KEDGE_DATA_DIR_LOCKED');
+    return new LogOpenError(
+      `data dir ${dir} is being taken by kedge pid ${wait.holder.pid}; stop it first`,
+      'KEDGE_DATA_DIR_LOCKED',
+    );
   }
   return new LogOpenError(
     `data dir ${dir}: ${wait.marker} names no live kedge but stayed for ${TAKEOVER_WAIT_MS} ms; with no kedge running, remove it`,
@@ -294,7 +307,9 @@ function lockHandle(file: string, text: string): DirLock {
 }
 
 function cannot(what: string, file: string, err: unknown): LogOpenError {
-  return new LogOpenError(`cannot ${what} ${file}: ${(err as Error).message}`, 'KEDGE_LOG_OPEN', { cause: err });
+  return new LogOpenError(`cannot ${what} ${file}: ${(err as Error).message}`, 'KEDGE_LOG_OPEN', {
+    cause: err,
+  });
 }
 
 function unlinkQuiet(file: string): void {

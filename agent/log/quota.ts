@@ -42,7 +42,11 @@ export interface QuotaPlan {
  * The split for `quotaBytes` (undefined: no quota). A quota below what the WAL
  * and reserve need is taken as it is: they shrink to an eighth of it each.
  */
-export function planQuota(quotaBytes: number | undefined, pageSize: number, reserveOption: number | undefined): QuotaPlan {
+export function planQuota(
+  quotaBytes: number | undefined,
+  pageSize: number,
+  reserveOption: number | undefined,
+): QuotaPlan {
   if (quotaBytes === undefined) {
     return {
       quotaBytes: null,
@@ -57,7 +61,13 @@ export function planQuota(quotaBytes: number | undefined, pageSize: number, rese
   const eighth = Math.floor(quotaBytes / 8);
   const walLimitBytes = Math.min(DEFAULT_WAL_LIMIT_BYTES, eighth);
   const reserveBytes = Math.min(reserveOption ?? DEFAULT_RESERVE_BYTES, eighth);
-  const autocheckpointPages = Math.max(8, Math.min(DEFAULT_AUTOCHECKPOINT_PAGES, Math.floor(walLimitBytes / (pageSize + WAL_FRAME_HEADER))));
+  const autocheckpointPages = Math.max(
+    8,
+    Math.min(
+      DEFAULT_AUTOCHECKPOINT_PAGES,
+      Math.floor(walLimitBytes / (pageSize + WAL_FRAME_HEADER)),
+    ),
+  );
   const dataLimitBytes = Math.max(pageSize * 16, quotaBytes - walLimitBytes - reserveBytes);
   return {
     quotaBytes,

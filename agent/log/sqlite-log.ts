@@ -42,8 +42,14 @@ import type { Row, SqlDb, SqlStmt } from './driver.ts';
 import { openDriver, sqlErrorKind } from './driver.ts';
 import { acquireDirLock } from './lockfile.ts';
 import type { DirLock } from './lockfile.ts';
-import { DEFAULT_RESERVE_BYTES, RESERVE_FILE, SpaceReserve } from './reserve.ts';
-import { DEST_KAFKA, DEST_KAFKA_PRIORITY, migrate, pragmaInt, schemaObjectCount } from './schema.ts';
+import { RESERVE_FILE, SpaceReserve } from './reserve.ts';
+import {
+  DEST_KAFKA,
+  DEST_KAFKA_PRIORITY,
+  migrate,
+  pragmaInt,
+  schemaObjectCount,
+} from './schema.ts';
 import { estimateRowBytes, logFilesBytes, planQuota } from './quota.ts';
 import type { QuotaPlan } from './quota.ts';
 import type {
@@ -124,14 +130,22 @@ export async function openLog(opts: LogOptions): Promise<EventLog> {
   try {
     fs.mkdirSync(dir, { recursive: true });
   } catch (err) {
-    throw new LogOpenError(`cannot create data dir ${dir}: ${(err as Error).message}`, 'KEDGE_LOG_OPEN', { cause: err });
+    throw new LogOpenError(
+      `cannot create data dir ${dir}: ${(err as Error).message}`,
+      'KEDGE_LOG_OPEN',
+      { cause: err },
+    );
   }
   const lock = acquireDirLock(dir);
   const file = path.join(dir, DB_FILE);
   let db: SqlDb | undefined;
   try {
     refuseEmptiedLog(dir, file);
-    db = await openDriver(opts.driver, { file, wasmPath: opts.wasmPath, wasmBinary: opts.wasmBinary });
+    db = await openDriver(opts.driver, {
+      file,
+      wasmPath: opts.wasmPath,
+      wasmBinary: opts.wasmBinary,
+    });
     const plan = configure(db, file, opts);
     return new SqliteLog(db, lock, dir, file, opts, plan);
   } catch (err) {
@@ -164,16 +178,33 @@ function refuseEmptiedLog(dir: string, file: string): void {
 }
 
 function checkOptions(opts: LogOptions): void {
-  if (!opts || typeof opts.dir !== 'string' || opts.dir === '') throw new TypeError('openLog: dir must be a non-empty string');
-  if (opts.driver !== 'sqlite' && opts.driver !== 'wasm') throw new TypeError(`openLog: driver must be 'sqlite' or 'wasm', not ${String(opts.driver)}`);
-  if (opts.sync !== 'full' && opts.sync !== 'normal') throw new TypeError(`openLog: sync must be 'full' or 'normal', not ${String(opts.sync)}`);
-  if (opts.quotaBytes !== undefined && !(Number.isSafeInteger(opts.quotaBytes) && opts.quotaBytes > 0)) {
-    throw new TypeError(`openLog: quotaBytes must be a positive integer, not ${String(opts.quotaBytes)}`);
+  if (!opts || typeof opts.dir !== 'string' || opts.dir === '')
+    throw new TypeError('openLog: dir must be a non-empty string');
+  if (opts.driver !== 'sqlite' && opts.driver !== 'wasm')
+    throw new TypeError(`openLog: driver must be 'sqlite' or 'wasm', not ${String(opts.driver)}`);
+  if (opts.sync !== 'full' && opts.sync !== 'normal')
+    throw new TypeError(`openLog: sync must be 'full' or 'normal', not ${String(opts.sync)}`);
+  if (
+    opts.quotaBytes !== undefined &&
+    !(Number.isSafeInteger(opts.quotaBytes) && opts.quotaBytes > 0)
+  ) {
+    throw new TypeError(
+      `openLog: quotaBytes must be a positive integer, not ${String(opts.quotaBytes)}`,
+    );
   }
-  if (opts.whenFull !== undefined && opts.whenFull !== 'drop-oldest' && opts.whenFull !== 'reject-new') {
-    throw new TypeError(`openLog: whenFull must be 'drop-oldest' or 'reject-new', not ${String(opts.whenFull)}`);
+  if (
+    opts.whenFull !== undefined &&
+    opts.whenFull !== 'drop-oldest' &&
+    opts.whenFull !== 'reject-new'
+  ) {
+    throw new TypeError(
+      `openLog: whenFull must be 'drop-oldest' or 'reject-new', not ${String(opts.whenFull)}`,
+    );
   }
-  if (opts.retentionMs != null && !(opts.retentionMs > 0)) throw new TypeError(`openLog: retentionMs must be positive or null, not ${String(opts.retentionMs)}`);
+  if (opts.retentionMs != null && !(opts.retentionMs > 0))
+    throw new TypeError(
+      `openLog: retentionMs must be positive or null, not ${String(opts.retentionMs)}`,
+    );
 }
 
 function damaged(file: string, detail: string, cause?: unknown): LogOpenError {
@@ -192,7 +223,11 @@ function toOpenError(err: unknown, file: string): LogOpenError {
   const msg = (err as Error)?.message ?? String(err);
   if (kind === 'notadb' || kind === 'corrupt') return damaged(file, msg, err);
   if (kind === 'busy') {
-    return new LogOpenError(`${file} is locked by another program (${msg}); stop it first`, 'KEDGE_DATA_DIR_LOCKED', { cause: err });
+    return new LogOpenError(
+      `${file} is locked by another program (${msg}); stop it first`,
+      'KEDGE_DATA_DIR_LOCKED',
+      { cause: err },
+    );
   }
   return new LogOpenError(`cannot open the log ${file}: ${msg}`, 'KEDGE_LOG_OPEN', { cause: err });
 }
@@ -214,7 +249,8 @@ function configure(db: SqlDb, file: string, opts: LogOptions): QuotaPlan {
     try {
       const rows = st.all(NO_PARAMS);
       const problems = rows.map((r) => String(Object.values(r)[0])).filter((s) => s !== 'ok');
-      if (problems.length > 0) throw damaged(file, `quick_check: ${problems.slice(0, 3).join('; ')}`);
+      if (problems.length > 0)
+        throw damaged(file, `quick_check: ${problems.slice(0, 3).join('; ')}`);
     } finally {
       st.finalize();
     }
@@ -226,7 +262,8 @@ function configure(db: SqlDb, file: string, opts: LogOptions): QuotaPlan {
   } finally {
     modeStmt.finalize();
   }
-  if (mode !== 'wal') throw new LogOpenError(`${file}: could not switch to WAL mode (got ${mode})`, 'KEDGE_LOG_OPEN');
+  if (mode !== 'wal')
+    throw new LogOpenError(`${file}: could not switch to WAL mode (got ${mode})`, 'KEDGE_LOG_OPEN');
   db.exec(`PRAGMA synchronous = ${opts.sync === 'full' ? 'FULL' : 'NORMAL'}`);
   db.exec('PRAGMA cache_size = -8192'); // 8 MiB: the working set is the tail and the head of the log
   const pageSize = pragmaInt(db, 'page_size');
@@ -237,7 +274,8 @@ function configure(db: SqlDb, file: string, opts: LogOptions): QuotaPlan {
   migrate(db, file);
   // Hard last line under the quota: the database file alone never outgrows it.
   const cap = Math.min(opts.maxDbBytes ?? Infinity, opts.quotaBytes ?? Infinity);
-  if (cap !== Infinity) db.exec(`PRAGMA max_page_count = ${Math.max(1, Math.floor(cap / pageSize))}`);
+  if (cap !== Infinity)
+    db.exec(`PRAGMA max_page_count = ${Math.max(1, Math.floor(cap / pageSize))}`);
   return plan;
 }
 
@@ -247,14 +285,20 @@ function validate(events: unknown): string | null {
   for (let i = 0; i < events.length; i++) {
     const ev = events[i] as EventInput | null;
     if (ev === null || typeof ev !== 'object') return `event ${i} is not an object`;
-    if (typeof ev.topic !== 'string' || ev.topic === '') return `event ${i}: topic must be a non-empty string`;
+    if (typeof ev.topic !== 'string' || ev.topic === '')
+      return `event ${i}: topic must be a non-empty string`;
     if (!Buffer.isBuffer(ev.value)) return `event ${i}: value must be a Buffer`;
-    if (ev.key != null && !Buffer.isBuffer(ev.key)) return `event ${i}: key must be a Buffer or null`;
-    if (ev.lane != null && ev.lane !== 'bulk' && ev.lane !== 'priority') return `event ${i}: lane must be 'bulk' or 'priority'`;
+    if (ev.key != null && !Buffer.isBuffer(ev.key))
+      return `event ${i}: key must be a Buffer or null`;
+    if (ev.lane != null && ev.lane !== 'bulk' && ev.lane !== 'priority')
+      return `event ${i}: lane must be 'bulk' or 'priority'`;
     const h = ev.headers;
     if (h != null) {
-      if (typeof h !== 'object' || Array.isArray(h)) return `event ${i}: headers must be an object of strings`;
-      for (const k in h) if (typeof h[k] !== 'string') return `event ${i}: header ${JSON.stringify(k)} must be a string`;
+      if (typeof h !== 'object' || Array.isArray(h))
+        return `event ${i}: headers must be an object of strings`;
+      for (const k in h)
+        if (typeof h[k] !== 'string')
+          return `event ${i}: header ${JSON.stringify(k)} must be a string`;
     }
   }
   return null;
@@ -321,10 +365,16 @@ class LaneState {
     this.table = table;
     this.dest = dest;
     const t = table;
-    this.insert = p(`INSERT INTO ${t}(seq, topic, key, value, headers, ts, size) VALUES (?, ?, ?, ?, ?, ?, ?)`);
-    this.read = p(`SELECT seq, topic, key, value, headers, ts, size FROM ${t} WHERE seq > ? ORDER BY seq LIMIT ?`);
+    this.insert = p(
+      `INSERT INTO ${t}(seq, topic, key, value, headers, ts, size) VALUES (?, ?, ?, ?, ?, ?, ?)`,
+    );
+    this.read = p(
+      `SELECT seq, topic, key, value, headers, ts, size FROM ${t} WHERE seq > ? ORDER BY seq LIMIT ?`,
+    );
     this.firstAfter = p(`SELECT seq, ts FROM ${t} WHERE seq > ? ORDER BY seq LIMIT 1`);
-    this.rangeStats = p(`SELECT count(*) AS n, total(size) AS bytes FROM ${t} WHERE seq > ? AND seq <= ?`);
+    this.rangeStats = p(
+      `SELECT count(*) AS n, total(size) AS bytes FROM ${t} WHERE seq > ? AND seq <= ?`,
+    );
     this.setCursor = p(`UPDATE cursors SET seq = ? WHERE dest = '${dest}'`);
     this.trim = p(`DELETE FROM ${t} WHERE seq > ? AND seq <= ?`);
     this.eventSize = p(`SELECT size FROM ${t} WHERE seq = ?`);
@@ -334,7 +384,9 @@ class LaneState {
     );
     this.deleteOne = p(`DELETE FROM ${t} WHERE seq = ?`);
     this.head = p(`SELECT seq, ts, size FROM ${t} WHERE seq > ? ORDER BY seq LIMIT ?`);
-    this.topicCounts = p(`SELECT topic, count(*) AS n, total(size) AS bytes FROM ${t} WHERE seq > ? AND seq <= ? GROUP BY topic`);
+    this.topicCounts = p(
+      `SELECT topic, count(*) AS n, total(size) AS bytes FROM ${t} WHERE seq > ? AND seq <= ? GROUP BY topic`,
+    );
   }
 
   stats(): LaneStats {
@@ -342,7 +394,12 @@ class LaneState {
       const first = this.firstAfter.get([this.cursor]);
       this.oldestTs = first ? (first.ts as number) : null;
     }
-    return { backlogEvents: this.backlogEvents, backlogBytes: this.backlogBytes, oldestTs: this.oldestTs, cursor: this.cursor };
+    return {
+      backlogEvents: this.backlogEvents,
+      backlogBytes: this.backlogBytes,
+      oldestTs: this.oldestTs,
+      cursor: this.cursor,
+    };
   }
 }
 
@@ -414,7 +471,14 @@ class SqliteLog implements EventLog {
   /** Pages were vacuumed since the last checkpoint: the file only shrinks on disk when the WAL is checkpointed. */
   #vacuumed = false;
 
-  constructor(db: SqlDb, lock: DirLock, dir: string, file: string, opts: LogOptions, plan: QuotaPlan) {
+  constructor(
+    db: SqlDb,
+    lock: DirLock,
+    dir: string,
+    file: string,
+    opts: LogOptions,
+    plan: QuotaPlan,
+  ) {
     this.#db = db;
     this.#lock = lock;
     this.#dir = dir;
@@ -437,9 +501,13 @@ class SqliteLog implements EventLog {
       this.#begin = p('BEGIN IMMEDIATE');
       this.#commit = p('COMMIT');
       this.#rollback = p('ROLLBACK');
-      this.#setMeta = p('INSERT INTO meta(k, v) VALUES (?, ?) ON CONFLICT(k) DO UPDATE SET v = excluded.v');
+      this.#setMeta = p(
+        'INSERT INTO meta(k, v) VALUES (?, ?) ON CONFLICT(k) DO UPDATE SET v = excluded.v',
+      );
       this.#getMeta = p('SELECT v FROM meta WHERE k = ?');
-      this.#dlList = p('SELECT seq, topic, key, value, headers, ts, reason, dead_at, lane FROM dead_letters ORDER BY seq DESC LIMIT ?');
+      this.#dlList = p(
+        'SELECT seq, topic, key, value, headers, ts, reason, dead_at, lane FROM dead_letters ORDER BY seq DESC LIMIT ?',
+      );
       this.#freelist = p('PRAGMA freelist_count');
       this.#pageCount = p('PRAGMA page_count');
       this.#bulk = new LaneState('bulk', 'events', DEST_KAFKA, p);
@@ -458,11 +526,15 @@ class SqliteLog implements EventLog {
       let hi = 0;
       for (const lane of this.#lanes) {
         const cursorRow = one(`SELECT seq FROM cursors WHERE dest = '${lane.dest}'`);
-        if (cursorRow.seq === undefined) throw new LogOpenError(`${file}: cursor row ${lane.dest} missing`, 'KEDGE_LOG_DAMAGED');
+        if (cursorRow.seq === undefined)
+          throw new LogOpenError(`${file}: cursor row ${lane.dest} missing`, 'KEDGE_LOG_DAMAGED');
         lane.cursor = Number(cursorRow.seq);
         const ev = one(`SELECT max(seq) AS hi, min(seq) AS lo FROM ${lane.table}`);
         lane.trimmedUpTo = ev.lo == null ? lane.cursor : Math.min(Number(ev.lo) - 1, lane.cursor);
-        const backlog = one(`SELECT count(*) AS n, total(size) AS bytes FROM ${lane.table} WHERE seq > ?`, [lane.cursor]);
+        const backlog = one(
+          `SELECT count(*) AS n, total(size) AS bytes FROM ${lane.table} WHERE seq > ?`,
+          [lane.cursor],
+        );
         lane.backlogEvents = Number(backlog.n ?? 0);
         lane.backlogBytes = Number(backlog.bytes ?? 0);
         if (lane.backlogEvents === 0) lane.oldestTs = null;
@@ -470,7 +542,11 @@ class SqliteLog implements EventLog {
       }
       const dl = one('SELECT max(seq) AS hi, count(*) AS n FROM dead_letters');
       const metaLast = one(`SELECT v FROM meta WHERE k = 'last_seq'`);
-      this.#lastSeq = Math.max(hi, Number(dl.hi ?? 0), metaLast.v == null ? 0 : Number(metaLast.v) || 0);
+      this.#lastSeq = Math.max(
+        hi,
+        Number(dl.hi ?? 0),
+        metaLast.v == null ? 0 : Number(metaLast.v) || 0,
+      );
       this.#nextSeq = this.#lastSeq + 1;
       this.#deadLetters = Number(dl.n ?? 0);
       this.#measureUsed();
@@ -488,7 +564,11 @@ class SqliteLog implements EventLog {
     // Rows forwarded before a crash but not yet deleted: trim them soon.
     if (this.#lanes.some((l) => l.trimmedUpTo < l.cursor)) this.#scheduleMaintenance();
     // Over the quota already (e.g. it was lowered): drop in the background.
-    if (this.#plan.quotaBytes !== null && this.#whenFull === 'drop-oldest' && this.#usedEst > this.#plan.highBytes) {
+    if (
+      this.#plan.quotaBytes !== null &&
+      this.#whenFull === 'drop-oldest' &&
+      this.#usedEst > this.#plan.highBytes
+    ) {
       this.#quotaDropWanted = true;
       this.#scheduleMaintenance();
     }
@@ -515,7 +595,8 @@ class SqliteLog implements EventLog {
   // ---- append (group commit) ----
 
   append(events: EventInput[]): Promise<AppendResult> {
-    if (this.#closed || this.#closing) return Promise.reject(new LogWriteError('the log is closed', 'KEDGE_LOG_CLOSED'));
+    if (this.#closed || this.#closing)
+      return Promise.reject(new LogWriteError('the log is closed', 'KEDGE_LOG_CLOSED'));
     const problem = validate(events);
     if (problem) return Promise.reject(new LogWriteError(problem, 'KEDGE_INVALID_EVENT'));
     const est = this.#plan.quotaBytes === null ? 0 : estimateBytes(events);
@@ -547,7 +628,11 @@ class SqliteLog implements EventLog {
         // is a full log to the callers. This runs in a setImmediate callback: a throw
         // here would be an uncaught exception, and these promises would never settle.
         const cause = this.#writeError(err, 'make room under the disk quota');
-        const e = new LogWriteError(`${cause.message}; new events are refused until it succeeds`, 'KEDGE_DISK_FULL', { cause });
+        const e = new LogWriteError(
+          `${cause.message}; new events are refused until it succeeds`,
+          'KEDGE_DISK_FULL',
+          { cause },
+        );
         for (const req of batch) req.reject(e);
         return;
       }
@@ -626,7 +711,9 @@ class SqliteLog implements EventLog {
       try {
         l();
       } catch (err) {
-        process.emitWarning(`kedge log: onAppend listener threw: ${(err as Error)?.message ?? err}`);
+        process.emitWarning(
+          `kedge log: onAppend listener threw: ${(err as Error)?.message ?? err}`,
+        );
       }
     }
   };
@@ -702,7 +789,8 @@ class SqliteLog implements EventLog {
    */
   #roomBesideReserve(batch: PendingAppend[]): boolean {
     let bytes = 0;
-    for (const req of batch) for (const ev of req.events) bytes += ev.value.length + (ev.key?.length ?? 0) + 64;
+    for (const req of batch)
+      for (const ev of req.events) bytes += ev.value.length + (ev.key?.length ?? 0) + 64;
     try {
       const s = fs.statfsSync(this.#dir);
       return s.bavail * s.bsize >= this.#reserve.bytes + 2 * bytes + LOW_SPACE_MARGIN;
@@ -714,7 +802,7 @@ class SqliteLog implements EventLog {
   #lowSpaceError(): LogWriteError {
     return new LogWriteError(
       `cannot append: disk full (${this.#dir}); kedge gave up its space reserve (${this.#reserve.file}) to delete ` +
-        "forwarded events, and new events may not take that space; they are accepted again as forwarding frees room (free disk space if Kafka is unreachable)",
+        'forwarded events, and new events may not take that space; they are accepted again as forwarding frees room (free disk space if Kafka is unreachable)',
       'KEDGE_DISK_FULL',
     );
   }
@@ -734,8 +822,13 @@ class SqliteLog implements EventLog {
   /** After a commit: account for it, and start background drops / re-measure when near the limit. */
   #afterCommitQuota(est: number, ts: number): void {
     this.#usedEst += est;
-    if (this.#usedEst > this.#plan.highBytes || Date.now() - this.#measuredAt >= MEASURE_EVERY_MS) this.#measureUsed();
-    if (this.#whenFull === 'drop-oldest' && this.#usedEst > this.#plan.highBytes && !this.#quotaDropWanted) {
+    if (this.#usedEst > this.#plan.highBytes || Date.now() - this.#measuredAt >= MEASURE_EVERY_MS)
+      this.#measureUsed();
+    if (
+      this.#whenFull === 'drop-oldest' &&
+      this.#usedEst > this.#plan.highBytes &&
+      !this.#quotaDropWanted
+    ) {
       this.#quotaDropWanted = true;
       this.#scheduleMaintenance();
     }
@@ -773,7 +866,11 @@ class SqliteLog implements EventLog {
    * older than `beforeTs` (retention). Counts per topic in the same
    * transaction, then reports. Returns the number of events dropped.
    */
-  #dropStep(lane: LaneState, reason: DropReason, limit: { wantBytes?: number; beforeTs?: number }): number {
+  #dropStep(
+    lane: LaneState,
+    reason: DropReason,
+    limit: { wantBytes?: number; beforeTs?: number },
+  ): number {
     const from = Math.max(lane.cursor, lane.inflight);
     const rows = lane.head.all([from, DROP_CHUNK]);
     let to = from;
@@ -814,7 +911,9 @@ class SqliteLog implements EventLog {
         try {
           l(d);
         } catch (err) {
-          process.emitWarning(`kedge log: onDrop listener threw: ${(err as Error)?.message ?? err}`);
+          process.emitWarning(
+            `kedge log: onDrop listener threw: ${(err as Error)?.message ?? err}`,
+          );
         }
       }
     }
@@ -859,7 +958,11 @@ class SqliteLog implements EventLog {
       }
       if (rows.length < want || bytes >= maxBytes) return this.#handedOut(lane, out);
       const avg = bytes / out.length || 1;
-      want = Math.min(maxCount - out.length, READ_MAX_PAGE, Math.max(16, Math.ceil((maxBytes - bytes) / avg) + 1));
+      want = Math.min(
+        maxCount - out.length,
+        READ_MAX_PAGE,
+        Math.max(16, Math.ceil((maxBytes - bytes) / avg) + 1),
+      );
     }
   }
 
@@ -871,8 +974,10 @@ class SqliteLog implements EventLog {
   ack(seq: number, laneName?: Lane): void {
     this.#assertOpen();
     const lane = this.#lane(laneName);
-    if (!Number.isSafeInteger(seq) || seq < 0) throw new RangeError(`ack: seq must be a non-negative integer, not ${seq}`);
-    if (seq > this.#lastSeq) throw new RangeError(`ack: seq ${seq} is beyond the last appended seq ${this.#lastSeq}`);
+    if (!Number.isSafeInteger(seq) || seq < 0)
+      throw new RangeError(`ack: seq must be a non-negative integer, not ${seq}`);
+    if (seq > this.#lastSeq)
+      throw new RangeError(`ack: seq ${seq} is beyond the last appended seq ${this.#lastSeq}`);
     if (seq <= lane.cursor) return; // already acknowledged (a resend)
     this.#relaxed(() => this.#withReserve('acknowledge', () => this.#ackTx(lane, seq)));
     this.#scheduleMaintenance();
@@ -917,7 +1022,9 @@ class SqliteLog implements EventLog {
       if (!this.#lowSpace || released) {
         process.emitWarning(
           `kedge log: disk full while trying to ${what}` +
-            (released ? `; released the ${this.#reserve.bytes} byte reserve (${this.#reserve.file})` : '') +
+            (released
+              ? `; released the ${this.#reserve.bytes} byte reserve (${this.#reserve.file})`
+              : '') +
             '; deleting forwarded events in small steps until space is back',
         );
       }
@@ -937,7 +1044,10 @@ class SqliteLog implements EventLog {
    * the fsync budget for appends while a backlog drains.
    */
   #relaxed(fn: () => void): void {
-    if (!this.#syncFull) return fn();
+    if (!this.#syncFull) {
+      fn();
+      return;
+    }
     // exec, not a reused prepared statement: this pragma acts when compiled, not when stepped.
     this.#db.exec('PRAGMA synchronous = NORMAL');
     try {
@@ -962,7 +1072,10 @@ class SqliteLog implements EventLog {
     if (!Number.isSafeInteger(seq)) throw new TypeError('deadLetter: event.seq must be an integer');
     const lane = this.#lane(event.lane);
     const sizeRow = lane.eventSize.get([seq]);
-    if (!sizeRow) throw new RangeError(`deadLetter: event ${seq} is not in the ${lane.name} lane of the log (already forwarded or dead-lettered)`);
+    if (!sizeRow)
+      throw new RangeError(
+        `deadLetter: event ${seq} is not in the ${lane.name} lane of the log (already forwarded or dead-lettered)`,
+      );
     const size = Number(sizeRow.size);
     let cursor = lane.cursor;
     this.#relaxed(() => {
@@ -1007,11 +1120,19 @@ class SqliteLog implements EventLog {
   stats(): LogStats {
     const open = !this.#closed;
     const lane = (l: LaneState): LaneStats =>
-      open ? l.stats() : { backlogEvents: l.backlogEvents, backlogBytes: l.backlogBytes, oldestTs: l.oldestTs ?? null, cursor: l.cursor };
+      open
+        ? l.stats()
+        : {
+            backlogEvents: l.backlogEvents,
+            backlogBytes: l.backlogBytes,
+            oldestTs: l.oldestTs ?? null,
+            cursor: l.cursor,
+          };
     const bulk = lane(this.#bulk);
     const priority = lane(this.#priority);
     let oldestTs = bulk.oldestTs;
-    if (priority.oldestTs !== null && (oldestTs === null || priority.oldestTs < oldestTs)) oldestTs = priority.oldestTs;
+    if (priority.oldestTs !== null && (oldestTs === null || priority.oldestTs < oldestTs))
+      oldestTs = priority.oldestTs;
     const now = Date.now();
     if (open && now - this.#diskStatAt >= DISK_STAT_EVERY_MS) {
       this.#diskBytes = logFilesBytes(this.#dir, DB_FILE);
@@ -1057,7 +1178,8 @@ class SqliteLog implements EventLog {
 
   setMeta(key: string, value: string): void {
     this.#assertOpen();
-    if (typeof key !== 'string' || typeof value !== 'string') throw new TypeError('setMeta: key and value must be strings');
+    if (typeof key !== 'string' || typeof value !== 'string')
+      throw new TypeError('setMeta: key and value must be strings');
     try {
       this.#setMeta.run([key, value]);
     } catch (err) {
@@ -1090,7 +1212,10 @@ class SqliteLog implements EventLog {
     const pages = Number(Object.values(this.#pageCount.get(NO_PARAMS) ?? {})[0] ?? 0);
     if ((pages - free) * VACUUM_USED_RATIO > pages) return false;
     // Vacuumed pages are written to the WAL: stay within its limit under a small quota.
-    const maxPages = Math.max(16, Math.min(VACUUM_MAX_PAGES, Math.floor(this.#plan.walLimitBytes / this.#pageSize / 2)));
+    const maxPages = Math.max(
+      16,
+      Math.min(VACUUM_MAX_PAGES, Math.floor(this.#plan.walLimitBytes / this.#pageSize / 2)),
+    );
     const n = Math.min(free, this.#lowSpace ? LOW_SPACE_VACUUM_PAGES : maxPages);
     this.#db.exec(`PRAGMA incremental_vacuum(${n})`);
     this.#vacuumed = true;
@@ -1098,7 +1223,8 @@ class SqliteLog implements EventLog {
   }
 
   #scheduleMaintenance(): void {
-    if (this.#maintHandle === null && !this.#closed) this.#maintHandle = setImmediate(this.#maintain);
+    if (this.#maintHandle === null && !this.#closed)
+      this.#maintHandle = setImmediate(this.#maintain);
   }
 
   /**
@@ -1110,20 +1236,26 @@ class SqliteLog implements EventLog {
     if (this.#closed) return;
     let more = false;
     try {
-      this.#relaxed(() => this.#withReserve('delete forwarded events', () => {
-        const trimmed = this.#lanes.map((l) => l.trimmedUpTo);
-        try {
-          this.#begin.run(NO_PARAMS);
-          this.#lanes.forEach((l, i) => (trimmed[i] = this.#trimChunk(l, l.cursor)));
-          more = this.#maybeVacuum();
-          this.#commit.run(NO_PARAMS);
-        } catch (err) {
-          this.#rollbackQuietly();
-          throw this.#writeError(err, 'delete forwarded events');
-        }
-        this.#lanes.forEach((l, i) => (l.trimmedUpTo = trimmed[i]));
-        if (this.#lowSpace) this.#checkpoint();
-      }));
+      this.#relaxed(() =>
+        this.#withReserve('delete forwarded events', () => {
+          const trimmed = this.#lanes.map((l) => l.trimmedUpTo);
+          try {
+            this.#begin.run(NO_PARAMS);
+            this.#lanes.forEach((l, i) => {
+              trimmed[i] = this.#trimChunk(l, l.cursor);
+            });
+            more = this.#maybeVacuum();
+            this.#commit.run(NO_PARAMS);
+          } catch (err) {
+            this.#rollbackQuietly();
+            throw this.#writeError(err, 'delete forwarded events');
+          }
+          this.#lanes.forEach((l, i) => {
+            l.trimmedUpTo = trimmed[i];
+          });
+          if (this.#lowSpace) this.#checkpoint();
+        }),
+      );
       if (this.#plan.quotaBytes !== null) this.#measureUsed();
     } catch (err) {
       // Not fatal: the rows stay until the next ack or open retries.
@@ -1197,9 +1329,15 @@ class SqliteLog implements EventLog {
     const kind = sqlErrorKind(err);
     const msg = (err as Error)?.message ?? String(err);
     if (kind === 'full' || (kind === 'io' && diskNearlyFull(this.#dir))) {
-      return new LogWriteError(`cannot ${what}: disk full (${this.#file}: ${msg})`, 'KEDGE_DISK_FULL', { cause: err });
+      return new LogWriteError(
+        `cannot ${what}: disk full (${this.#file}: ${msg})`,
+        'KEDGE_DISK_FULL',
+        { cause: err },
+      );
     }
-    return new LogWriteError(`cannot ${what}: ${msg} (${this.#file})`, 'KEDGE_LOG_WRITE', { cause: err });
+    return new LogWriteError(`cannot ${what}: ${msg} (${this.#file})`, 'KEDGE_LOG_WRITE', {
+      cause: err,
+    });
   }
 
   close(): Promise<void> {

@@ -59,7 +59,11 @@ export class DropTracker {
     this.byTopic.set(d.topic, t);
     this.lastDropAt = Date.now();
 
-    const p = this.pending.get(d.reason) ?? { events: 0, bytes: 0, topics: new Map<string, number>() };
+    const p = this.pending.get(d.reason) ?? {
+      events: 0,
+      bytes: 0,
+      topics: new Map<string, number>(),
+    };
     p.events += d.events;
     p.bytes += d.bytes;
     p.topics.set(d.topic, (p.topics.get(d.topic) ?? 0) + d.events);
@@ -82,7 +86,9 @@ export class DropTracker {
     if (!p || p.events === 0) return;
     this.pending.delete(reason);
     this.lastLogAt.set(reason, Date.now());
-    const topics = Object.fromEntries([...p.topics].sort((a, b) => b[1] - a[1]).slice(0, TOP_TOPICS));
+    const topics = Object.fromEntries(
+      [...p.topics].sort((a, b) => b[1] - a[1]).slice(0, TOP_TOPICS),
+    );
     this.logger.warn(
       { reason, events: p.events, bytes: p.bytes, topics, totalDropped: this.events },
       `dropped ${p.events} unforwarded events (${p.bytes} bytes) because ${WHY[reason]}`,

@@ -71,7 +71,10 @@ export class LinkHistory {
       window_seconds: first ? Math.round((now - Math.max(first.start, from)) / 1000) : 0,
       changes: this.changes.length,
       seconds_by_state: byState,
-      recent: this.segments.slice(1).slice(-this.keepRecent).map((s) => ({ state: s.state, at: new Date(s.start).toISOString() })),
+      recent: this.segments
+        .slice(1)
+        .slice(-this.keepRecent)
+        .map((s) => ({ state: s.state, at: new Date(s.start).toISOString() })),
     };
   }
 
@@ -166,7 +169,8 @@ export class Heartbeat {
   start(): void {
     const link = this.o.link();
     this.history.observe(link.state, Date.parse(link.since));
-    this.unsubscribe = this.o.onLinkChange?.((state, at) => this.history.observe(state, at)) ?? null;
+    this.unsubscribe =
+      this.o.onLinkChange?.((state, at) => this.history.observe(state, at)) ?? null;
     this.tick();
     this.timer = setInterval(() => this.tick(), this.o.pollMs ?? 1_000);
     this.timer.unref();
@@ -203,7 +207,9 @@ export class Heartbeat {
     if (this.inFlight) return;
     // Paused or outside a window the uplink is not to be used, but one last beat right when
     // that starts tells the fleet why this agent went quiet.
-    const quietStarts = (link.state === 'paused' || link.state === 'outside-window') && this.lastAttemptState === 'up';
+    const quietStarts =
+      (link.state === 'paused' || link.state === 'outside-window') &&
+      this.lastAttemptState === 'up';
     if (!quietStarts) {
       if (link.state !== 'up') return;
       if (this.lastAttemptAt !== null && now - this.lastAttemptAt < this.o.intervalMs) return;
@@ -217,10 +223,20 @@ export class Heartbeat {
     const o = this.o;
     let timer: NodeJS.Timeout | undefined;
     try {
-      const value = Buffer.from(JSON.stringify(heartbeatRecord(o.status(), this.history.summary(now), now)));
+      const value = Buffer.from(
+        JSON.stringify(heartbeatRecord(o.status(), this.history.summary(now), now)),
+      );
       await Promise.race([
-        o.sink.send([{ topic: o.topic, key: Buffer.from(o.agentId), value, timestamp: now, headers: {} }]),
-        new Promise<never>((_, reject) => (timer = setTimeout(() => reject(new HeartbeatTimeoutError(o.sendTimeoutMs)), o.sendTimeoutMs))),
+        o.sink.send([
+          { topic: o.topic, key: Buffer.from(o.agentId), value, timestamp: now, headers: {} },
+        ]),
+        new Promise<never>(
+          (_, reject) =>
+            (timer = setTimeout(
+              () => reject(new HeartbeatTimeoutError(o.sendTimeoutMs)),
+              o.sendTimeoutMs,
+            )),
+        ),
       ]);
       this.sent++;
       this.lastSentAt = Date.now();
@@ -231,7 +247,11 @@ export class Heartbeat {
       // A fresh producer next time (as the forwarder does after a failure).
       await o.sink.disconnect().catch(() => {});
       const n = this.failLog.shouldLog();
-      if (n >= 0) o.logger.warn({ topic: o.topic, reason: this.lastError, suppressed: n }, 'heartbeat not sent; next try at the next interval (forwarding is not affected)');
+      if (n >= 0)
+        o.logger.warn(
+          { topic: o.topic, reason: this.lastError, suppressed: n },
+          'heartbeat not sent; next try at the next interval (forwarding is not affected)',
+        );
     } finally {
       clearTimeout(timer);
     }

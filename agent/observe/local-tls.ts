@@ -30,7 +30,12 @@ export function pinnedDispatcher(certPem: Buffer, file: string): Agent {
       } else callback(null, socket!);
     };
     // Chain and name checks are replaced by the pin below, which is stricter: one certificate only.
-    const socket = tls.connect({ host: opts.hostname, port: Number(opts.port), rejectUnauthorized: false, ALPNProtocols: ['http/1.1'] });
+    const socket = tls.connect({
+      host: opts.hostname,
+      port: Number(opts.port),
+      rejectUnauthorized: false,
+      ALPNProtocols: ['http/1.1'],
+    });
     socket.once('secureConnect', () => {
       const got = socket.getPeerX509Certificate()?.fingerprint256;
       finish(got === want ? null : new PinMismatchError(file), socket);

@@ -11,8 +11,21 @@ export type Logger = PinoLogger;
  * Field names never printed, at any depth up to four (defence in depth: no code is
  * meant to log a secret; secrets in config are replaced by redactedConfig before logging).
  */
-const SECRET_FIELDS = ['password', 'passphrase', 'token', 'secret', 'authorization', 'key', 'privateKey'];
-export const REDACT_PATHS: string[] = SECRET_FIELDS.flatMap((f) => [f, `*.${f}`, `*.*.${f}`, `*.*.*.${f}`]);
+const SECRET_FIELDS = [
+  'password',
+  'passphrase',
+  'token',
+  'secret',
+  'authorization',
+  'key',
+  'privateKey',
+];
+export const REDACT_PATHS: string[] = SECRET_FIELDS.flatMap((f) => [
+  f,
+  `*.${f}`,
+  `*.*.${f}`,
+  `*.*.*.${f}`,
+]);
 export const REDACTED_TEXT = '[redacted]';
 
 export function createLogger(level: LogLevel, destination?: NodeJS.WritableStream): Logger {

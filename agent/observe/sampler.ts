@@ -52,7 +52,8 @@ export class CounterSampler<K extends string> {
   /** Growth per second of `key` from `from` (default: the oldest sample within `windowMs`) to now; 0 below half a second. */
   rate(key: K, windowMs = this.windowMs, from?: CounterSample<K>): number {
     const now = this.clock();
-    const first = from ?? this.list.find((x) => now - x.t <= windowMs) ?? this.list[this.list.length - 1];
+    const first =
+      from ?? this.list.find((x) => now - x.t <= windowMs) ?? this.list[this.list.length - 1];
     if (!first) return 0;
     const dt = (now - first.t) / 1000;
     return dt < 0.5 ? 0 : (this.read()[key] - first.v[key]) / dt;

@@ -16,7 +16,12 @@ export const STATUS_EXIT = { healthy: 0, degraded: 1, unreachable: 3 } as const;
  * (waiting by policy), starting (first connect in progress). Everything else (degraded,
  * down, a state this CLI does not know) is degraded.
  */
-export const HEALTHY_LINK_STATES: ReadonlySet<string> = new Set(['up', 'paused', 'outside-window', 'starting']);
+export const HEALTHY_LINK_STATES: ReadonlySet<string> = new Set([
+  'up',
+  'paused',
+  'outside-window',
+  'starting',
+]);
 
 export interface StatusCliOptions {
   json: boolean;
@@ -32,13 +37,30 @@ export interface StatusDoc {
   agent_id: string;
   version: string;
   uptime_seconds: number;
-  link: { state: string; since: string; last_error: string | null; last_error_at: string | null; last_forward_at: string | null };
-  backlog: { events: number; bytes: number; oldest_age_seconds: number | null; eta_seconds: number | null };
+  link: {
+    state: string;
+    since: string;
+    last_error: string | null;
+    last_error_at: string | null;
+    last_forward_at: string | null;
+  };
+  backlog: {
+    events: number;
+    bytes: number;
+    oldest_age_seconds: number | null;
+    eta_seconds: number | null;
+  };
   rates: { ingest_events_per_second: number; forward_events_per_second: number };
   dead_letters: { events: number };
   drops?: { events: number; by_reason?: Record<string, number> };
   disk?: { bytes: number | null; quota_bytes: number | null };
-  heartbeat?: { topic: string; sent: number; failures: number; last_sent_at: string | null; last_error: string | null } | null;
+  heartbeat?: {
+    topic: string;
+    sent: number;
+    failures: number;
+    last_sent_at: string | null;
+    last_error: string | null;
+  } | null;
   warnings?: string[];
 }
 
@@ -47,7 +69,14 @@ type Fetched = { ok: true; status: StatusDoc; raw: unknown } | { ok: false; erro
 export function statusUrl(cfg: Config): string | null {
   const l = cfg.http.listen;
   if (!l) return null;
-  const host = l.host === '0.0.0.0' ? '127.0.0.1' : l.host === '::' ? '[::1]' : l.host.includes(':') && !l.host.startsWith('[') ? `[${l.host}]` : l.host;
+  const host =
+    l.host === '0.0.0.0'
+      ? '127.0.0.1'
+      : l.host === '::'
+        ? '[::1]'
+        : l.host.includes(':') && !l.host.startsWith('[')
+          ? `[${l.host}]`
+          : l.host;
   return `${cfg.http.tlsCert ? 'https' : 'http'}://${host}:${l.port}/v1/status`;
 }
 
@@ -110,7 +139,10 @@ export function formatStatus(s: StatusDoc, now = Date.now()): string {
     `agent    ${s.agent_id} (kedge ${s.version}, up ${human(s.uptime_seconds * 1000)})`,
     `link     ${s.link.state} since ${s.link.since} (${human(Math.max(0, now - since))})`,
   ];
-  if (s.link.last_error) lines.push(`         last error${s.link.last_error_at ? ` at ${s.link.last_error_at}` : ''}: ${s.link.last_error}`);
+  if (s.link.last_error)
+    lines.push(
+      `         last error${s.link.last_error_at ? ` at ${s.link.last_error_at}` : ''}: ${s.link.last_error}`,
+    );
   if (s.link.last_forward_at) lines.push(`         last forward ${s.link.last_forward_at}`);
   lines.push(
     `backlog  ${count(b.events)} events, ${formatBytes(b.bytes)}${b.oldest_age_seconds !== null ? `, oldest ${human(b.oldest_age_seconds * 1000)} old` : ''}${eta(s)}`,
@@ -120,12 +152,19 @@ export function formatStatus(s: StatusDoc, now = Date.now()): string {
   );
   const d = s.disk;
   if (d && d.bytes !== null) {
-    lines.push(`disk     ${formatBytes(d.bytes)}${d.quota_bytes ? ` of ${formatBytes(d.quota_bytes)} quota (${Math.round((100 * d.bytes) / d.quota_bytes)} %)` : ' (no quota)'}`);
+    lines.push(
+      `disk     ${formatBytes(d.bytes)}${d.quota_bytes ? ` of ${formatBytes(d.quota_bytes)} quota (${Math.round((100 * d.bytes) / d.quota_bytes)} %)` : ' (no quota)'}`,
+    );
   }
   const h = s.heartbeat;
-  if (h) lines.push(`beat     ${h.sent} heartbeats sent to ${h.topic}${h.last_sent_at ? `, last ${h.last_sent_at}` : ''}${h.failures ? `, ${h.failures} failed${h.last_error ? ` (${h.last_error})` : ''}` : ''}`);
+  if (h)
+    lines.push(
+      `beat     ${h.sent} heartbeats sent to ${h.topic}${h.last_sent_at ? `, last ${h.last_sent_at}` : ''}${h.failures ? `, ${h.failures} failed${h.last_error ? ` (${h.last_error})` : ''}` : ''}`,
+    );
   for (const w of s.warnings ?? []) lines.push(`warning  ${w}`);
-  lines.push(`health   ${exitCodeFor(s) === STATUS_EXIT.healthy ? 'healthy' : `degraded: Kafka link ${s.link.state}`}`);
+  lines.push(
+    `health   ${exitCodeFor(s) === STATUS_EXIT.healthy ? 'healthy' : `degraded: Kafka link ${s.link.state}`}`,
+  );
   return lines.join('\n');
 }
 
@@ -138,7 +177,9 @@ function formatLine(s: StatusDoc, bar: string | null, now = Date.now()): string 
 export async function runStatus(cfg: Config, opts: StatusCliOptions): Promise<number> {
   const url = statusUrl(cfg);
   if (!url) {
-    process.stderr.write('kedge: KEDGE_HTTP_LISTEN is empty, so there is no local API to ask (set it, e.g. 127.0.0.1:8780)\n');
+    process.stderr.write(
+      'kedge: KEDGE_HTTP_LISTEN is empty, so there is no local API to ask (set it, e.g. 127.0.0.1:8780)\n',
+    );
     return STATUS_EXIT.unreachable;
   }
   const out = opts.out ?? process.stdout;
@@ -147,7 +188,9 @@ export async function runStatus(cfg: Config, opts: StatusCliOptions): Promise<nu
     try {
       dispatcher = pinnedDispatcher(readFileSync(cfg.http.tlsCert), cfg.http.tlsCert);
     } catch (e) {
-      process.stderr.write(`kedge: cannot read KEDGE_HTTP_TLS_CERT ${cfg.http.tlsCert} (${(e as NodeJS.ErrnoException).code ?? (e as Error).message}); status needs it to reach the HTTPS listener\n`);
+      process.stderr.write(
+        `kedge: cannot read KEDGE_HTTP_TLS_CERT ${cfg.http.tlsCert} (${(e as NodeJS.ErrnoException).code ?? (e as Error).message}); status needs it to reach the HTTPS listener\n`,
+      );
       return STATUS_EXIT.unreachable;
     }
   }
@@ -159,10 +202,17 @@ export async function runStatus(cfg: Config, opts: StatusCliOptions): Promise<nu
   }
 }
 
-async function once(url: string, opts: StatusCliOptions, out: NodeJS.WriteStream, dispatcher: Dispatcher | undefined): Promise<number> {
+async function once(
+  url: string,
+  opts: StatusCliOptions,
+  out: NodeJS.WriteStream,
+  dispatcher: Dispatcher | undefined,
+): Promise<number> {
   const r = await fetchStatus(url, dispatcher);
   if (!r.ok) {
-    process.stderr.write(`kedge: no answer from the agent at ${url}: ${r.error} (is the service running?)\n`);
+    process.stderr.write(
+      `kedge: no answer from the agent at ${url}: ${r.error} (is the service running?)\n`,
+    );
     return STATUS_EXIT.unreachable;
   }
   out.write((opts.json ? JSON.stringify(r.raw, null, 2) : formatStatus(r.status)) + '\n');
@@ -174,7 +224,12 @@ async function once(url: string, opts: StatusCliOptions, out: NodeJS.WriteStream
  * Ctrl-C or `count` screens. While a backlog drains, a progress bar measures it against the
  * largest backlog seen since the watch began.
  */
-async function watch(url: string, opts: StatusCliOptions, out: NodeJS.WriteStream, dispatcher: Dispatcher | undefined): Promise<number> {
+async function watch(
+  url: string,
+  opts: StatusCliOptions,
+  out: NodeJS.WriteStream,
+  dispatcher: Dispatcher | undefined,
+): Promise<number> {
   const tty = Boolean(out.isTTY) && !opts.json;
   let stopped = false;
   let wake: (() => void) | null = null;
@@ -187,7 +242,14 @@ async function watch(url: string, opts: StatusCliOptions, out: NodeJS.WriteStrea
   let peak = 0;
   try {
     for (let n = 0; !stopped && (opts.count === null || n < opts.count); n++) {
-      if (n > 0) await new Promise<void>((r) => { const t = setTimeout(r, 1_000); wake = () => { clearTimeout(t); r(); }; });
+      if (n > 0)
+        await new Promise<void>((r) => {
+          const t = setTimeout(r, 1_000);
+          wake = () => {
+            clearTimeout(t);
+            r();
+          };
+        });
       if (stopped) break;
       const r = await fetchStatus(url, dispatcher);
       if (!r.ok) {
@@ -200,9 +262,13 @@ async function watch(url: string, opts: StatusCliOptions, out: NodeJS.WriteStrea
       code = exitCodeFor(s);
       peak = Math.max(peak, s.backlog.events);
       // A bar only while there is (or was, during this watch) a backlog to drain.
-      const bar = peak > 0 ? `${progressBar(peak - s.backlog.events, peak)} drained of ${count(peak)}` : null;
+      const bar =
+        peak > 0 ? `${progressBar(peak - s.backlog.events, peak)} drained of ${count(peak)}` : null;
       if (opts.json) out.write(JSON.stringify(r.raw) + '\n');
-      else if (tty) out.write(`\x1b[H\x1b[2J${formatStatus(s)}\n${bar ? `progress ${bar}\n` : ''}(every second; Ctrl-C to stop)\n`);
+      else if (tty)
+        out.write(
+          `\x1b[H\x1b[2J${formatStatus(s)}\n${bar ? `progress ${bar}\n` : ''}(every second; Ctrl-C to stop)\n`,
+        );
       else out.write(formatLine(s, bar) + '\n');
     }
   } finally {

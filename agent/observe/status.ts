@@ -36,7 +36,10 @@ export class RateMeter {
   }
   /** Events per second over the window (or the last `windowMs` of it): [ingest, forward]. */
   rates(windowMs?: number): { ingest: number; forward: number } {
-    return { ingest: this.sampler.rate('lastSeq', windowMs), forward: this.sampler.rate('forwarded', windowMs) };
+    return {
+      ingest: this.sampler.rate('lastSeq', windowMs),
+      forward: this.sampler.rate('forwarded', windowMs),
+    };
   }
   /**
    * Forward rate of the current drain, over at most `windowMs`: measured from the first sample
@@ -83,7 +86,10 @@ export function buildStatus(src: StatusSources, rates: RateMeter) {
       rate_cap_bytes_per_second: fwd.rateCapBytesPerSecond,
       wire_bytes_per_second: fwd.wireBytesPerSecond,
       batch_bytes: fwd.batchBytes,
-      window: fwd.window === null ? null : { open: fwd.window.open, next_change_at: fwd.window.nextChangeAt },
+      window:
+        fwd.window === null
+          ? null
+          : { open: fwd.window.open, next_change_at: fwd.window.nextChangeAt },
       history: fwd.history,
     },
     backlog: {
@@ -91,16 +97,36 @@ export function buildStatus(src: StatusSources, rates: RateMeter) {
       bytes: s.backlogBytes,
       oldest_age_seconds: s.oldestTs === null ? null : Math.max(0, (now - s.oldestTs) / 1000),
       // null: not draining (link down, paused, or nothing forwarded in the last few seconds).
-      eta_seconds: s.backlogEvents === 0 ? 0 : draining && recentForward > 0 ? Math.ceil(s.backlogEvents / recentForward) : null,
+      eta_seconds:
+        s.backlogEvents === 0
+          ? 0
+          : draining && recentForward > 0
+            ? Math.ceil(s.backlogEvents / recentForward)
+            : null,
     },
-    rates: { ingest_events_per_second: round(r.ingest), forward_events_per_second: round(r.forward) },
+    rates: {
+      ingest_events_per_second: round(r.ingest),
+      forward_events_per_second: round(r.forward),
+    },
     log: { last_seq: s.lastSeq, cursor: s.cursor, commits: s.commits },
-    dead_letters: { events: s.deadLetters, recent: src.log.listDeadLetters(10).map((d) => ({ seq: d.seq, topic: d.topic, reason: d.reason, dead_at: new Date(d.deadAt).toISOString(), bytes: d.value.length })) },
+    dead_letters: {
+      events: s.deadLetters,
+      recent: src.log.listDeadLetters(10).map((d) => ({
+        seq: d.seq,
+        topic: d.topic,
+        reason: d.reason,
+        dead_at: new Date(d.deadAt).toISOString(),
+        bytes: d.value.length,
+      })),
+    },
     drops: src.drops?.() ?? { events: s.droppedEvents ?? 0 },
     disk: {
       bytes: s.diskBytes ?? null,
       quota_bytes: s.quotaBytes ?? null,
-      used_ratio: s.quotaBytes && s.diskBytes != null ? Math.round((s.diskBytes / s.quotaBytes) * 1000) / 1000 : null,
+      used_ratio:
+        s.quotaBytes && s.diskBytes != null
+          ? Math.round((s.diskBytes / s.quotaBytes) * 1000) / 1000
+          : null,
     },
     warnings: src.warnings(),
   };

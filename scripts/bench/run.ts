@@ -46,7 +46,10 @@ const USAGE = `usage: npm run bench [-- options]
 `;
 
 /** Waits until the machine's busy CPU (nothing of the bench runs yet) is below `pct` % of one core over 10 s. */
-async function waitQuiet(maxMinutes: number, pct = 25): Promise<{ waitedS: number; busyPct: number }> {
+async function waitQuiet(
+  maxMinutes: number,
+  pct = 25,
+): Promise<{ waitedS: number; busyPct: number }> {
   const t0 = performance.now();
   let busy = Infinity;
   for (;;) {
@@ -55,7 +58,9 @@ async function waitQuiet(maxMinutes: number, pct = 25): Promise<{ waitedS: numbe
     const b = machineCpu();
     busy = (100 * (b.busy - a.busy)) / 10;
     const waited = (performance.now() - t0) / 1000;
-    process.stderr.write(`machine busy ${busy.toFixed(0)} % of one core (waited ${waited.toFixed(0)} s)\n`);
+    process.stderr.write(
+      `machine busy ${busy.toFixed(0)} % of one core (waited ${waited.toFixed(0)} s)\n`,
+    );
     if (busy < pct || waited > maxMinutes * 60) return { waitedS: waited, busyPct: busy };
   }
 }
@@ -91,12 +96,33 @@ function today(): string {
 
 function withTimeout<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
   let t: NodeJS.Timeout;
-  return Promise.race([p, new Promise<never>((_, rej) => (t = setTimeout(() => rej(new Error(`${what} did not finish within ${Math.round(ms / 1000)} s`)), ms)))]).finally(() => clearTimeout(t));
+  return Promise.race([
+    p,
+    new Promise<never>(
+      (_, rej) =>
+        (t = setTimeout(
+          () => rej(new Error(`${what} did not finish within ${Math.round(ms / 1000)} s`)),
+          ms,
+        )),
+    ),
+  ]).finally(() => clearTimeout(t));
 }
 
 /** Where a run's files go: a full run is the report of record; partial runs do not overwrite it. */
-function outputNames(date: string, quick: boolean, only: string[] | null, profiling: boolean, agentEnv: boolean, resultsDir: string): { name: string; markdown: string } {
-  const tags = [quick ? 'quick' : '', only ? `only-${only.join('+')}` : '', profiling ? 'profile' : '', agentEnv ? 'env' : ''].filter(Boolean);
+function outputNames(
+  date: string,
+  quick: boolean,
+  only: string[] | null,
+  profiling: boolean,
+  agentEnv: boolean,
+  resultsDir: string,
+): { name: string; markdown: string } {
+  const tags = [
+    quick ? 'quick' : '',
+    only ? `only-${only.join('+')}` : '',
+    profiling ? 'profile' : '',
+    agentEnv ? 'env' : '',
+  ].filter(Boolean);
   if (tags.length === 0) return { name: date, markdown: join(BENCH, 'RESULTS.md') };
   const name = `${date}-${tags.join('-')}`;
   return { name, markdown: join(resultsDir, `${name}.md`) };
@@ -126,7 +152,10 @@ async function main(): Promise<void> {
     return;
   }
   if (values.list) {
-    for (const s of SCENARIOS) process.stdout.write(`${s.name.padEnd(18)} ${s.title} (~${s.estimateSeconds(false)} s, quick ~${s.estimateSeconds(true)} s)\n`);
+    for (const s of SCENARIOS)
+      process.stdout.write(
+        `${s.name.padEnd(18)} ${s.title} (~${s.estimateSeconds(false)} s, quick ~${s.estimateSeconds(true)} s)\n`,
+      );
     return;
   }
   const resultsDir = resolve(values.out ?? join(BENCH, 'results'));
@@ -135,20 +164,35 @@ async function main(): Promise<void> {
     const file = resolve(values.render);
     const report = JSON.parse(readFileSync(file, 'utf8')) as BenchReport;
     const name = basename(file, '.json');
-    const markdown = name === report.date ? join(BENCH, 'RESULTS.md') : join(resultsDir, `${name}.md`);
+    const markdown =
+      name === report.date ? join(BENCH, 'RESULTS.md') : join(resultsDir, `${name}.md`);
     const w = writeReport(report, resultsDir, name, markdown, file);
     process.stdout.write(consoleTable(report) + '\n');
-    process.stdout.write(`\nrendered ${relative(REPO, w.markdown)} and ${w.charts.length} charts\n`);
+    process.stdout.write(
+      `\nrendered ${relative(REPO, w.markdown)} and ${w.charts.length} charts\n`,
+    );
     return;
   }
 
   const quick = values.quick!;
-  const only = values.only ? values.only.split(',').map((s) => s.trim()).filter(Boolean) : null;
+  const only = values.only
+    ? values.only
+        .split(',')
+        .map((s) => s.trim())
+        .filter(Boolean)
+    : null;
   const scenarios = select(only);
   const maxMinutes = values['max-minutes'] ? Number(values['max-minutes']) : 25;
   if (!(maxMinutes > 0)) fail('--max-minutes needs a positive number');
   const date = today();
-  const names = outputNames(date, quick, only, values['cpu-prof']!, (values['agent-env'] ?? []).length > 0, resultsDir);
+  const names = outputNames(
+    date,
+    quick,
+    only,
+    values['cpu-prof']!,
+    (values['agent-env'] ?? []).length > 0,
+    resultsDir,
+  );
   const profDir = values['cpu-prof'] ? join(resultsDir, names.name, 'profiles') : null;
   if (profDir) mkdirSync(profDir, { recursive: true });
 
@@ -158,13 +202,22 @@ async function main(): Promise<void> {
     if (!(m >= 0)) fail('--wait-quiet needs a number of minutes');
     quiet = await waitQuiet(m);
   }
-  const agentInfo = await chooseAgent({ fromSource: values['from-source']!, exe: values.exe ? resolve(values.exe) : null, cpuProfDir: profDir });
+  const agentInfo = await chooseAgent({
+    fromSource: values['from-source']!,
+    exe: values.exe ? resolve(values.exe) : null,
+    cpuProfDir: profDir,
+  });
   for (const kv of values['agent-env'] ?? []) {
     const eq = kv.indexOf('=');
     if (eq <= 0) fail(`--agent-env needs NAME=VALUE, not "${kv}"`);
     (agentInfo.env ??= {})[kv.slice(0, eq)] = kv.slice(eq + 1);
   }
-  if (agentInfo.env) agentInfo.notes.push(`extra environment (--agent-env): ${Object.entries(agentInfo.env).map(([k, v]) => `${k}=${v}`).join(' ')}`);
+  if (agentInfo.env)
+    agentInfo.notes.push(
+      `extra environment (--agent-env): ${Object.entries(agentInfo.env)
+        .map(([k, v]) => `${k}=${v}`)
+        .join(' ')}`,
+    );
   const ctx = new BenchContext({ quick, only, keep: values.keep! }, agentInfo);
   const machine = machineInfo();
   if (quiet) machine.quietWait = quiet;
@@ -172,10 +225,18 @@ async function main(): Promise<void> {
   const startedAt = new Date();
   const t0 = performance.now();
 
-  process.stderr.write(`kedge bench${quick ? ' (quick)' : ''}: ${scenarios.map((s) => s.name).join(', ')}\n`);
-  process.stderr.write(`machine: ${machine.cores} cores, ${machine.cpuModel}, ${(machine.memoryBytes / 2 ** 30).toFixed(1)} GiB, load ${machine.loadavgStart.join(' ')}, ${machine.fsync ? `${machine.fsync.perS.toFixed(0)} fsync/s` : ''}\n`);
-  process.stderr.write(`kedge runs as ${agentInfo.mode}: ${agentInfo.command.join(' ')}\n${agentInfo.notes.map((n) => `  - ${n}\n`).join('')}`);
-  const est = scenarios.reduce((s, x) => s + x.estimateSeconds(quick), 0) + (scenarios.some((s) => s.needsKafka) ? 40 : 0);
+  process.stderr.write(
+    `kedge bench${quick ? ' (quick)' : ''}: ${scenarios.map((s) => s.name).join(', ')}\n`,
+  );
+  process.stderr.write(
+    `machine: ${machine.cores} cores, ${machine.cpuModel}, ${(machine.memoryBytes / 2 ** 30).toFixed(1)} GiB, load ${machine.loadavgStart.join(' ')}, ${machine.fsync ? `${machine.fsync.perS.toFixed(0)} fsync/s` : ''}\n`,
+  );
+  process.stderr.write(
+    `kedge runs as ${agentInfo.mode}: ${agentInfo.command.join(' ')}\n${agentInfo.notes.map((n) => `  - ${n}\n`).join('')}`,
+  );
+  const est =
+    scenarios.reduce((s, x) => s + x.estimateSeconds(quick), 0) +
+    (scenarios.some((s) => s.needsKafka) ? 40 : 0);
   process.stderr.write(`estimated ${Math.ceil(est / 60)} minutes\n`);
 
   let interrupted = false;
@@ -197,7 +258,17 @@ async function main(): Promise<void> {
     }
     for (const s of scenarios) {
       if ((performance.now() - t0) / 60_000 > maxMinutes) {
-        reports.push({ name: s.name, title: s.title, description: s.description, seconds: 0, error: `skipped: the run passed --max-minutes ${maxMinutes}`, figures: [], charts: [], cpu: [], notes: [] });
+        reports.push({
+          name: s.name,
+          title: s.title,
+          description: s.description,
+          seconds: 0,
+          error: `skipped: the run passed --max-minutes ${maxMinutes}`,
+          figures: [],
+          charts: [],
+          cpu: [],
+          notes: [],
+        });
         continue;
       }
       ctx.scenario = s.name;
@@ -213,7 +284,14 @@ async function main(): Promise<void> {
       } finally {
         await ctx.runCleanups();
       }
-      reports.push({ name: s.name, title: s.title, description: s.description, seconds: (performance.now() - ts) / 1000, error, ...(res ?? { figures: [], charts: [], cpu: [], notes: [] }) });
+      reports.push({
+        name: s.name,
+        title: s.title,
+        description: s.description,
+        seconds: (performance.now() - ts) / 1000,
+        error,
+        ...(res ?? { figures: [], charts: [], cpu: [], notes: [] }),
+      });
       ctx.scenario = '';
     }
   } finally {
@@ -228,11 +306,18 @@ async function main(): Promise<void> {
       const txt = join(profDir, f.replace(/\.cpuprofile$/, `.${byPid.get(pid) ?? 'unknown'}.txt`));
       try {
         writeFileSync(txt, formatSummary(summarize(join(profDir, f), 40)) + '\n');
-        process.stderr.write(`profile of ${byPid.get(pid) ?? `pid ${pid}`}: ${relative(REPO, txt)}\n`);
+        process.stderr.write(
+          `profile of ${byPid.get(pid) ?? `pid ${pid}`}: ${relative(REPO, txt)}\n`,
+        );
         for (const ph of ctx.phases.filter((x) => x.pid === pid)) {
           const w = { fromMs: ph.from - ph.spawnedAt, toMs: ph.to - ph.spawnedAt };
           const ptxt = join(profDir, f.replace(/\.cpuprofile$/, `.${ph.scenario}.${ph.name}.txt`));
-          writeFileSync(ptxt, `phase "${ph.name}" of ${ph.scenario}: ${(w.fromMs / 1000).toFixed(1)}-${(w.toMs / 1000).toFixed(1)} s after spawn\n` + formatSummary(summarize(join(profDir, f), 40, w)) + '\n');
+          writeFileSync(
+            ptxt,
+            `phase "${ph.name}" of ${ph.scenario}: ${(w.fromMs / 1000).toFixed(1)}-${(w.toMs / 1000).toFixed(1)} s after spawn\n` +
+              formatSummary(summarize(join(profDir, f), 40, w)) +
+              '\n',
+          );
           process.stderr.write(`  phase ${ph.name}: ${relative(REPO, ptxt)}\n`);
         }
       } catch (e) {
@@ -258,8 +343,11 @@ async function main(): Promise<void> {
   if (!existsSync(resultsDir)) mkdirSync(resultsDir, { recursive: true });
   const w = writeReport(report, resultsDir, names.name, names.markdown);
   process.stdout.write('\n' + consoleTable(report) + '\n\n');
-  for (const s of reports) if (s.error) process.stdout.write(`${s.name} FAILED: ${s.error.split('\n')[0]}\n`);
-  process.stdout.write(`wrote ${relative(REPO, w.json)}, ${relative(REPO, w.markdown)} and ${w.charts.length} charts in ${(report.seconds / 60).toFixed(1)} minutes\n`);
+  for (const s of reports)
+    if (s.error) process.stdout.write(`${s.name} FAILED: ${s.error.split('\n')[0]}\n`);
+  process.stdout.write(
+    `wrote ${relative(REPO, w.json)}, ${relative(REPO, w.markdown)} and ${w.charts.length} charts in ${(report.seconds / 60).toFixed(1)} minutes\n`,
+  );
   process.exitCode = reports.some((s) => s.error) ? 1 : 0;
 }
 

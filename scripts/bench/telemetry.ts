@@ -25,13 +25,56 @@ export interface TelemetryOptions {
   startMs?: number;
 }
 
-const SITES = ['hamburg-port', 'rotterdam-dc', 'lyon-plant', 'vessel-aurora', 'cell-site-417', 'brno-line'];
+const SITES = [
+  'hamburg-port',
+  'rotterdam-dc',
+  'lyon-plant',
+  'vessel-aurora',
+  'cell-site-417',
+  'brno-line',
+];
 const KINDS = [
-  { kind: 'env', unit: 'C', fields: [['temp_c', 21, 6, 2], ['humidity_pct', 45, 15, 1], ['co2_ppm', 620, 200, 0]] },
-  { kind: 'motor', unit: 'mm/s', fields: [['vibration_rms', 2.5, 1.2, 3], ['current_a', 11, 4, 2], ['temp_c', 48, 10, 1]] },
-  { kind: 'power', unit: 'kW', fields: [['power_kw', 42, 15, 3], ['voltage_v', 230, 4, 1], ['pf', 0.93, 0.05, 3]] },
-  { kind: 'flow', unit: 'l/min', fields: [['flow_lpm', 120, 30, 1], ['pressure_bar', 4.2, 0.8, 3], ['temp_c', 17, 5, 2]] },
-] as const satisfies readonly { kind: string; unit: string; fields: readonly (readonly [string, number, number, number])[] }[];
+  {
+    kind: 'env',
+    unit: 'C',
+    fields: [
+      ['temp_c', 21, 6, 2],
+      ['humidity_pct', 45, 15, 1],
+      ['co2_ppm', 620, 200, 0],
+    ],
+  },
+  {
+    kind: 'motor',
+    unit: 'mm/s',
+    fields: [
+      ['vibration_rms', 2.5, 1.2, 3],
+      ['current_a', 11, 4, 2],
+      ['temp_c', 48, 10, 1],
+    ],
+  },
+  {
+    kind: 'power',
+    unit: 'kW',
+    fields: [
+      ['power_kw', 42, 15, 3],
+      ['voltage_v', 230, 4, 1],
+      ['pf', 0.93, 0.05, 3],
+    ],
+  },
+  {
+    kind: 'flow',
+    unit: 'l/min',
+    fields: [
+      ['flow_lpm', 120, 30, 1],
+      ['pressure_bar', 4.2, 0.8, 3],
+      ['temp_c', 17, 5, 2],
+    ],
+  },
+] as const satisfies readonly {
+  kind: string;
+  unit: string;
+  fields: readonly (readonly [string, number, number, number])[];
+}[];
 const FIRMWARE = ['3.2.1', '3.2.4', '3.3.0', '4.0.0-rc2'];
 const STATUSES = ['ok', 'ok', 'ok', 'ok', 'ok', 'ok', 'ok', 'ok', 'degraded', 'calibrating'];
 
@@ -116,12 +159,21 @@ export class TelemetryGenerator {
       rssi_dbm: -50 - Math.floor(r() * 45),
       fw: d.firmware,
     };
-    if (r() < 0.02) doc.alarm = { code: `E${100 + Math.floor(r() * 40)}`, message: 'threshold exceeded on ' + d.kind.fields[Math.floor(r() * 3)][0], since: new Date(d.nextTs - Math.floor(r() * 60_000)).toISOString() };
+    if (r() < 0.02)
+      doc.alarm = {
+        code: `E${100 + Math.floor(r() * 40)}`,
+        message: 'threshold exceeded on ' + d.kind.fields[Math.floor(r() * 3)][0],
+        since: new Date(d.nextTs - Math.floor(r() * 60_000)).toISOString(),
+      };
     this.count++;
     return {
       key: d.id,
       value: JSON.stringify(doc),
-      headers: { 'content-type': 'application/json', schema: `telemetry.${d.kind.kind}.v2`, site: d.site },
+      headers: {
+        'content-type': 'application/json',
+        schema: `telemetry.${d.kind.kind}.v2`,
+        site: d.site,
+      },
     };
   }
 

@@ -32,7 +32,8 @@ const META_URL = '__kedge_import_meta_url';
 /** Served at run time by sea-setup.ts from SEA assets, never bundled. */
 export const EXTERNAL_PACKAGES = ['node-sqlite3-wasm'] as const;
 
-const CREATE_REQUIRE_LINE = /^(?:const|let|var) require = createRequire\(import\.meta\.url\);?[ \t]*$/m;
+const CREATE_REQUIRE_LINE =
+  /^(?:const|let|var) require = createRequire\(import\.meta\.url\);?[ \t]*$/m;
 const REQUIRE_USE = /\brequire\s*[.(]/g;
 const REQUIRE_LITERAL = /\brequire\s*\(\s*(['"])[^'"\n]+\1\s*\)/g;
 
@@ -44,7 +45,8 @@ const REQUIRE_LITERAL = /\brequire\s*\(\s*(['"])[^'"\n]+\1\s*\)/g;
  */
 export const OPTIONAL_REQUIRES: Record<string, string> = {
   bufferutil: 'ws (under mqtt): optional native addon; ws masks frames in JavaScript without it',
-  'utf-8-validate': 'ws (under mqtt): optional native addon; ws validates UTF-8 with Node itself without it',
+  'utf-8-validate':
+    'ws (under mqtt): optional native addon; ws validates UTF-8 with Node itself without it',
 };
 
 /**
@@ -53,7 +55,8 @@ export const OPTIONAL_REQUIRES: Record<string, string> = {
  * would be missing on the device.
  */
 export const DYNAMIC_REQUIRE_OK: Record<string, string> = {
-  'agent/log/driver-wasm.ts': 'node-sqlite3-wasm, served from SEA assets by scripts/build/sea-setup.ts',
+  'agent/log/driver-wasm.ts':
+    'node-sqlite3-wasm, served from SEA assets by scripts/build/sea-setup.ts',
 };
 
 /** What an agent file kept as run-time requires (it uses createRequire and was not made static). */
@@ -61,7 +64,9 @@ export function runtimeRequiresOf(file: string): { literal: string[]; computed: 
   const src = readFileSync(file, 'utf8');
   if (!CREATE_REQUIRE_LINE.test(src)) return { literal: [], computed: 0 };
   const rest = src.replace(CREATE_REQUIRE_LINE, '');
-  const literal = [...rest.matchAll(REQUIRE_LITERAL)].map((m) => m[0].replace(/^require\s*\(\s*['"]|['"]\s*\)$/g, ''));
+  const literal = [...rest.matchAll(REQUIRE_LITERAL)].map((m) =>
+    m[0].replace(/^require\s*\(\s*['"]|['"]\s*\)$/g, ''),
+  );
   const computed = [...rest.matchAll(/\brequire\s*\(/g)].length - literal.length;
   return { literal, computed };
 }
@@ -82,7 +87,13 @@ export function staticRequirePlugin(patched: string[], under: string = AGENT): P
         if (uses === 0 || uses !== literal) return undefined;
         patched.push(relative(ROOT, args.path));
         // Same line count, so esbuild's positions still point at the right line.
-        return { contents: src.slice(0, m.index) + '/* require: bundled by scripts/build/bundle.ts */' + src.slice(m.index + m[0].length), loader: 'ts' };
+        return {
+          contents:
+            src.slice(0, m.index) +
+            '/* require: bundled by scripts/build/bundle.ts */' +
+            src.slice(m.index + m[0].length),
+          loader: 'ts',
+        };
       });
     },
   };
@@ -97,7 +108,10 @@ export interface WasmSqlite {
 /** The package files that become SEA assets, checked for what sea-setup.ts depends on. */
 export function wasmSqlite(): WasmSqlite {
   const dir = join(ROOT, 'node_modules/node-sqlite3-wasm');
-  const pkg = JSON.parse(readFileSync(join(dir, 'package.json'), 'utf8')) as { version: string; main?: string };
+  const pkg = JSON.parse(readFileSync(join(dir, 'package.json'), 'utf8')) as {
+    version: string;
+    main?: string;
+  };
   const js = join(dir, pkg.main ?? 'dist/node-sqlite3-wasm.js');
   const wasm = join(dirname(js), WASM_SQLITE_ASSETS.wasm);
   const where = `node-sqlite3-wasm@${pkg.version}`;
@@ -107,17 +121,28 @@ export function wasmSqlite(): WasmSqlite {
     code = readFileSync(js, 'utf8');
     bytes = readFileSync(wasm);
   } catch (e) {
-    throw new BuildError(`${where}: expected ${relative(ROOT, js)} and ${relative(ROOT, wasm)} (${(e as Error).message}); the package layout changed, update scripts/build/sea-setup.ts`);
+    throw new BuildError(
+      `${where}: expected ${relative(ROOT, js)} and ${relative(ROOT, wasm)} (${(e as Error).message}); the package layout changed, update scripts/build/sea-setup.ts`,
+    );
   }
   const problems: string[] = [];
-  if (!/^var Module\s*=\s*typeof Module\s*!=\s*["']undefined["']\s*\?\s*Module\s*:\s*\{\}/.test(code)) {
-    problems.push('its dist js no longer starts with `var Module = typeof Module != "undefined" ? Module : {}`');
+  if (
+    !/^var Module\s*=\s*typeof Module\s*!=\s*["']undefined["']\s*\?\s*Module\s*:\s*\{\}/.test(code)
+  ) {
+    problems.push(
+      'its dist js no longer starts with `var Module = typeof Module != "undefined" ? Module : {}`',
+    );
   }
-  if (!code.includes('Module["wasmBinary"]')) problems.push('its dist js no longer reads Module["wasmBinary"]');
-  if (!code.includes(WASM_SQLITE_ASSETS.wasm)) problems.push(`its dist js no longer loads ${WASM_SQLITE_ASSETS.wasm}`);
-  if (bytes.readUInt32BE(0) !== 0x0061736d) problems.push(`${WASM_SQLITE_ASSETS.wasm} is not a WebAssembly module`);
+  if (!code.includes('Module["wasmBinary"]'))
+    problems.push('its dist js no longer reads Module["wasmBinary"]');
+  if (!code.includes(WASM_SQLITE_ASSETS.wasm))
+    problems.push(`its dist js no longer loads ${WASM_SQLITE_ASSETS.wasm}`);
+  if (bytes.readUInt32BE(0) !== 0x0061736d)
+    problems.push(`${WASM_SQLITE_ASSETS.wasm} is not a WebAssembly module`);
   if (problems.length) {
-    throw new BuildError(`${where} changed in a way the single executable depends on (scripts/build/sea-setup.ts):\n${problems.map((p) => `  - ${p}`).join('\n')}`);
+    throw new BuildError(
+      `${where} changed in a way the single executable depends on (scripts/build/sea-setup.ts):\n${problems.map((p) => `  - ${p}`).join('\n')}`,
+    );
   }
   return { version: pkg.version, js, wasm };
 }
@@ -129,7 +154,14 @@ export function importedPackages(files: readonly string[]): string[] {
     const src = readFileSync(file, 'utf8');
     const specs = [
       ...[...src.matchAll(/^\s*import\s+(?!type\s)([^;]*?)\sfrom\s+['"]([^'"]+)['"]/gm)]
-        .filter((m) => !/^\{[^}]*\}$/.test(m[1].trim()) || m[1].replace(/[{}\s]/g, '').split(',').some((n) => n && !n.startsWith('type')))
+        .filter(
+          (m) =>
+            !/^\{[^}]*\}$/.test(m[1].trim()) ||
+            m[1]
+              .replace(/[{}\s]/g, '')
+              .split(',')
+              .some((n) => n && !n.startsWith('type')),
+        )
         .map((m) => m[2]),
       ...[...src.matchAll(/^\s*import\s+['"]([^'"]+)['"]/gm)].map((m) => m[1]),
       ...[...src.matchAll(/\brequire\(\s*['"]([^'"]+)['"]\s*\)/g)].map((m) => m[1]),
@@ -191,33 +223,54 @@ export async function bundle(outfile: string): Promise<BundleResult> {
     absWorkingDir: ROOT,
   });
   if (result.warnings.length) {
-    const lines = result.warnings.map((w) => `  - ${w.location ? `${w.location.file}:${w.location.line}: ` : ''}${w.text}`);
-    throw new BuildError(`esbuild warnings (each is a likely run-time failure inside the executable):\n${lines.join('\n')}`);
+    const lines = result.warnings.map(
+      (w) => `  - ${w.location ? `${w.location.file}:${w.location.line}: ` : ''}${w.text}`,
+    );
+    throw new BuildError(
+      `esbuild warnings (each is a likely run-time failure inside the executable):\n${lines.join('\n')}`,
+    );
   }
 
   const code = readFileSync(outfile, 'utf8');
   const runtimeRequires = new Set<string>();
   for (const m of code.matchAll(/\brequire\(\s*(['"`])([^'"`]+)\1\s*\)/g)) {
-    if (!isBuiltin(m[2]) && !(EXTERNAL_PACKAGES as readonly string[]).includes(m[2]) && !(m[2] in OPTIONAL_REQUIRES)) runtimeRequires.add(m[2]);
+    if (
+      !isBuiltin(m[2]) &&
+      !(EXTERNAL_PACKAGES as readonly string[]).includes(m[2]) &&
+      !(m[2] in OPTIONAL_REQUIRES)
+    )
+      runtimeRequires.add(m[2]);
   }
   for (const file of Object.keys(result.metafile.inputs)) {
     const rel = file.split(sep).join('/');
     if (!rel.startsWith('agent/') || patched.includes(rel)) continue;
     const r = runtimeRequiresOf(join(ROOT, file));
-    const bad = r.literal.filter((m) => !isBuiltin(m) && !(EXTERNAL_PACKAGES as readonly string[]).includes(m));
+    const bad = r.literal.filter(
+      (m) => !isBuiltin(m) && !(EXTERNAL_PACKAGES as readonly string[]).includes(m),
+    );
     if (bad.length) runtimeRequires.add(`${bad.join(', ')} (createRequire in ${rel})`);
     if (r.computed > 0 && !DYNAMIC_REQUIRE_OK[rel]) {
-      runtimeRequires.add(`a computed module name (createRequire in ${rel}; if it is served some other way, add it to DYNAMIC_REQUIRE_OK in scripts/build/bundle.ts)`);
+      runtimeRequires.add(
+        `a computed module name (createRequire in ${rel}; if it is served some other way, add it to DYNAMIC_REQUIRE_OK in scripts/build/bundle.ts)`,
+      );
     }
   }
   if (runtimeRequires.size) {
-    throw new BuildError(`the bundle would require at run time: ${[...runtimeRequires].join('; ')}. A single executable has no node_modules`);
+    throw new BuildError(
+      `the bundle would require at run time: ${[...runtimeRequires].join('; ')}. A single executable has no node_modules`,
+    );
   }
   const packages = bundledPackages(result.metafile);
-  const agentFiles = Object.keys(result.metafile.inputs).map((f) => join(ROOT, f)).filter((f) => f.startsWith(AGENT));
-  const missing = importedPackages(agentFiles).filter((p) => !packages.has(p) && !(EXTERNAL_PACKAGES as readonly string[]).includes(p));
+  const agentFiles = Object.keys(result.metafile.inputs)
+    .map((f) => join(ROOT, f))
+    .filter((f) => f.startsWith(AGENT));
+  const missing = importedPackages(agentFiles).filter(
+    (p) => !packages.has(p) && !(EXTERNAL_PACKAGES as readonly string[]).includes(p),
+  );
   if (missing.length) {
-    throw new BuildError(`the agent imports ${missing.join(', ')} in modules of the bundle, but it does not contain ${missing.length === 1 ? 'it' : 'them'} (loaded in a way esbuild cannot see?)`);
+    throw new BuildError(
+      `the agent imports ${missing.join(', ')} in modules of the bundle, but it does not contain ${missing.length === 1 ? 'it' : 'them'} (loaded in a way esbuild cannot see?)`,
+    );
   }
   return { file: outfile, bytes: Buffer.byteLength(code), patched, packages, wasm };
 }

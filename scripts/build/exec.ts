@@ -35,7 +35,11 @@ export interface ExecOptions {
   allowFailure?: boolean;
 }
 
-export function exec(cmd: string, args: readonly string[], opts: ExecOptions = {}): Promise<ExecResult & { code: number | null }> {
+export function exec(
+  cmd: string,
+  args: readonly string[],
+  opts: ExecOptions = {},
+): Promise<ExecResult & { code: number | null }> {
   return new Promise((resolve, reject) => {
     const child = spawn(cmd, args, {
       cwd: opts.cwd,
@@ -49,15 +53,27 @@ export function exec(cmd: string, args: readonly string[], opts: ExecOptions = {
     child.once('error', (e: NodeJS.ErrnoException) => {
       if (e.code === 'ENOENT') {
         const pkg = APT_HINT[cmd];
-        reject(new BuildError(`${cmd} not found${pkg ? ` (apt-get install -y ${pkg})` : ''}`, { cause: e }));
+        reject(
+          new BuildError(`${cmd} not found${pkg ? ` (apt-get install -y ${pkg})` : ''}`, {
+            cause: e,
+          }),
+        );
       } else reject(e);
     });
     child.once('close', (code, signal) => {
-      const r = { stdout: Buffer.concat(out).toString(), stderr: Buffer.concat(err).toString(), code };
+      const r = {
+        stdout: Buffer.concat(out).toString(),
+        stderr: Buffer.concat(err).toString(),
+        code,
+      };
       if (code === 0 || opts.allowFailure) resolve(r);
       else {
         const tail = (r.stderr || r.stdout).trim().split('\n').slice(-15).join('\n');
-        reject(new BuildError(`${cmd} ${args.join(' ')} failed (${signal ?? `exit ${code}`})${tail ? `:\n${tail}` : ''}`));
+        reject(
+          new BuildError(
+            `${cmd} ${args.join(' ')} failed (${signal ?? `exit ${code}`})${tail ? `:\n${tail}` : ''}`,
+          ),
+        );
       }
     });
     if (opts.input !== undefined) child.stdin!.end(opts.input);

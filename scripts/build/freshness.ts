@@ -17,7 +17,7 @@ export interface Newest {
 export function newestFile(paths: readonly string[] = SOURCES): Newest {
   let best: Newest = { file: '', mtimeMs: 0 };
   const visit = (p: string): void => {
-    let st;
+    let st: ReturnType<typeof statSync>;
     try {
       st = statSync(p);
     } catch {
@@ -41,7 +41,10 @@ export interface Staleness {
 
 export type ArtifactKind = 'exe' | 'tarball' | 'deb';
 
-export function staleness(arches: readonly Arch[] = ARCHES, kinds: readonly ArtifactKind[] = ['exe', 'tarball', 'deb']): Staleness {
+export function staleness(
+  arches: readonly Arch[] = ARCHES,
+  kinds: readonly ArtifactKind[] = ['exe', 'tarball', 'deb'],
+): Staleness {
   const { version } = packageInfo();
   const newest = newestFile();
   const reasons: string[] = [];
@@ -56,7 +59,8 @@ export function staleness(arches: readonly Arch[] = ARCHES, kinds: readonly Arti
         reasons.push(`${relative(ROOT, file)} is missing`);
         continue;
       }
-      if (mtimeMs < newest.mtimeMs) reasons.push(`${relative(ROOT, file)} is older than ${relative(ROOT, newest.file)}`);
+      if (mtimeMs < newest.mtimeMs)
+        reasons.push(`${relative(ROOT, file)} is older than ${relative(ROOT, newest.file)}`);
     }
   }
   return { stale: reasons.length > 0, reasons };

@@ -25,7 +25,10 @@ export const SEA_RESOURCE = 'NODE_SEA_BLOB';
 export const SEA_FUSE = 'NODE_SEA_FUSE_fce680ab2cc467b6e072b8b5df1996b2';
 
 /** SEA asset keys for the WebAssembly SQLite (read by scripts/build/sea-setup.ts). */
-export const WASM_SQLITE_ASSETS = { js: 'node-sqlite3-wasm.js', wasm: 'node-sqlite3-wasm.wasm' } as const;
+export const WASM_SQLITE_ASSETS = {
+  js: 'node-sqlite3-wasm.js',
+  wasm: 'node-sqlite3-wasm.wasm',
+} as const;
 
 export interface PackageInfo {
   version: string;
@@ -40,14 +43,18 @@ export function packageInfo(): PackageInfo {
   };
   const nodeVersion = pkg.devDependencies?.node ?? '';
   if (!/^\d+\.\d+\.\d+$/.test(nodeVersion)) {
-    throw new Error(`package.json: devDependencies.node must pin an exact version (e.g. "24.21.0"), not ${JSON.stringify(nodeVersion)}`);
+    throw new Error(
+      `package.json: devDependencies.node must pin an exact version (e.g. "24.21.0"), not ${JSON.stringify(nodeVersion)}`,
+    );
   }
   return { version: pkg.version, nodeVersion };
 }
 
 export const exeName = (arch: Arch): string => `kedge-linux-${arch}`;
-export const tarballName = (version: string, arch: Arch): string => `kedge-${version}-linux-${arch}.tar.gz`;
-export const debName = (version: string, arch: Arch): string => `kedge_${version}_${DEB_ARCH[arch]}.deb`;
+export const tarballName = (version: string, arch: Arch): string =>
+  `kedge-${version}-linux-${arch}.tar.gz`;
+export const debName = (version: string, arch: Arch): string =>
+  `kedge_${version}_${DEB_ARCH[arch]}.deb`;
 
 export interface ArchArtifacts {
   exe: string;

@@ -18,7 +18,11 @@ function alive(pid: number): boolean {
 }
 
 /** Waits for the lock (polling), then holds it until the returned release() or process exit. */
-export async function acquireLock(dir: string, onWait: (pid: number) => void, timeoutMs = 30 * 60_000): Promise<() => void> {
+export async function acquireLock(
+  dir: string,
+  onWait: (pid: number) => void,
+  timeoutMs = 30 * 60_000,
+): Promise<() => void> {
   const deadline = Date.now() + timeoutMs;
   let told = false;
   for (;;) {
@@ -37,7 +41,9 @@ export async function acquireLock(dir: string, onWait: (pid: number) => void, ti
     let pid = NaN;
     try {
       pid = Number(readFileSync(join(dir, 'pid'), 'utf8'));
-    } catch { /* being created or removed */ }
+    } catch {
+      /* being created or removed */
+    }
     if (Number.isInteger(pid) && pid > 0 && !alive(pid)) {
       rmSync(dir, { recursive: true, force: true });
       continue;

@@ -13,7 +13,15 @@
  * postject rewrites the section layout and the executable segfaults at start
  * (tried with binutils 2.40 on Node 24.21).
  */
-import { existsSync, mkdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import {
+  existsSync,
+  mkdirSync,
+  readFileSync,
+  renameSync,
+  rmSync,
+  statSync,
+  writeFileSync,
+} from 'node:fs';
 import { arch as hostArch } from 'node:process';
 import { join } from 'node:path';
 import { BuildError, exec } from './exec.ts';
@@ -43,10 +51,13 @@ export function stripTool(arch: Arch): string {
 /** Throws unless `buf` is a 64-bit little-endian ELF executable for `arch`. */
 export function assertElf(buf: Buffer, arch: Arch, what: string): void {
   const isElf = buf.length > 20 && buf.readUInt32BE(0) === 0x7f454c46;
-  if (!isElf || buf[4] !== 2 || buf[5] !== 1) throw new BuildError(`${what} is not a 64-bit little-endian ELF file`);
+  if (!isElf || buf[4] !== 2 || buf[5] !== 1)
+    throw new BuildError(`${what} is not a 64-bit little-endian ELF file`);
   const machine = buf.readUInt16LE(18);
   if (machine !== ELF_MACHINE[arch]) {
-    throw new BuildError(`${what} is an ELF for machine 0x${machine.toString(16)}, expected ${arch} (0x${ELF_MACHINE[arch].toString(16)})`);
+    throw new BuildError(
+      `${what} is an ELF for machine 0x${machine.toString(16)}, expected ${arch} (0x${ELF_MACHINE[arch].toString(16)})`,
+    );
   }
 }
 
@@ -60,16 +71,31 @@ export function occurrences(buf: Buffer, needle: string): number {
 /** Throws unless the SEA fuse occurs once, unflipped (`:0`): postject relies on both. */
 export function assertFuseUnflipped(buf: Buffer, what: string): void {
   const n = occurrences(buf, SEA_FUSE);
-  if (n !== 1) throw new BuildError(`${what}: the SEA fuse ${SEA_FUSE} occurs ${n} times, expected once (not a SEA-capable Node build?)`);
-  if (!buf.includes(`${SEA_FUSE}:0`)) throw new BuildError(`${what}: the SEA fuse is already flipped (an injected executable, not a pristine node)`);
+  if (n !== 1)
+    throw new BuildError(
+      `${what}: the SEA fuse ${SEA_FUSE} occurs ${n} times, expected once (not a SEA-capable Node build?)`,
+    );
+  if (!buf.includes(`${SEA_FUSE}:0`))
+    throw new BuildError(
+      `${what}: the SEA fuse is already flipped (an injected executable, not a pristine node)`,
+    );
 }
 
-export async function officialNode(arch: Arch, version: string, log: (msg: string) => void): Promise<OfficialNode> {
+export async function officialNode(
+  arch: Arch,
+  version: string,
+  log: (msg: string) => void,
+): Promise<OfficialNode> {
   const dir = join(CACHE, `node-v${version}-linux-${arch}`);
   const metaFile = join(dir, 'meta.json');
   if (existsSync(metaFile)) {
     const meta = JSON.parse(readFileSync(metaFile, 'utf8')) as OfficialNode;
-    if (existsSync(meta.binary) && statSync(meta.binary).size === meta.strippedBytes && meta.version === version) return meta;
+    if (
+      existsSync(meta.binary) &&
+      statSync(meta.binary).size === meta.strippedBytes &&
+      meta.version === version
+    )
+      return meta;
   }
 
   const pkg = `node-linux-${arch}@${version}`;
@@ -78,10 +104,27 @@ export async function officialNode(arch: Arch, version: string, log: (msg: strin
   rmSync(tmp, { recursive: true, force: true });
   mkdirSync(tmp, { recursive: true });
   try {
-    const packed = await exec('npm', ['pack', pkg, '--pack-destination', tmp, '--json', '--ignore-scripts']);
-    const info = (JSON.parse(packed.stdout) as { filename: string; integrity: string; version: string }[])[0];
-    if (!info || info.version !== version) throw new BuildError(`npm pack ${pkg} returned ${JSON.stringify(info)}`);
-    await exec('tar', ['-xzf', join(tmp, info.filename), '-C', tmp, 'package/bin/node', 'package/LICENSE']);
+    const packed = await exec('npm', [
+      'pack',
+      pkg,
+      '--pack-destination',
+      tmp,
+      '--json',
+      '--ignore-scripts',
+    ]);
+    const info = (
+      JSON.parse(packed.stdout) as { filename: string; integrity: string; version: string }[]
+    )[0];
+    if (!info || info.version !== version)
+      throw new BuildError(`npm pack ${pkg} returned ${JSON.stringify(info)}`);
+    await exec('tar', [
+      '-xzf',
+      join(tmp, info.filename),
+      '-C',
+      tmp,
+      'package/bin/node',
+      'package/LICENSE',
+    ]);
     rmSync(join(tmp, info.filename));
 
     const rawPath = join(tmp, 'package/bin/node');
@@ -109,7 +152,9 @@ export async function officialNode(arch: Arch, version: string, log: (msg: strin
     writeFileSync(join(tmp, 'meta.json'), JSON.stringify(meta, null, 2) + '\n');
     rmSync(dir, { recursive: true, force: true });
     renameSync(tmp, dir);
-    log(`${pkg}: ${(meta.rawBytes / 2 ** 20).toFixed(1)} MiB, stripped ${(meta.strippedBytes / 2 ** 20).toFixed(1)} MiB`);
+    log(
+      `${pkg}: ${(meta.rawBytes / 2 ** 20).toFixed(1)} MiB, stripped ${(meta.strippedBytes / 2 ** 20).toFixed(1)} MiB`,
+    );
     return meta;
   } finally {
     rmSync(tmp, { recursive: true, force: true });

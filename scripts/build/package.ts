@@ -12,7 +12,17 @@
  *   maintainer scripts from packaging/deb/: system user in postinst, data in
  *   /var/lib/kedge kept on remove and deleted on purge.
  */
-import { chmodSync, copyFileSync, mkdirSync, readFileSync, readdirSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import {
+  chmodSync,
+  copyFileSync,
+  mkdirSync,
+  readFileSync,
+  readdirSync,
+  renameSync,
+  rmSync,
+  statSync,
+  writeFileSync,
+} from 'node:fs';
 import { createHash } from 'node:crypto';
 import { basename, join, relative } from 'node:path';
 import { BuildError, exec } from './exec.ts';
@@ -35,19 +45,39 @@ export interface PackageInput {
 /** The unit as shipped in the .deb: same file, binary in /usr/bin. */
 export function debUnit(unit: string): string {
   const out = unit.replace(/^ExecStart=\/usr\/local\/bin\/kedge /m, 'ExecStart=/usr/bin/kedge ');
-  if (out === unit) throw new BuildError('packaging/kedge.service: no "ExecStart=/usr/local/bin/kedge " line to point at /usr/bin');
+  if (out === unit)
+    throw new BuildError(
+      'packaging/kedge.service: no "ExecStart=/usr/local/bin/kedge " line to point at /usr/bin',
+    );
   return out;
 }
 
 /** The env file as installed: the example, which sets nothing (every line commented). */
 export function installedEnvFile(example: string): string {
   const active = example.split('\n').filter((l) => /^\s*[A-Za-z_][A-Za-z0-9_]*=/.test(l));
-  if (active.length) throw new BuildError(`packaging/kedge.env.example must only have commented settings; active: ${active.join(', ')}`);
+  if (active.length)
+    throw new BuildError(
+      `packaging/kedge.env.example must only have commented settings; active: ${active.join(', ')}`,
+    );
   return example;
 }
 
 /** GLIBCXX_3.4.N → the GCC release whose libstdc++ first had it (Debian's libstdc++6 version). */
-const GLIBCXX_GCC: Record<number, number> = { 21: 5, 22: 6, 23: 7, 24: 7, 25: 8, 26: 9, 27: 9, 28: 10, 29: 11, 30: 12, 31: 13, 32: 13, 33: 14 };
+const GLIBCXX_GCC: Record<number, number> = {
+  21: 5,
+  22: 6,
+  23: 7,
+  24: 7,
+  25: 8,
+  26: 9,
+  27: 9,
+  28: 10,
+  29: 11,
+  30: 12,
+  31: 13,
+  32: 13,
+  33: 14,
+};
 
 /** `Depends:` from the symbol versions the binary references (dpkg-shlibdeps cannot look at a foreign architecture here). */
 export function debDepends(binary: Buffer): string {
@@ -61,9 +91,13 @@ export function debDepends(binary: Buffer): string {
   };
   const glibc = max(/GLIBC_(2\.\d+(?:\.\d+)?)\0/g);
   const glibcxx = max(/GLIBCXX_(3\.4\.\d+)\0/g);
-  if (!glibc.length || !glibcxx.length) throw new BuildError('cannot find the GLIBC/GLIBCXX symbol versions in the node binary');
+  if (!glibc.length || !glibcxx.length)
+    throw new BuildError('cannot find the GLIBC/GLIBCXX symbol versions in the node binary');
   const gcc = GLIBCXX_GCC[glibcxx[2]];
-  if (gcc === undefined) throw new BuildError(`unknown GLIBCXX_${glibcxx.join('.')}: add its GCC release to GLIBCXX_GCC in scripts/build/package.ts`);
+  if (gcc === undefined)
+    throw new BuildError(
+      `unknown GLIBCXX_${glibcxx.join('.')}: add its GCC release to GLIBCXX_GCC in scripts/build/package.ts`,
+    );
   return `libc6 (>= ${glibc.join('.')}), libstdc++6 (>= ${gcc}), libgcc-s1 | libgcc1, passwd`;
 }
 
@@ -112,8 +146,19 @@ export async function makeTarball(i: PackageInput, out: string): Promise<void> {
   const gzip = i.compression === 'small' ? 'gzip -9 -n' : 'gzip -6 -n';
   const tmp = `${out}.tmp`;
   await exec('tar', [
-    '--sort=name', '--owner=0', '--group=0', '--numeric-owner', `--mtime=@${i.mtime}`, '--format=gnu',
-    '-I', gzip, '-cf', tmp, '-C', stage, top,
+    '--sort=name',
+    '--owner=0',
+    '--group=0',
+    '--numeric-owner',
+    `--mtime=@${i.mtime}`,
+    '--format=gnu',
+    '-I',
+    gzip,
+    '-cf',
+    tmp,
+    '-C',
+    stage,
+    top,
   ]);
   renameSync(tmp, out);
   rmSync(stage, { recursive: true, force: true });
@@ -124,16 +169,33 @@ export async function makeDeb(i: PackageInput, out: string): Promise<void> {
   rmSync(stage, { recursive: true, force: true });
   const doc = join(stage, 'usr/share/doc/kedge');
   putFile(join(stage, 'usr/bin/kedge'), i.exe, 0o755);
-  put(join(stage, 'usr/lib/systemd/system/kedge.service'), debUnit(readFileSync(packaging('kedge.service'), 'utf8')), 0o644);
-  put(join(stage, 'etc/kedge/kedge.env'), installedEnvFile(readFileSync(packaging('kedge.env.example'), 'utf8')), 0o600);
+  put(
+    join(stage, 'usr/lib/systemd/system/kedge.service'),
+    debUnit(readFileSync(packaging('kedge.service'), 'utf8')),
+    0o644,
+  );
+  put(
+    join(stage, 'etc/kedge/kedge.env'),
+    installedEnvFile(readFileSync(packaging('kedge.env.example'), 'utf8')),
+    0o600,
+  );
   putFile(join(doc, 'README.md'), packaging('README.md'), 0o644);
   putFile(join(doc, 'kedge.env.example'), packaging('kedge.env.example'), 0o644);
   put(join(doc, 'THIRD_PARTY_NOTICES'), i.notices, 0o644);
-  put(join(doc, 'copyright'), `kedge ${i.version}\nLicense: Apache-2.0 (/usr/share/common-licenses/Apache-2.0)\n\nThe kedge executable embeds Node.js and npm packages under their own\nlicences, reproduced in /usr/share/doc/kedge/THIRD_PARTY_NOTICES.\n`, 0o644);
+  put(
+    join(doc, 'copyright'),
+    `kedge ${i.version}\nLicense: Apache-2.0 (/usr/share/common-licenses/Apache-2.0)\n\nThe kedge executable embeds Node.js and npm packages under their own\nlicences, reproduced in /usr/share/doc/kedge/THIRD_PARTY_NOTICES.\n`,
+    0o644,
+  );
 
   const payload = walk(stage);
   const installedKiB = Math.ceil(payload.reduce((n, f) => n + statSync(f).size, 0) / 1024);
-  const md5 = payload.map((f) => `${createHash('md5').update(readFileSync(f)).digest('hex')}  ${relative(stage, f)}`).join('\n') + '\n';
+  const md5 =
+    payload
+      .map(
+        (f) => `${createHash('md5').update(readFileSync(f)).digest('hex')}  ${relative(stage, f)}`,
+      )
+      .join('\n') + '\n';
 
   const debian = join(stage, 'DEBIAN');
   const maintainer = process.env.KEDGE_DEB_MAINTAINER || 'kedge maintainers <kedge@localhost>';
@@ -160,11 +222,14 @@ export async function makeDeb(i: PackageInput, out: string): Promise<void> {
   put(join(debian, 'control'), control, 0o644);
   put(join(debian, 'conffiles'), '/etc/kedge/kedge.env\n', 0o644);
   put(join(debian, 'md5sums'), md5, 0o644);
-  for (const script of ['postinst', 'prerm', 'postrm']) putFile(join(debian, script), packaging(`deb/${script}`), 0o755);
+  for (const script of ['postinst', 'prerm', 'postrm'])
+    putFile(join(debian, script), packaging(`deb/${script}`), 0o755);
 
   const z = i.compression === 'small' ? ['-Zxz', '-z6'] : ['-Zgzip', '-z6'];
   const tmp = `${out}.tmp`;
-  await exec('dpkg-deb', ['--root-owner-group', ...z, '--build', stage, tmp], { env: { ...process.env, SOURCE_DATE_EPOCH: String(i.mtime) } });
+  await exec('dpkg-deb', ['--root-owner-group', ...z, '--build', stage, tmp], {
+    env: { ...process.env, SOURCE_DATE_EPOCH: String(i.mtime) },
+  });
   renameSync(tmp, out);
   rmSync(stage, { recursive: true, force: true });
 }
@@ -185,13 +250,21 @@ export function notices(i: NoticesInput): string {
     `Node.js's licence, which also covers what Node bundles (V8, libuv, OpenSSL, ICU, SQLite, ...), is last.\n`,
   ];
   for (const [name, dir] of [...i.packages].sort(([a], [b]) => a.localeCompare(b))) {
-    const pkg = JSON.parse(readFileSync(join(dir, 'package.json'), 'utf8')) as { version?: string; license?: string };
+    const pkg = JSON.parse(readFileSync(join(dir, 'package.json'), 'utf8')) as {
+      version?: string;
+      license?: string;
+    };
     const file = readdirSync(dir).find((f) => /^(licen[sc]e|copying)(\..*)?$/i.test(f));
-    parts.push(`${'='.repeat(72)}\n${name}@${pkg.version ?? '?'} (${pkg.license ?? 'see below'})\n${'='.repeat(72)}`);
-    parts.push(file ? readFileSync(join(dir, file), 'utf8').trim() + '\n' : `(no licence file in the package; package.json says ${pkg.license ?? 'nothing'})\n`);
+    parts.push(
+      `${'='.repeat(72)}\n${name}@${pkg.version ?? '?'} (${pkg.license ?? 'see below'})\n${'='.repeat(72)}`,
+    );
+    parts.push(
+      file
+        ? readFileSync(join(dir, file), 'utf8').trim() + '\n'
+        : `(no licence file in the package; package.json says ${pkg.license ?? 'nothing'})\n`,
+    );
   }
   parts.push(`${'='.repeat(72)}\nNode.js v${i.nodeVersion}\n${'='.repeat(72)}`);
   parts.push(readFileSync(i.nodeLicense, 'utf8').trim() + '\n');
   return parts.join('\n');
 }
-

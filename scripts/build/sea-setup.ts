@@ -35,7 +35,11 @@ if (isSea()) {
     },
     load(url, context, nextLoad) {
       if (url !== URL) return nextLoad(url, context);
-      return { format: 'commonjs', source: WASM_PRELUDE + getAsset(JS_ASSET, 'utf8'), shortCircuit: true };
+      return {
+        format: 'commonjs',
+        source: WASM_PRELUDE + getAsset(JS_ASSET, 'utf8'),
+        shortCircuit: true,
+      };
     },
   });
 }

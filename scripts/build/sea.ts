@@ -69,15 +69,28 @@ export async function writeBlob(i: BlobInput, nodeVersion: string): Promise<numb
  * Copies the stripped Node binary to `out` and injects the blob. Never strip
  * the result: that moves the injected note and the executable segfaults.
  */
-export async function makeExecutable(arch: Arch, strippedNode: string, blobFile: string, out: string): Promise<number> {
+export async function makeExecutable(
+  arch: Arch,
+  strippedNode: string,
+  blobFile: string,
+  out: string,
+): Promise<number> {
   const tmp = `${out}.tmp-${process.pid}`;
   copyFileSync(strippedNode, tmp);
   chmodSync(tmp, 0o755);
   try {
-    await exec(process.execPath, [POSTJECT_CLI, tmp, SEA_RESOURCE, blobFile, '--sentinel-fuse', SEA_FUSE]);
+    await exec(process.execPath, [
+      POSTJECT_CLI,
+      tmp,
+      SEA_RESOURCE,
+      blobFile,
+      '--sentinel-fuse',
+      SEA_FUSE,
+    ]);
     const buf = readFileSync(tmp);
     assertElf(buf, arch, out);
-    if (occurrences(buf, `${SEA_FUSE}:1`) !== 1) throw new BuildError(`${out}: postject did not flip the SEA fuse`);
+    if (occurrences(buf, `${SEA_FUSE}:1`) !== 1)
+      throw new BuildError(`${out}: postject did not flip the SEA fuse`);
     renameSync(tmp, out);
     return buf.length;
   } finally {
@@ -90,12 +103,30 @@ export async function makeExecutable(arch: Arch, strippedNode: string, blobFile:
  * arm64) and checks what it reports: a broken executable fails the build, not
  * the first start on a device.
  */
-export async function smokeTest(arch: Arch, exe: string, expect: { version: string; nodeVersion: string }): Promise<string> {
-  const cmd = arch === process.arch ? [exe] : ['qemu-aarch64-static', '-L', '/usr/aarch64-linux-gnu', exe];
-  if (arch !== process.arch && arch !== 'arm64') throw new BuildError(`cannot run a linux-${arch} executable on ${process.arch} for the smoke test`);
-  const r = await exec(cmd[0], [...cmd.slice(1), 'version'], { env: { PATH: process.env.PATH ?? '' } });
-  const want = [`kedge ${expect.version}`, `node v${expect.nodeVersion}`, `arch linux-${arch}`, 'storage sqlite'];
+export async function smokeTest(
+  arch: Arch,
+  exe: string,
+  expect: { version: string; nodeVersion: string },
+): Promise<string> {
+  const cmd =
+    arch === process.arch ? [exe] : ['qemu-aarch64-static', '-L', '/usr/aarch64-linux-gnu', exe];
+  if (arch !== process.arch && arch !== 'arm64')
+    throw new BuildError(
+      `cannot run a linux-${arch} executable on ${process.arch} for the smoke test`,
+    );
+  const r = await exec(cmd[0], [...cmd.slice(1), 'version'], {
+    env: { PATH: process.env.PATH ?? '' },
+  });
+  const want = [
+    `kedge ${expect.version}`,
+    `node v${expect.nodeVersion}`,
+    `arch linux-${arch}`,
+    'storage sqlite',
+  ];
   const missing = want.filter((w) => !r.stdout.includes(w));
-  if (missing.length) throw new BuildError(`${exe} version printed:\n${r.stdout}${r.stderr}\nexpected lines with: ${missing.join(', ')}`);
+  if (missing.length)
+    throw new BuildError(
+      `${exe} version printed:\n${r.stdout}${r.stderr}\nexpected lines with: ${missing.join(', ')}`,
+    );
   return r.stdout.trim();
 }

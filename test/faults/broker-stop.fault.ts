@@ -19,14 +19,17 @@ t.teardown(async () => {
   cleanup(s.dir);
 });
 
-t.test(`broker stopped for ${FAULTS.outageMs / 1000} s under load: nothing acknowledged is lost`, async (tt) => {
-  const node = kafka.nodes[0].id;
-  await runOutage(tt, {
-    name: 'broker-stop',
-    setup: s,
-    agent,
-    readBootstrap: kafka.bootstrap,
-    fail: () => kafka.stopNode(node),
-    heal: () => kafka.startNode(node),
-  });
-});
+t.test(
+  `broker stopped for ${FAULTS.outageMs / 1000} s under load: nothing acknowledged is lost`,
+  async (tt) => {
+    const node = kafka.nodes[0].id;
+    await runOutage(tt, {
+      name: 'broker-stop',
+      setup: s,
+      agent,
+      readBootstrap: kafka.bootstrap,
+      fail: () => kafka.stopNode(node),
+      heal: () => kafka.startNode(node),
+    });
+  },
+);

@@ -6,7 +6,17 @@
  */
 import t from 'tap';
 import { createHash, randomBytes } from 'node:crypto';
-import { cpSync, existsSync, openSync, readdirSync, readFileSync, statSync, truncateSync, writeSync, closeSync } from 'node:fs';
+import {
+  cpSync,
+  existsSync,
+  openSync,
+  readdirSync,
+  readFileSync,
+  statSync,
+  truncateSync,
+  writeSync,
+  closeSync,
+} from 'node:fs';
 import { join } from 'node:path';
 import { AgentProc, REPO, cleanup, freeLoopbackPort, post, tempDir } from '../helpers/agent.ts';
 import { run } from '../helpers/proc.ts';
@@ -17,19 +27,31 @@ const t0 = Date.now();
 const root = tempDir('kedge-fault-damaged-');
 const pristine = join(root, 'pristine');
 // Kafka unreachable (port 1 refuses): every event stays in the log, so the file holds data.
-const baseEnv = { KEDGE_AGENT_ID: 'fault-damaged', KEDGE_KAFKA_BROKERS: '127.0.0.1:1', KEDGE_HEARTBEAT_TOPIC: '' };
+const baseEnv = {
+  KEDGE_AGENT_ID: 'fault-damaged',
+  KEDGE_KAFKA_BROKERS: '127.0.0.1:1',
+  KEDGE_HEARTBEAT_TOPIC: '',
+};
 t.teardown(() => cleanup(root));
 
 const EVENTS = 20_000;
 {
   const agent = await AgentProc.start({ env: { ...baseEnv, KEDGE_DATA_DIR: pristine } });
   for (let r = 0; r < EVENTS / 500; r++) {
-    const body = Array.from({ length: 500 }, (_, i) => JSON.stringify({ id: r * 500 + i, pad: 'p'.repeat(150) })).join('\n');
-    const res = await post(`${agent.base}/v1/topics/damaged?key=k${r % 4}`, body, 'application/x-ndjson');
-    if (res.status !== 200) throw new Error(`setup: ingest answered ${res.status}: ${JSON.stringify(res.body)}`);
+    const body = Array.from({ length: 500 }, (_, i) =>
+      JSON.stringify({ id: r * 500 + i, pad: 'p'.repeat(150) }),
+    ).join('\n');
+    const res = await post(
+      `${agent.base}/v1/topics/damaged?key=k${r % 4}`,
+      body,
+      'application/x-ndjson',
+    );
+    if (res.status !== 200)
+      throw new Error(`setup: ingest answered ${res.status}: ${JSON.stringify(res.body)}`);
   }
   const st = await agent.status();
-  if (st.backlog.events !== EVENTS) throw new Error(`setup: backlog ${st.backlog.events}, expected ${EVENTS}`);
+  if (st.backlog.events !== EVENTS)
+    throw new Error(`setup: backlog ${st.backlog.events}, expected ${EVENTS}`);
   const stopped = await agent.stop();
   if (stopped.code !== 0) throw new Error(`setup: kedge exited with ${stopped.code} on SIGTERM`);
 }
@@ -49,13 +71,21 @@ interface Damage {
 
 const size = statSync(join(pristine, 'kedge.db')).size;
 const damages: Damage[] = [
-  { what: 'truncated to half its size', apply: (db) => truncateSync(db, Math.floor(size / 2 / 4096) * 4096 + 100) },
+  {
+    what: 'truncated to half its size',
+    apply: (db) => truncateSync(db, Math.floor(size / 2 / 4096) * 4096 + 100),
+  },
   { what: 'truncated to zero bytes', apply: (db) => truncateSync(db, 0) },
   { what: 'garbage over its first 4 KiB (the header)', apply: (db) => overwrite(db, 0, 4096) },
-  { what: 'garbage over 64 KiB in the middle', apply: (db) => overwrite(db, Math.floor(size / 2 / 4096) * 4096, 65_536) },
+  {
+    what: 'garbage over 64 KiB in the middle',
+    apply: (db) => overwrite(db, Math.floor(size / 2 / 4096) * 4096, 65_536),
+  },
 ];
 
-t.comment(`kedge.db with ${EVENTS} unforwarded events: ${size} bytes; files: ${readdirSync(pristine).join(', ')}`);
+t.comment(
+  `kedge.db with ${EVENTS} unforwarded events: ${size} bytes; files: ${readdirSync(pristine).join(', ')}`,
+);
 
 for (const d of damages) {
   t.test(`kedge.db ${d.what}: kedge refuses to start and says what to do`, async (tt) => {
@@ -66,7 +96,12 @@ for (const d of damages) {
     const before = sha(db);
     const port = await freeLoopbackPort();
     const res = await run(process.execPath, [...NODE_FLAGS, join(REPO, 'agent/cli.ts'), 'run'], {
-      env: { PATH: process.env.PATH ?? '', ...baseEnv, KEDGE_DATA_DIR: dir, KEDGE_HTTP_LISTEN: `127.0.0.1:${port}` },
+      env: {
+        PATH: process.env.PATH ?? '',
+        ...baseEnv,
+        KEDGE_DATA_DIR: dir,
+        KEDGE_HTTP_LISTEN: `127.0.0.1:${port}`,
+      },
       timeoutMs: 20_000,
     });
     tt.equal(res.signal, null, 'kedge exits by itself (it did not run on until the 20 s timeout)');
@@ -76,7 +111,11 @@ for (const d of damages) {
     tt.match(msg, /damaged|corrupt|not a kedge database/i, 'the message says the file is damaged');
     tt.match(msg, /mv |move it aside|restore/i, 'the message says what to do');
     tt.notMatch(msg, /kedge running/, 'kedge never reported running');
-    tt.equal(existsSync(db) ? sha(db) : 'gone', before, 'the damaged file is left exactly as it was (evidence kept, nothing overwritten)');
+    tt.equal(
+      existsSync(db) ? sha(db) : 'gone',
+      before,
+      'the damaged file is left exactly as it was (evidence kept, nothing overwritten)',
+    );
     tt.comment(msg.trim().split('\n').slice(-2).join('\n'));
   });
 }

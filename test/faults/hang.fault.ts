@@ -22,17 +22,23 @@ t.teardown(async () => {
   cleanup(s.dir);
 });
 
-t.test(`Kafka traffic black-holed for ${FAULTS.outageMs / 1000} s under load: nothing acknowledged is lost`, async (tt) => {
-  await runOutage(tt, {
-    name: 'hang',
-    setup: s,
-    agent,
-    readBootstrap: kafka.bootstrap,
-    fail: async () => {
-      proxy.blackhole();
-      tt.comment(`black-holed ${proxy.connections} open connection(s)`);
-    },
-    heal: async () => proxy.heal(),
-  });
-  tt.ok(proxy.accepted > 0, `all of kedge's Kafka traffic went through the proxy (${proxy.accepted} connections)`);
-});
+t.test(
+  `Kafka traffic black-holed for ${FAULTS.outageMs / 1000} s under load: nothing acknowledged is lost`,
+  async (tt) => {
+    await runOutage(tt, {
+      name: 'hang',
+      setup: s,
+      agent,
+      readBootstrap: kafka.bootstrap,
+      fail: async () => {
+        proxy.blackhole();
+        tt.comment(`black-holed ${proxy.connections} open connection(s)`);
+      },
+      heal: async () => proxy.heal(),
+    });
+    tt.ok(
+      proxy.accepted > 0,
+      `all of kedge's Kafka traffic went through the proxy (${proxy.accepted} connections)`,
+    );
+  },
+);

@@ -24,8 +24,14 @@ t.teardown(async () => {
 });
 
 /** Leader and ISR of partition 0 of `topic`, asked with kafkajs admin. */
-async function partitionZero(topic: string): Promise<{ leader: number; isr: number[]; replicas: number[] }> {
-  const admin = new Kafka({ clientId: 'kedge-fault', brokers: kafka.bootstrap.split(','), logLevel: logLevel.NOTHING }).admin();
+async function partitionZero(
+  topic: string,
+): Promise<{ leader: number; isr: number[]; replicas: number[] }> {
+  const admin = new Kafka({
+    clientId: 'kedge-fault',
+    brokers: kafka.bootstrap.split(','),
+    logLevel: logLevel.NOTHING,
+  }).admin();
   await admin.connect();
   try {
     const md = await admin.fetchTopicMetadata({ topics: [topic] });
@@ -36,33 +42,50 @@ async function partitionZero(topic: string): Promise<{ leader: number; isr: numb
   }
 }
 
-t.test('partition leader killed under load (RF 3, min.insync.replicas 2): nothing acknowledged is lost', async (tt) => {
-  const before = await partitionZero(s.httpTopic);
-  tt.equal(before.replicas.length, 3, `partition 0 has 3 replicas (${before.replicas}), ISR ${before.isr}`);
-  const loads = startLoads(tt, s, () => agent);
-  await sleep(8_000);
-  const ackedBefore = loads.ledger.ackedCount;
-  await kafka.killNode(before.leader);
-  const killedAt = Date.now();
-  tt.comment(`killed broker ${before.leader}, leader of ${s.httpTopic}-0, after ${ackedBefore} acknowledged events`);
-  // The election waits for the dead broker's session (5 s in the harness) to expire.
-  let after = before;
-  while (Date.now() - killedAt < 60_000) {
-    await sleep(1_000);
-    try {
-      after = await partitionZero(s.httpTopic);
-      if (after.leader !== before.leader && after.leader >= 0) break;
-    } catch { /* metadata from a node that is still electing: ask again */ }
-  }
-  tt.not(after.leader, before.leader, `a new leader took over: broker ${after.leader} (ISR ${after.isr})`);
-  await sleep(15_000);
-  const during = loads.ledger.ackedCount - ackedBefore;
-  tt.ok(during > 0, `${during} events acknowledged after the leader was killed`);
-  await kafka.startNode(before.leader);
-  await sleep(3_000);
-  tt.comment(await loads.stop());
-  await agent.waitDrained(240_000);
-  const rep = await compareWithKafka(kafka.bootstrap, [s.httpTopic, s.mqttTopic], loads.ledger, { rereads: 5 });
-  assertDelivery(tt, rep);
-  timing(tt, 'leader-failover', t0, `${rep.duplicates} duplicates`);
-});
+t.test(
+  'partition leader killed under load (RF 3, min.insync.replicas 2): nothing acknowledged is lost',
+  async (tt) => {
+    const before = await partitionZero(s.httpTopic);
+    tt.equal(
+      before.replicas.length,
+      3,
+      `partition 0 has 3 replicas (${before.replicas}), ISR ${before.isr}`,
+    );
+    const loads = startLoads(tt, s, () => agent);
+    await sleep(8_000);
+    const ackedBefore = loads.ledger.ackedCount;
+    await kafka.killNode(before.leader);
+    const killedAt = Date.now();
+    tt.comment(
+      `killed broker ${before.leader}, leader of ${s.httpTopic}-0, after ${ackedBefore} acknowledged events`,
+    );
+    // The election waits for the dead broker's session (5 s in the harness) to expire.
+    let after = before;
+    while (Date.now() - killedAt < 60_000) {
+      await sleep(1_000);
+      try {
+        after = await partitionZero(s.httpTopic);
+        if (after.leader !== before.leader && after.leader >= 0) break;
+      } catch {
+        /* metadata from a node that is still electing: ask again */
+      }
+    }
+    tt.not(
+      after.leader,
+      before.leader,
+      `a new leader took over: broker ${after.leader} (ISR ${after.isr})`,
+    );
+    await sleep(15_000);
+    const during = loads.ledger.ackedCount - ackedBefore;
+    tt.ok(during > 0, `${during} events acknowledged after the leader was killed`);
+    await kafka.startNode(before.leader);
+    await sleep(3_000);
+    tt.comment(await loads.stop());
+    await agent.waitDrained(240_000);
+    const rep = await compareWithKafka(kafka.bootstrap, [s.httpTopic, s.mqttTopic], loads.ledger, {
+      rereads: 5,
+    });
+    assertDelivery(tt, rep);
+    timing(tt, 'leader-failover', t0, `${rep.duplicates} duplicates`);
+  },
+);

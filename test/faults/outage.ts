@@ -4,7 +4,7 @@
  * local log, the link comes back, the backlog drains, the ledger matches Kafka.
  */
 import type { Test } from 'tap';
-import { AgentProc, sleep } from '../helpers/agent.ts';
+import { type AgentProc, sleep } from '../helpers/agent.ts';
 import { assertDelivery, compareWithKafka } from '../helpers/ack-ledger.ts';
 import { FAULTS, startLoads, timing, type AgentSetup } from './scenario.ts';
 
@@ -36,18 +36,33 @@ export async function runOutage(t: Test, o: OutageOptions): Promise<void> {
     if (st.link?.last_error) lastError = st.link.last_error;
     await sleep(Math.min(1_000, Math.max(0, FAULTS.outageMs - (Date.now() - failedAt))));
   }
-  t.comment(`link states seen during the outage: ${[...states].join(', ')}; last error: ${lastError}`);
-  if (FAULTS.outageMs >= 60_000) t.ok(states.has('down') || states.has('degraded'), 'status showed the link down or degraded during the outage');
+  t.comment(
+    `link states seen during the outage: ${[...states].join(', ')}; last error: ${lastError}`,
+  );
+  if (FAULTS.outageMs >= 60_000)
+    t.ok(
+      states.has('down') || states.has('degraded'),
+      'status showed the link down or degraded during the outage',
+    );
   const duringOutage = loads.ledger.ackedCount - beforeOutage;
   const backlog = (await o.agent.status()).backlog.events;
-  t.ok(duringOutage > 0, `${duringOutage} events acknowledged during the ${FAULTS.outageMs / 1000} s outage; backlog ${backlog}`);
+  t.ok(
+    duringOutage > 0,
+    `${duringOutage} events acknowledged during the ${FAULTS.outageMs / 1000} s outage; backlog ${backlog}`,
+  );
   const healAt = Date.now();
   await o.heal();
   await sleep(5_000);
   t.comment(await loads.stop());
   await o.agent.waitDrained(300_000);
-  t.comment(`backlog of ${backlog}+ drained ${((Date.now() - healAt) / 1000).toFixed(1)} s after the link came back`);
-  const rep = await compareWithKafka(o.readBootstrap, [o.setup.httpTopic, o.setup.mqttTopic], loads.ledger);
+  t.comment(
+    `backlog of ${backlog}+ drained ${((Date.now() - healAt) / 1000).toFixed(1)} s after the link came back`,
+  );
+  const rep = await compareWithKafka(
+    o.readBootstrap,
+    [o.setup.httpTopic, o.setup.mqttTopic],
+    loads.ledger,
+  );
   assertDelivery(t, rep);
   timing(t, o.name, t0, `outage ${FAULTS.outageMs / 1000} s, ${rep.duplicates} duplicates`);
 }

@@ -8,7 +8,7 @@ import { readFileSync } from 'node:fs';
 import { request } from 'undici';
 import type { Test } from 'tap';
 import { createTopic } from '../../scripts/kafka/kafka.ts';
-import { AgentProc, freeLoopbackPort, sleep, tempDir } from '../helpers/agent.ts';
+import { type AgentProc, freeLoopbackPort, sleep, tempDir } from '../helpers/agent.ts';
 import { AckLedger } from '../helpers/ack-ledger.ts';
 import { HttpTransport, PacedLoad } from '../helpers/paced-load.ts';
 import { MqttTransport } from '../helpers/mqtt-load.ts';
@@ -17,7 +17,8 @@ function envNumber(name: string, dflt: number): number {
   const v = process.env[name];
   if (v === undefined || v === '') return dflt;
   const n = Number(v);
-  if (!Number.isFinite(n) || n <= 0) throw new Error(`${name}="${v}" is not a positive number; unset it for the default ${dflt}`);
+  if (!Number.isFinite(n) || n <= 0)
+    throw new Error(`${name}="${v}" is not a positive number; unset it for the default ${dflt}`);
   return n;
 }
 
@@ -40,13 +41,20 @@ export interface AgentSetup {
   mqttTopic: string;
 }
 
-export async function agentSetup(name: string, brokers: string, extra: Record<string, string> = {}): Promise<AgentSetup> {
+export async function agentSetup(
+  name: string,
+  brokers: string,
+  extra: Record<string, string> = {},
+): Promise<AgentSetup> {
   const dir = extra.KEDGE_DATA_DIR ?? tempDir(`kedge-fault-${name}-`);
   const mqttPort = await freeLoopbackPort();
   const httpTopic = `fault-${name}-http`;
   const mqttTopic = `fault-${name}-mqtt`;
   return {
-    dir, mqttPort, httpTopic, mqttTopic,
+    dir,
+    mqttPort,
+    httpTopic,
+    mqttTopic,
     env: {
       KEDGE_DATA_DIR: dir,
       KEDGE_AGENT_ID: `fault-${name}`,
@@ -63,7 +71,13 @@ export async function agentSetup(name: string, brokers: string, extra: Record<st
  * kafkajs' wait for leaders can see UNKNOWN_TOPIC_OR_PARTITION from a node that has
  * not caught up with the new topic yet.
  */
-export async function ensureTopic(bootstrap: string, topic: string, partitions: number, replicationFactor?: number, configs?: Record<string, string>): Promise<void> {
+export async function ensureTopic(
+  bootstrap: string,
+  topic: string,
+  partitions: number,
+  replicationFactor?: number,
+  configs?: Record<string, string>,
+): Promise<void> {
   for (let attempt = 1; ; attempt++) {
     try {
       await createTopic(bootstrap, topic, partitions, replicationFactor, configs);
@@ -88,12 +102,32 @@ export interface LoadPair {
  * fixed rate. `agent` is read on every send: a restarted agent is picked up. Stopped
  * at the latest when test `t` ends.
  */
-export function startLoads(t: Test, s: AgentSetup, agent: () => AgentProc, o: { httpRate?: number; mqttRate?: number; pad?: number } = {}): LoadPair {
+export function startLoads(
+  t: Test,
+  s: AgentSetup,
+  agent: () => AgentProc,
+  o: { httpRate?: number; mqttRate?: number; pad?: number } = {},
+): LoadPair {
   const ledger = new AckLedger();
-  const http = new HttpTransport({ base: () => agent().base, topic: s.httpTopic, keys: 4, pad: o.pad });
-  const mqtt = new MqttTransport({ url: () => `mqtt://127.0.0.1:${s.mqttPort}`, prefix: 'fault/m', pad: o.pad });
+  const http = new HttpTransport({
+    base: () => agent().base,
+    topic: s.httpTopic,
+    keys: 4,
+    pad: o.pad,
+  });
+  const mqtt = new MqttTransport({
+    url: () => `mqtt://127.0.0.1:${s.mqttPort}`,
+    prefix: 'fault/m',
+    pad: o.pad,
+  });
   const loads = [
-    new PacedLoad({ ledger, transport: http, concurrency: 4, batch: 25, rate: o.httpRate ?? 2_000 }),
+    new PacedLoad({
+      ledger,
+      transport: http,
+      concurrency: 4,
+      batch: 25,
+      rate: o.httpRate ?? 2_000,
+    }),
     new PacedLoad({ ledger, transport: mqtt, concurrency: 4, batch: 10, rate: o.mqttRate ?? 500 }),
   ];
   let stopped: Promise<unknown> | null = null;
@@ -101,7 +135,9 @@ export function startLoads(t: Test, s: AgentSetup, agent: () => AgentProc, o: { 
   // Also when the test fails half-way: running load loops would keep the process alive.
   t.teardown(stopAll);
   return {
-    ledger, http, mqtt,
+    ledger,
+    http,
+    mqtt,
     async stop() {
       await stopAll();
       return `${ledger.summary()}; HTTP answers ${JSON.stringify(Object.fromEntries(http.statuses))}; MQTT connections ${mqtt.connects}, dropped ${mqtt.drops}`;
@@ -115,7 +151,8 @@ export async function metricSum(base: string, name: string): Promise<number> {
   const text = await r.body.text();
   let sum = 0;
   for (const line of text.split('\n')) {
-    if (line.startsWith(name + ' ') || line.startsWith(name + '{')) sum += Number(line.slice(line.lastIndexOf(' ') + 1));
+    if (line.startsWith(name + ' ') || line.startsWith(name + '{'))
+      sum += Number(line.slice(line.lastIndexOf(' ') + 1));
   }
   return sum;
 }

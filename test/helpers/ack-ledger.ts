@@ -66,7 +66,11 @@ export class AckLedger {
 
   /** Acknowledges the range first … first + n − 1. */
   ackRange(first: number, n: number, source: string): void {
-    const ids = { *[Symbol.iterator]() { for (let i = 0; i < n; i++) yield first + i; } };
+    const ids = {
+      *[Symbol.iterator]() {
+        for (let i = 0; i < n; i++) yield first + i;
+      },
+    };
     this.ack(ids, source);
   }
 
@@ -135,8 +139,17 @@ export class LedgerChecker {
     this.firstSeqArr = new Float64Array(ledger.issued);
     this.firstAgent = new Uint8Array(ledger.issued);
     this.report = {
-      records: 0, unique: 0, acknowledged: ledger.ackedCount, deliveredAcked: 0, missing: 0, missingSample: [],
-      duplicates: 0, foreignDuplicates: 0, orderViolations: [], malformed: 0, unknownIds: 0,
+      records: 0,
+      unique: 0,
+      acknowledged: ledger.ackedCount,
+      deliveredAcked: 0,
+      missing: 0,
+      missingSample: [],
+      duplicates: 0,
+      foreignDuplicates: 0,
+      orderViolations: [],
+      malformed: 0,
+      unknownIds: 0,
     };
   }
 
@@ -160,7 +173,8 @@ export class LedgerChecker {
     const seq = Number(kid.slice(colon + 1));
     let ai = this.agents.indexOf(agent);
     if (ai < 0) {
-      if (this.agents.length >= 255) throw new KafkaReadError('more than 255 distinct agent ids in kedge-id headers');
+      if (this.agents.length >= 255)
+        throw new KafkaReadError('more than 255 distinct agent ids in kedge-id headers');
       ai = this.agents.push(agent) - 1;
     }
     if (this.seen.has(id)) {
@@ -175,7 +189,8 @@ export class LedgerChecker {
     if (this.ledger.acked.has(id)) r.deliveredAcked++;
     const k = `${topic}/${f[0]}/${f[2]}`;
     const prev = this.lastSeqByKey.get(k);
-    if (prev !== undefined && seq < prev && r.orderViolations.length < 20) r.orderViolations.push(`key ${k}: seq ${seq} after ${prev}`);
+    if (prev !== undefined && seq < prev && r.orderViolations.length < 20)
+      r.orderViolations.push(`key ${k}: seq ${seq} after ${prev}`);
     this.lastSeqByKey.set(k, seq);
   }
 
@@ -192,9 +207,18 @@ export class LedgerChecker {
 }
 
 /** Streams one topic from the beginning to the end of every partition into `onLine`. */
-function readTopic(bootstrap: string, topic: string, onLine: (line: string) => void, timeoutMs: number): Promise<{ code: number | null; stderr: string }> {
+function readTopic(
+  bootstrap: string,
+  topic: string,
+  onLine: (line: string) => void,
+  timeoutMs: number,
+): Promise<{ code: number | null; stderr: string }> {
   return new Promise((resolve, reject) => {
-    const child = spawn('kcat', ['-C', '-b', bootstrap, '-t', topic, '-o', 'beginning', '-e', '-q', '-f', FORMAT], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(
+      'kcat',
+      ['-C', '-b', bootstrap, '-t', topic, '-o', 'beginning', '-e', '-q', '-f', FORMAT],
+      { stdio: ['ignore', 'pipe', 'pipe'] },
+    );
     let stderr = '';
     const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
     child.stderr.on('data', (d: Buffer) => (stderr = (stderr + d.toString()).slice(-4096)));
@@ -202,7 +226,11 @@ function readTopic(bootstrap: string, topic: string, onLine: (line: string) => v
     rl.on('line', onLine);
     child.once('error', (e: NodeJS.ErrnoException) => {
       clearTimeout(timer);
-      reject(e.code === 'ENOENT' ? new KafkaReadError('kcat is not installed (apt-get install -y kcat)') : e);
+      reject(
+        e.code === 'ENOENT'
+          ? new KafkaReadError('kcat is not installed (apt-get install -y kcat)')
+          : e,
+      );
     });
     // 'close' comes after stdout ended, so every line went through onLine.
     child.once('close', (code) => {
@@ -226,13 +254,26 @@ export interface CompareOptions {
  * Reads every topic with kcat and compares with the ledger. Call it once the agent's
  * backlog is empty (everything acknowledged by Kafka).
  */
-export async function compareWithKafka(bootstrap: string, topics: string[], ledger: AckLedger, opts: CompareOptions = {}): Promise<LedgerReport> {
+export async function compareWithKafka(
+  bootstrap: string,
+  topics: string[],
+  ledger: AckLedger,
+  opts: CompareOptions = {},
+): Promise<LedgerReport> {
   const rereads = opts.rereads ?? 2;
   for (let attempt = 0; ; attempt++) {
     const checker = new LedgerChecker(ledger);
     for (const topic of topics) {
-      const res = await readTopic(bootstrap, topic, (l) => checker.line(topic, l), opts.timeoutMs ?? 120_000);
-      if (res.code !== 0) throw new KafkaReadError(`kcat exited with ${res.code} reading ${topic}: ${res.stderr.trim()}`);
+      const res = await readTopic(
+        bootstrap,
+        topic,
+        (l) => checker.line(topic, l),
+        opts.timeoutMs ?? 120_000,
+      );
+      if (res.code !== 0)
+        throw new KafkaReadError(
+          `kcat exited with ${res.code} reading ${topic}: ${res.stderr.trim()}`,
+        );
     }
     const rep = checker.finish();
     if (rep.missing === 0 || attempt >= rereads) return rep;
@@ -242,8 +283,10 @@ export async function compareWithKafka(bootstrap: string, topics: string[], ledg
 
 /** One line for the test log. */
 export function describeReport(rep: LedgerReport): string {
-  return `${rep.records} records read, ${rep.unique} distinct events, ${rep.deliveredAcked}/${rep.acknowledged} acknowledged delivered, ` +
-    `${rep.missing} missing, ${rep.duplicates} duplicates (${rep.foreignDuplicates} with a new kedge-id), ${rep.orderViolations.length} order violations`;
+  return (
+    `${rep.records} records read, ${rep.unique} distinct events, ${rep.deliveredAcked}/${rep.acknowledged} acknowledged delivered, ` +
+    `${rep.missing} missing, ${rep.duplicates} duplicates (${rep.foreignDuplicates} with a new kedge-id), ${rep.orderViolations.length} order violations`
+  );
 }
 
 /**
@@ -254,10 +297,27 @@ export function assertDelivery(t: Test, rep: LedgerReport, opts: { dropped?: num
   const dropped = opts.dropped ?? 0;
   t.comment(describeReport(rep));
   t.ok(rep.acknowledged > 0, `${rep.acknowledged} events acknowledged`);
-  if (dropped === 0) t.equal(rep.missing, 0, `no acknowledged event missing (first missing ids: ${rep.missingSample.join(', ') || 'none'})`);
-  else t.ok(rep.missing <= dropped, `acknowledged events missing (${rep.missing}) are at most the ${dropped} counted as dropped`);
-  t.equal(rep.foreignDuplicates, 0, `every duplicate (${rep.duplicates}) carries an already-seen kedge-id`);
-  t.same(rep.orderViolations, [], 'order per key holds (kedge seq increases per key and partition)');
+  if (dropped === 0)
+    t.equal(
+      rep.missing,
+      0,
+      `no acknowledged event missing (first missing ids: ${rep.missingSample.join(', ') || 'none'})`,
+    );
+  else
+    t.ok(
+      rep.missing <= dropped,
+      `acknowledged events missing (${rep.missing}) are at most the ${dropped} counted as dropped`,
+    );
+  t.equal(
+    rep.foreignDuplicates,
+    0,
+    `every duplicate (${rep.duplicates}) carries an already-seen kedge-id`,
+  );
+  t.same(
+    rep.orderViolations,
+    [],
+    'order per key holds (kedge seq increases per key and partition)',
+  );
   t.equal(rep.malformed, 0, 'every record has a kedge-id header and an event id');
   t.equal(rep.unknownIds, 0, 'no record with an id the load generators never sent');
 }

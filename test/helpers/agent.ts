@@ -41,7 +41,7 @@ export class AgentProc {
     let buf = '';
     child.stdout!.on('data', (d: Buffer) => {
       buf += d.toString();
-      let i;
+      let i: number;
       while ((i = buf.indexOf('\n')) >= 0) {
         this.lines.push(buf.slice(0, i));
         buf = buf.slice(i + 1);
@@ -55,7 +55,13 @@ export class AgentProc {
     const port = o.port ?? (await freeLoopbackPort());
     const cmd = o.command ?? [process.execPath, ...NODE_FLAGS, join(REPO, 'agent/cli.ts')];
     const child = spawn(cmd[0], [...cmd.slice(1), 'run', ...(o.args ?? [])], {
-      env: { PATH: process.env.PATH ?? '', KEDGE_HTTP_LISTEN: `127.0.0.1:${port}`, KEDGE_LOG_LEVEL: 'info', KEDGE_HEARTBEAT_TOPIC: '', ...o.env },
+      env: {
+        PATH: process.env.PATH ?? '',
+        KEDGE_HTTP_LISTEN: `127.0.0.1:${port}`,
+        KEDGE_LOG_LEVEL: 'info',
+        KEDGE_HEARTBEAT_TOPIC: '',
+        ...o.env,
+      },
       stdio: ['ignore', 'pipe', 'pipe'],
     });
     const a = new AgentProc(child, port);
@@ -66,15 +72,22 @@ export class AgentProc {
   async waitReady(timeoutMs = 20_000): Promise<void> {
     const deadline = Date.now() + timeoutMs;
     while (Date.now() < deadline) {
-      if (this.child.exitCode !== null) throw new Error(`agent exited with ${this.child.exitCode}: ${this.stderr.join('')}\n${this.lines.slice(-20).join('\n')}`);
+      if (this.child.exitCode !== null)
+        throw new Error(
+          `agent exited with ${this.child.exitCode}: ${this.stderr.join('')}\n${this.lines.slice(-20).join('\n')}`,
+        );
       try {
         const r = await request(`${this.base}/readyz`, { headersTimeout: 1000 });
         await r.body.text();
         if (r.statusCode === 200) return;
-      } catch { /* not up yet */ }
+      } catch {
+        /* not up yet */
+      }
       await sleep(50);
     }
-    throw new Error(`agent not ready after ${timeoutMs} ms: ${this.stderr.join('')}\n${this.lines.slice(-20).join('\n')}`);
+    throw new Error(
+      `agent not ready after ${timeoutMs} ms: ${this.stderr.join('')}\n${this.lines.slice(-20).join('\n')}`,
+    );
   }
 
   async status(): Promise<any> {
@@ -105,7 +118,8 @@ export class AgentProc {
 
   async stop(): Promise<{ code: number | null; signal: NodeJS.Signals | null; ms: number }> {
     const t = Date.now();
-    if (this.child.exitCode !== null || this.child.signalCode !== null) return { ...(await this.exitP), ms: 0 };
+    if (this.child.exitCode !== null || this.child.signalCode !== null)
+      return { ...(await this.exitP), ms: 0 };
     this.child.kill('SIGTERM');
     const killer = setTimeout(() => this.child.kill('SIGKILL'), 15_000);
     const r = await this.exitP;
@@ -122,7 +136,12 @@ export interface PostResult {
 
 export const httpPool = new UndiciAgent({ connections: 128, pipelining: 1 });
 
-export async function post(url: string, body: string | Buffer, contentType?: string, headers: Record<string, string> = {}): Promise<PostResult> {
+export async function post(
+  url: string,
+  body: string | Buffer,
+  contentType?: string,
+  headers: Record<string, string> = {},
+): Promise<PostResult> {
   const h: Record<string, string> = { ...headers };
   if (contentType) h['content-type'] = contentType;
   const r = await request(url, { method: 'POST', body, headers: h, dispatcher: httpPool });
@@ -130,7 +149,9 @@ export async function post(url: string, body: string | Buffer, contentType?: str
   let parsed: any = text;
   try {
     parsed = JSON.parse(text);
-  } catch { /* not json */ }
+  } catch {
+    /* not json */
+  }
   return { status: r.statusCode, body: parsed, headers: r.headers };
 }
 

@@ -13,7 +13,9 @@ const MiB = 1 << 20;
 /** Mounts a tmpfs of `size` (e.g. '32m') for the test; unmounted in its teardown. */
 export function mountTmpfs(t: Test, size: string, prefix = 'kedge-tmpfs-'): string {
   const mnt = fs.mkdtempSync(path.join(os.tmpdir(), prefix));
-  const r = spawnSync('mount', ['-t', 'tmpfs', '-o', `size=${size}`, 'tmpfs', mnt], { encoding: 'utf8' });
+  const r = spawnSync('mount', ['-t', 'tmpfs', '-o', `size=${size}`, 'tmpfs', mnt], {
+    encoding: 'utf8',
+  });
   if (r.status !== 0) {
     fs.rmSync(mnt, { recursive: true, force: true });
     throw new Error(`mounting a ${size} tmpfs at ${mnt} needs root: ${r.stderr.trim()}`);
@@ -35,7 +37,8 @@ export function fillDisk(file: string, leave: number): void {
     if (leave > 0) {
       const st = fs.statfsSync(path.dirname(file));
       const chunk = Buffer.alloc(MiB, 1);
-      for (let left = st.bavail * st.bsize - leave; left > 0; left -= chunk.length) fs.writeSync(fd, chunk, 0, Math.min(chunk.length, left));
+      for (let left = st.bavail * st.bsize - leave; left > 0; left -= chunk.length)
+        fs.writeSync(fd, chunk, 0, Math.min(chunk.length, left));
       return;
     }
     for (const size of [MiB, 64 << 10, 4096, 512, 1]) {

@@ -8,7 +8,15 @@ import { spawnSync } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { request } from 'undici';
-import { ARCHES, DIST, ROOT, artifacts, packageInfo, type Arch, type ArchArtifacts } from '../../scripts/build/layout.ts';
+import {
+  ARCHES,
+  DIST,
+  ROOT,
+  artifacts,
+  packageInfo,
+  type Arch,
+  type ArchArtifacts,
+} from '../../scripts/build/layout.ts';
 import { spawnProc, type Proc } from './proc.ts';
 
 export { DIST, ROOT, type Arch };
@@ -28,9 +36,12 @@ export function ensureBuilt(): void {
     timeout: 20 * 60_000,
   });
   if (r.status !== 0) {
-    throw new Error(`npm run build failed (${r.status ?? r.signal}):\n${(r.stderr + r.stdout).split('\n').slice(-30).join('\n')}`);
+    throw new Error(
+      `npm run build failed (${r.status ?? r.signal}):\n${(r.stderr + r.stdout).split('\n').slice(-30).join('\n')}`,
+    );
   }
-  if (Date.now() - t > 5000) process.stderr.write(`# built dist/ in ${((Date.now() - t) / 1000).toFixed(0)} s\n`);
+  if (Date.now() - t > 5000)
+    process.stderr.write(`# built dist/ in ${((Date.now() - t) / 1000).toFixed(0)} s\n`);
   built = true;
 }
 
@@ -53,8 +64,10 @@ export function arm64Unavailable(): string | null {
   if (process.arch === 'arm64') return null;
   const missing: string[] = [];
   if (!hasCommand(QEMU)) missing.push('qemu-user-static');
-  if (!existsSync(join(ARM64_SYSROOT, 'lib/ld-linux-aarch64.so.1'))) missing.push('libc6-arm64-cross');
-  if (!existsSync(join(ARM64_SYSROOT, 'lib/libstdc++.so.6'))) missing.push('libstdc++6-arm64-cross');
+  if (!existsSync(join(ARM64_SYSROOT, 'lib/ld-linux-aarch64.so.1')))
+    missing.push('libc6-arm64-cross');
+  if (!existsSync(join(ARM64_SYSROOT, 'lib/libstdc++.so.6')))
+    missing.push('libstdc++6-arm64-cross');
   return missing.length ? `apt-get install -y ${missing.join(' ')}` : null;
 }
 
@@ -64,7 +77,12 @@ export function commandFor(arch: Arch, exe: string): string[] {
 }
 
 /** Runs an executable of `arch` to completion. */
-export function runExe(arch: Arch, exe: string, args: string[], opts: { env?: Record<string, string>; cwd?: string; timeoutMs?: number } = {}) {
+export function runExe(
+  arch: Arch,
+  exe: string,
+  args: string[],
+  opts: { env?: Record<string, string>; cwd?: string; timeoutMs?: number } = {},
+) {
   const cmd = commandFor(arch, exe);
   return spawnSync(cmd[0], [...cmd.slice(1), ...args], {
     env: { PATH: '/usr/bin:/bin', ...opts.env },
@@ -95,24 +113,41 @@ export interface ExeAgent {
  * `<exe> run` with its own ready timeout (test/helpers/agent.ts waits 20 s,
  * too short for an emulated arm64 start on a busy machine).
  */
-export async function startExe(arch: Arch, exe: string, o: { env: Record<string, string>; port: number; readyTimeoutMs?: number; args?: string[] }): Promise<ExeAgent> {
+export async function startExe(
+  arch: Arch,
+  exe: string,
+  o: { env: Record<string, string>; port: number; readyTimeoutMs?: number; args?: string[] },
+): Promise<ExeAgent> {
   const cmd = commandFor(arch, exe);
   const proc = spawnProc(cmd[0], [...cmd.slice(1), 'run', ...(o.args ?? [])], {
-    env: { PATH: '/usr/bin:/bin', KEDGE_HTTP_LISTEN: `127.0.0.1:${o.port}`, KEDGE_LOG_LEVEL: 'info', KEDGE_HEARTBEAT_TOPIC: '', ...o.env },
+    env: {
+      PATH: '/usr/bin:/bin',
+      KEDGE_HTTP_LISTEN: `127.0.0.1:${o.port}`,
+      KEDGE_LOG_LEVEL: 'info',
+      KEDGE_HEARTBEAT_TOPIC: '',
+      ...o.env,
+    },
     name: `kedge-linux-${arch}`,
   });
   const base = `http://127.0.0.1:${o.port}`;
   const deadline = Date.now() + (o.readyTimeoutMs ?? 120_000);
   for (;;) {
-    if (proc.exitStatus() !== null) throw new Error(`kedge exited before ready (${JSON.stringify(proc.exitStatus())}):\n${proc.output().slice(-3000)}`);
+    if (proc.exitStatus() !== null)
+      throw new Error(
+        `kedge exited before ready (${JSON.stringify(proc.exitStatus())}):\n${proc.output().slice(-3000)}`,
+      );
     try {
       const r = await request(`${base}/readyz`, { headersTimeout: 2000, bodyTimeout: 2000 });
       await r.body.text();
       if (r.statusCode === 200) break;
-    } catch { /* not up yet */ }
+    } catch {
+      /* not up yet */
+    }
     if (Date.now() > deadline) {
       await proc.kill();
-      throw new Error(`kedge not ready after ${o.readyTimeoutMs ?? 120_000} ms:\n${proc.output().slice(-3000)}`);
+      throw new Error(
+        `kedge not ready after ${o.readyTimeoutMs ?? 120_000} ms:\n${proc.output().slice(-3000)}`,
+      );
     }
     await new Promise((r) => setTimeout(r, 100));
   }

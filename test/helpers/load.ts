@@ -23,7 +23,14 @@ export class HttpLoad {
   private readonly keys: number;
   private readonly batch: number;
 
-  constructor(opts: { base: () => string; topic: string; keys: number; batch: number; concurrency: number; maxEvents: number }) {
+  constructor(opts: {
+    base: () => string;
+    topic: string;
+    keys: number;
+    batch: number;
+    concurrency: number;
+    maxEvents: number;
+  }) {
     this.base = opts.base;
     this.topic = opts.topic;
     this.keys = opts.keys;
@@ -39,7 +46,14 @@ export class HttpLoad {
       const body = ids.map((id) => JSON.stringify({ id, key, pad: 'x'.repeat(100) })).join('\n');
       this.sent += ids.length;
       try {
-        const r = await request(`${this.base()}/v1/topics/${this.topic}?key=${key}`, { method: 'POST', body, headers: { 'content-type': 'application/x-ndjson' }, dispatcher: httpPool, headersTimeout: 10_000, bodyTimeout: 10_000 });
+        const r = await request(`${this.base()}/v1/topics/${this.topic}?key=${key}`, {
+          method: 'POST',
+          body,
+          headers: { 'content-type': 'application/x-ndjson' },
+          dispatcher: httpPool,
+          headersTimeout: 10_000,
+          bodyTimeout: 10_000,
+        });
         await r.body.dump();
         if (r.statusCode === 200) for (const id of ids) this.acked.add(id);
         else this.failed += ids.length;

@@ -142,7 +142,8 @@ async function waitTcp(port: number, timeoutMs: number): Promise<void> {
       s.once('error', () => resolve(false));
     });
     if (ok) return;
-    if (Date.now() > deadline) throw new Error(`mosquitto: port ${port} not accepting connections after ${timeoutMs} ms`);
+    if (Date.now() > deadline)
+      throw new Error(`mosquitto: port ${port} not accepting connections after ${timeoutMs} ms`);
     await new Promise((r) => setTimeout(r, 50));
   }
 }

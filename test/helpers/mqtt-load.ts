@@ -38,7 +38,9 @@ export class MqttTransport implements LoadTransport {
     const client = await this.client(loop);
     const topic = `${this.o.prefix}/${loop}`;
     let timer: NodeJS.Timeout | undefined;
-    const timeout = new Promise<void>((resolve) => (timer = setTimeout(resolve, this.o.ackTimeoutMs ?? 15_000)));
+    const timeout = new Promise<void>(
+      (resolve) => (timer = setTimeout(resolve, this.o.ackTimeoutMs ?? 15_000)),
+    );
     const acked: number[] = [];
     let failed = false;
     const sends = ids.map((id) =>

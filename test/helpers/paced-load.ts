@@ -90,9 +90,21 @@ export function eventJson(id: number, pad: number): string {
 export class HttpTransport implements LoadTransport {
   readonly source = 'http';
   readonly statuses = new Map<number | 'error', number>();
-  private readonly o: { base: () => string; topic: string; keys: number; pad?: number; timeoutMs?: number };
+  private readonly o: {
+    base: () => string;
+    topic: string;
+    keys: number;
+    pad?: number;
+    timeoutMs?: number;
+  };
 
-  constructor(o: { base: () => string; topic: string; keys: number; pad?: number; timeoutMs?: number }) {
+  constructor(o: {
+    base: () => string;
+    topic: string;
+    keys: number;
+    pad?: number;
+    timeoutMs?: number;
+  }) {
     this.o = o;
   }
 
@@ -103,7 +115,12 @@ export class HttpTransport implements LoadTransport {
     let status: number | 'error' = 'error';
     try {
       const r = await request(`${this.o.base()}/v1/topics/${this.o.topic}?key=${key}`, {
-        method: 'POST', body, headers: { 'content-type': 'application/x-ndjson' }, dispatcher: httpPool, headersTimeout: timeout, bodyTimeout: timeout,
+        method: 'POST',
+        body,
+        headers: { 'content-type': 'application/x-ndjson' },
+        dispatcher: httpPool,
+        headersTimeout: timeout,
+        bodyTimeout: timeout,
       });
       await r.body.dump();
       status = r.statusCode;

@@ -1,5 +1,5 @@
 // Free loopback TCP ports for services the tests start (Kafka, Mosquitto, kedge itself).
-import net from 'node:net'
+import net from 'node:net';
 
 /**
  * A TCP port that was free on `host` a moment ago: the OS picks it (bind to port 0), we
@@ -8,39 +8,41 @@ import net from 'node:net'
  */
 export function freePort(host = '127.0.0.1'): Promise<number> {
   return new Promise((resolve, reject) => {
-    const srv = net.createServer()
-    srv.unref()
-    srv.once('error', reject)
+    const srv = net.createServer();
+    srv.unref();
+    srv.once('error', reject);
     srv.listen({ port: 0, host, exclusive: true }, () => {
-      const addr = srv.address()
+      const addr = srv.address();
       if (addr === null || typeof addr === 'string') {
-        srv.close()
-        reject(new Error('freePort: server has no TCP address'))
-        return
+        srv.close();
+        reject(new Error('freePort: server has no TCP address'));
+        return;
       }
-      srv.close(() => resolve(addr.port))
-    })
-  })
+      srv.close(() => resolve(addr.port));
+    });
+  });
 }
 
 /** `n` distinct free ports (held open together while choosing, so they never collide). */
 export async function freePorts(n: number, host = '127.0.0.1'): Promise<number[]> {
-  const servers: net.Server[] = []
+  const servers: net.Server[] = [];
   try {
-    const ports: number[] = []
+    const ports: number[] = [];
     for (let i = 0; i < n; i++) {
-      const srv = net.createServer()
-      servers.push(srv)
+      const srv = net.createServer();
+      servers.push(srv);
       await new Promise<void>((resolve, reject) => {
-        srv.once('error', reject)
-        srv.listen({ port: 0, host, exclusive: true }, () => resolve())
-      })
-      const addr = srv.address()
-      if (addr === null || typeof addr === 'string') throw new Error('freePorts: no TCP address')
-      ports.push(addr.port)
+        srv.once('error', reject);
+        srv.listen({ port: 0, host, exclusive: true }, () => resolve());
+      });
+      const addr = srv.address();
+      if (addr === null || typeof addr === 'string') throw new Error('freePorts: no TCP address');
+      ports.push(addr.port);
     }
-    return ports
+    return ports;
   } finally {
-    await Promise.all(servers.map((s) => new Promise<void>((r) => (s.listening ? s.close(() => r()) : r()))))
+    await Promise.all(
+      servers.map((s) => new Promise<void>((r) => (s.listening ? s.close(() => r()) : r()))),
+    );
   }
 }

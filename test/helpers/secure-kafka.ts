@@ -1,25 +1,30 @@
 // A real Kafka broker with TLS, mutual TLS and SASL (PLAIN, SCRAM-SHA-256/512) listeners, the
 // kedge env for each way in, and a kafkajs reader that logs in the same way to read back.
-import { readFileSync } from 'node:fs'
-import { Kafka, logLevel, type KafkaConfig, type SASLOptions } from 'kafkajs'
-import { SECURE_LISTENERS, startKafka, type KafkaCluster, type ScramUser } from '../../scripts/kafka/kafka.ts'
-import type { TestCerts } from './certs.ts'
-import { kafkaCompression } from '../../agent/forward/codecs.ts'
+import { readFileSync } from 'node:fs';
+import { Kafka, logLevel, type KafkaConfig, type SASLOptions } from 'kafkajs';
+import {
+  type SECURE_LISTENERS,
+  startKafka,
+  type KafkaCluster,
+  type ScramUser,
+} from '../../scripts/kafka/kafka.ts';
+import type { TestCerts } from './certs.ts';
+import { kafkaCompression } from '../../agent/forward/codecs.ts';
 
-export type SaslMech = 'plain' | 'scram-sha-256' | 'scram-sha-512'
+export type SaslMech = 'plain' | 'scram-sha-256' | 'scram-sha-512';
 
 /** One way to reach the broker: which listener, which trust anchor, which client identity. */
 export interface Access {
-  listener: (typeof SECURE_LISTENERS)[keyof typeof SECURE_LISTENERS]
-  caFile: string
+  listener: (typeof SECURE_LISTENERS)[keyof typeof SECURE_LISTENERS];
+  caFile: string;
   /** Client certificate and key (mutual TLS). */
-  cert?: { certFile: string; keyFile: string }
-  sasl?: { mechanism: SaslMech; username: string; password: string }
+  cert?: { certFile: string; keyFile: string };
+  sasl?: { mechanism: SaslMech; username: string; password: string };
 }
 
 export interface SecureKafkaUsers {
-  plain?: Record<string, string>
-  scram?: ScramUser[]
+  plain?: Record<string, string>;
+  scram?: ScramUser[];
 }
 
 /** One broker: PLAINTEXT (harness), SSL, MTLS (client certificate required) and SASL_SSL. */
@@ -30,7 +35,7 @@ export function startSecureKafka(certs: TestCerts, users: SecureKafkaUsers): Pro
       plainUsers: users.plain,
       scramUsers: users.scram,
     },
-  })
+  });
 }
 
 /** The KEDGE_KAFKA_* variables an operator writes for this access. */
@@ -39,17 +44,17 @@ export function kedgeKafkaEnv(cluster: KafkaCluster, a: Access): Record<string, 
     KEDGE_KAFKA_BROKERS: cluster.bootstrapFor(a.listener),
     KEDGE_KAFKA_TLS: 'true',
     KEDGE_KAFKA_CA_FILE: a.caFile,
-  }
+  };
   if (a.cert) {
-    env.KEDGE_KAFKA_CERT_FILE = a.cert.certFile
-    env.KEDGE_KAFKA_KEY_FILE = a.cert.keyFile
+    env.KEDGE_KAFKA_CERT_FILE = a.cert.certFile;
+    env.KEDGE_KAFKA_KEY_FILE = a.cert.keyFile;
   }
   if (a.sasl) {
-    env.KEDGE_KAFKA_SASL_MECHANISM = a.sasl.mechanism
-    env.KEDGE_KAFKA_USERNAME = a.sasl.username
-    env.KEDGE_KAFKA_PASSWORD = a.sasl.password
+    env.KEDGE_KAFKA_SASL_MECHANISM = a.sasl.mechanism;
+    env.KEDGE_KAFKA_USERNAME = a.sasl.username;
+    env.KEDGE_KAFKA_PASSWORD = a.sasl.password;
   }
-  return env
+  return env;
 }
 
 /** The same access as a kafkajs client config. */
@@ -65,69 +70,85 @@ export function kafkajsConfig(cluster: KafkaCluster, a: Access): KafkaConfig {
     sasl: a.sasl as SASLOptions | undefined,
     connectionTimeout: 5_000,
     retry: { retries: 5, initialRetryTime: 200 },
-  }
+  };
 }
 
 export interface ReadRecord {
-  key: string | null
-  value: string
-  headers: Record<string, string>
-  partition: number
-  offset: string
+  key: string | null;
+  value: string;
+  headers: Record<string, string>;
+  partition: number;
+  offset: string;
 }
 
 /**
  * Reads `topic` from the beginning with a fresh consumer group until `n` records are there
  * or `timeoutMs` passes (then resolves with what it has).
  */
-export async function readTopic(config: KafkaConfig, topic: string, n: number, timeoutMs: number): Promise<ReadRecord[]> {
+export async function readTopic(
+  config: KafkaConfig,
+  topic: string,
+  n: number,
+  timeoutMs: number,
+): Promise<ReadRecord[]> {
   // kafkajs decodes only gzip by itself; kedge sends zstd by default. Registering kedge's
   // codecs (kafkajs keeps them as module state) lets this consumer read every batch.
-  for (const c of ['snappy', 'lz4', 'zstd'] as const) kafkaCompression(c)
-  const deadline = Date.now() + timeoutMs
+  for (const c of ['snappy', 'lz4', 'zstd'] as const) kafkaCompression(c);
+  const deadline = Date.now() + timeoutMs;
   // Subscribing to a topic that does not exist yet makes kafkajs fail outside any promise we hold.
-  if (!(await waitTopic(config, topic, deadline))) return []
-  const consumer = new Kafka(config).consumer({ groupId: `kedge-test-${topic}-${Date.now()}-${Math.random().toString(36).slice(2)}` })
-  const got: ReadRecord[] = []
-  let done: () => void = () => {}
-  const enough = new Promise<void>((r) => (done = r))
-  await consumer.connect()
+  if (!(await waitTopic(config, topic, deadline))) return [];
+  const consumer = new Kafka(config).consumer({
+    groupId: `kedge-test-${topic}-${Date.now()}-${Math.random().toString(36).slice(2)}`,
+  });
+  const got: ReadRecord[] = [];
+  let done: () => void = () => {};
+  const enough = new Promise<void>((r) => (done = r));
+  await consumer.connect();
   try {
-    await consumer.subscribe({ topic, fromBeginning: true })
+    await consumer.subscribe({ topic, fromBeginning: true });
     await consumer.run({
       eachMessage: async ({ message, partition }) => {
-        const headers: Record<string, string> = {}
-        for (const [k, v] of Object.entries(message.headers ?? {})) headers[k] = String(v)
-        got.push({ key: message.key?.toString() ?? null, value: message.value?.toString() ?? '', headers, partition, offset: message.offset })
-        if (got.length >= n) done()
+        const headers: Record<string, string> = {};
+        for (const [k, v] of Object.entries(message.headers ?? {})) headers[k] = String(v);
+        got.push({
+          key: message.key?.toString() ?? null,
+          value: message.value?.toString() ?? '',
+          headers,
+          partition,
+          offset: message.offset,
+        });
+        if (got.length >= n) done();
       },
-    })
-    let timer: NodeJS.Timeout | undefined
-    await Promise.race([enough, new Promise<void>((r) => (timer = setTimeout(r, Math.max(0, deadline - Date.now()))))])
-    clearTimeout(timer)
+    });
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([
+      enough,
+      new Promise<void>((r) => (timer = setTimeout(r, Math.max(0, deadline - Date.now())))),
+    ]);
+    clearTimeout(timer);
   } finally {
-    await consumer.disconnect().catch(() => {})
+    await consumer.disconnect().catch(() => {});
   }
-  return got
+  return got;
 }
 
 /** True once `topic` exists with a leader for every partition; false if `deadline` passes first. */
 async function waitTopic(config: KafkaConfig, topic: string, deadline: number): Promise<boolean> {
-  const admin = new Kafka(config).admin()
-  await admin.connect()
+  const admin = new Kafka(config).admin();
+  await admin.connect();
   try {
     for (;;) {
       try {
-        const md = await admin.fetchTopicMetadata({ topics: [topic] })
-        const parts = md.topics[0]?.partitions ?? []
-        if (parts.length > 0 && parts.every((p) => p.leader >= 0)) return true
+        const md = await admin.fetchTopicMetadata({ topics: [topic] });
+        const parts = md.topics[0]?.partitions ?? [];
+        if (parts.length > 0 && parts.every((p) => p.leader >= 0)) return true;
       } catch {
         /* not there yet */
       }
-      if (Date.now() >= deadline) return false
-      await new Promise((r) => setTimeout(r, 250))
+      if (Date.now() >= deadline) return false;
+      await new Promise((r) => setTimeout(r, 250));
     }
   } finally {
-    await admin.disconnect().catch(() => {})
+    await admin.disconnect().catch(() => {});
   }
 }

@@ -40,14 +40,17 @@ export function topicBatches(logDir: string, topic: string): BatchInfo[] {
     const m = /^(.*)-(\d+)$/.exec(d);
     if (!m || m[1] !== topic) continue;
     const partition = Number(m[2]);
-    for (const f of readdirSync(join(logDir, d)).filter((x) => x.endsWith('.log')).sort()) {
+    for (const f of readdirSync(join(logDir, d))
+      .filter((x) => x.endsWith('.log'))
+      .sort()) {
       const file = join(logDir, d, f);
       const b = readFileSync(file);
-      for (let at = 0; at + 12 <= b.length;) {
+      for (let at = 0; at + 12 <= b.length; ) {
         const len = b.readInt32BE(at + 8);
         if (len <= 0) break; // the unwritten tail of a preallocated segment
         if (at + 12 + len > b.length) break; // a batch being appended right now
-        if (len < 49) throw new SegmentFormatError(file, at, `batch length ${len} is shorter than a v2 header`);
+        if (len < 49)
+          throw new SegmentFormatError(file, at, `batch length ${len} is shorter than a v2 header`);
         const magic = b.readInt8(at + 16);
         if (magic !== 2) throw new SegmentFormatError(file, at, `magic ${magic}, expected 2`);
         const attributes = b.readInt16BE(at + 21);
@@ -75,7 +78,8 @@ export function topicLogBytes(logDir: string, topic: string): number {
   for (const d of readdirSync(logDir)) {
     const m = /^(.*)-(\d+)$/.exec(d);
     if (!m || m[1] !== topic) continue;
-    for (const f of readdirSync(join(logDir, d))) if (f.endsWith('.log')) n += statSync(join(logDir, d, f)).size;
+    for (const f of readdirSync(join(logDir, d)))
+      if (f.endsWith('.log')) n += statSync(join(logDir, d, f)).size;
   }
   return n;
 }

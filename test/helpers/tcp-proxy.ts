@@ -53,7 +53,8 @@ export class ByteLog {
   /** Bytes forwarded in [t0, t1). */
   between(t0: number, t1: number): number {
     let sum = 0;
-    for (let i = 0; i < this.times.length; i++) if (this.times[i] >= t0 && this.times[i] < t1) sum += this.sizes[i];
+    for (let i = 0; i < this.times.length; i++)
+      if (this.times[i] >= t0 && this.times[i] < t1) sum += this.sizes[i];
     return sum;
   }
 
@@ -68,7 +69,8 @@ export class ByteLog {
     let sum = 0;
     let lo = 0;
     const idx: number[] = [];
-    for (let i = 0; i < this.times.length; i++) if (this.times[i] >= t0 && this.times[i] < t1) idx.push(i);
+    for (let i = 0; i < this.times.length; i++)
+      if (this.times[i] >= t0 && this.times[i] < t1) idx.push(i);
     for (let hi = 0; hi < idx.length; hi++) {
       sum += this.sizes[idx[hi]];
       while (this.times[idx[hi]] - this.times[idx[lo]] >= windowMs) sum -= this.sizes[idx[lo++]];
@@ -203,7 +205,9 @@ export class TcpProxy {
     const server = net.createServer({ noDelay: true });
     const port = await new Promise<number>((resolve, reject) => {
       server.once('error', reject);
-      server.listen({ host: '127.0.0.1', port: o.port ?? 0, exclusive: true }, () => resolve((server.address() as net.AddressInfo).port));
+      server.listen({ host: '127.0.0.1', port: o.port ?? 0, exclusive: true }, () =>
+        resolve((server.address() as net.AddressInfo).port),
+      );
     });
     return new TcpProxy(server, port, o);
   }
@@ -226,7 +230,10 @@ export class TcpProxy {
    * to a tenth of a second's worth (at least 4 KiB).
    */
   setRate(dir: Direction, bytesPerSecond: number | null, burstBytes?: number): void {
-    this.buckets[dir] = bytesPerSecond === null ? null : new Bucket(bytesPerSecond, burstBytes ?? Math.max(4096, bytesPerSecond / 10));
+    this.buckets[dir] =
+      bytesPerSecond === null
+        ? null
+        : new Bucket(bytesPerSecond, burstBytes ?? Math.max(4096, bytesPerSecond / 10));
     this.pump(dir);
   }
 
@@ -258,7 +265,8 @@ export class TcpProxy {
    * request. Resolves when it fired (or when the proxy closes first).
    */
   resetAfterBytes(n: number): Promise<void> {
-    if (this.resetArm) throw new TcpProxyError('PROXY_ARMED', 'resetAfterBytes: a reset is already armed');
+    if (this.resetArm)
+      throw new TcpProxyError('PROXY_ARMED', 'resetAfterBytes: a reset is already armed');
     return new Promise((resolve) => {
       this.resetArm = { remaining: n, fired: resolve };
     });
@@ -282,7 +290,11 @@ export class TcpProxy {
     if (this.closed) return void client.destroy();
     this.accepted++;
     client.setNoDelay(true);
-    const upstream = net.connect({ host: this.upstreamHost, port: this.upstreamPort, noDelay: true });
+    const upstream = net.connect({
+      host: this.upstreamHost,
+      port: this.upstreamPort,
+      noDelay: true,
+    });
     const conn: Conn = { client, upstream, pipes: {} as Record<Direction, Pipe> };
     conn.pipes.up = new Pipe(this, 'up', client, upstream);
     conn.pipes.down = new Pipe(this, 'down', upstream, client);
@@ -321,7 +333,9 @@ export class TcpProxy {
   pump(dir: Direction): void {
     if (this.closed || this.blackholed || this.timers[dir]) return;
     const bucket = this.buckets[dir];
-    const pending = [...this.conns].map((c) => c.pipes[dir]).filter((p) => p.queued > 0 && p.dst.readyState === 'open');
+    const pending = [...this.conns]
+      .map((c) => c.pipes[dir])
+      .filter((p) => p.queued > 0 && p.dst.readyState === 'open');
     // Round robin, one slice per connection per pass, so one busy connection cannot starve another.
     while (pending.length > 0) {
       let budget = bucket ? bucket.available() : Infinity;
@@ -364,7 +378,11 @@ export class TcpProxy {
  * Clients that bootstrap through the proxy get the proxy back from metadata, so all
  * their traffic passes it; `cluster.bootstrap` (PLAINTEXT) stays direct for kcat.
  */
-export async function kafkaBehindProxy(): Promise<{ proxy: TcpProxy; kafkaOptions: StartKafkaOptions; bootstrap: string }> {
+export async function kafkaBehindProxy(): Promise<{
+  proxy: TcpProxy;
+  kafkaOptions: StartKafkaOptions;
+  bootstrap: string;
+}> {
   const externalPort = await freePort();
   const proxy = await TcpProxy.start({ upstreamPort: externalPort });
   const kafkaOptions: StartKafkaOptions = {
@@ -375,7 +393,9 @@ export async function kafkaBehindProxy(): Promise<{ proxy: TcpProxy; kafkaOption
         protocol: 'PLAINTEXT',
         port: externalPort,
         // Listener props are applied after the defaults: this replaces advertised.listeners.
-        props: { 'advertised.listeners': `PLAINTEXT://127.0.0.1:${node.port},EXTERNAL://127.0.0.1:${proxy.port}` },
+        props: {
+          'advertised.listeners': `PLAINTEXT://127.0.0.1:${node.port},EXTERNAL://127.0.0.1:${proxy.port}`,
+        },
       },
     ],
   };

@@ -25,7 +25,11 @@ export interface DeliveryReport {
  * of ids that got an acknowledgement. Order: within a partition, records of one
  * key must come with increasing kedge seq (first copies only).
  */
-export function checkDelivery(records: ReadRecord[], acked: Iterable<string>, idOf: (r: ReadRecord) => string): DeliveryReport {
+export function checkDelivery(
+  records: ReadRecord[],
+  acked: Iterable<string>,
+  idOf: (r: ReadRecord) => string,
+): DeliveryReport {
   const firstKedgeId = new Map<string, string>();
   let duplicates = 0;
   let foreignDuplicates = 0;
@@ -45,7 +49,8 @@ export function checkDelivery(records: ReadRecord[], acked: Iterable<string>, id
     const seq = Number(kid.slice(kid.lastIndexOf(':') + 1));
     const k = `${r.partition}/${r.key?.toString('hex') ?? ''}`;
     const prev = lastSeqByKey.get(k);
-    if (prev !== undefined && seq < prev && orderViolations.length < 20) orderViolations.push(`key ${k}: seq ${seq} after ${prev}`);
+    if (prev !== undefined && seq < prev && orderViolations.length < 20)
+      orderViolations.push(`key ${k}: seq ${seq} after ${prev}`);
     lastSeqByKey.set(k, seq);
   }
   const missing: string[] = [];

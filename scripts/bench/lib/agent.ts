@@ -26,18 +26,35 @@ export async function chooseAgent(c: AgentChoice): Promise<AgentInfo> {
   const notes: string[] = [];
   const source = (why: string): AgentInfo => {
     const prof = c.cpuProfDir ? ['--cpu-prof', `--cpu-prof-dir=${c.cpuProfDir}`] : [];
-    notes.push(why, `node flags: ${[...NODE_FLAGS, ...prof].join(' ')} (agent/runtime-flags.ts${prof.length ? ' + profiling' : ''}), Node ${process.version}`);
-    return { mode: 'source', command: [process.execPath, ...NODE_FLAGS, ...prof, join(REPO, 'agent/cli.ts')], nodeFlags: [...NODE_FLAGS], notes };
+    notes.push(
+      why,
+      `node flags: ${[...NODE_FLAGS, ...prof].join(' ')} (agent/runtime-flags.ts${prof.length ? ' + profiling' : ''}), Node ${process.version}`,
+    );
+    return {
+      mode: 'source',
+      command: [process.execPath, ...NODE_FLAGS, ...prof, join(REPO, 'agent/cli.ts')],
+      nodeFlags: [...NODE_FLAGS],
+      notes,
+    };
   };
-  if (c.cpuProfDir) return source('from source because --cpu-prof was given (readable function names in the profile)');
+  if (c.cpuProfDir)
+    return source(
+      'from source because --cpu-prof was given (readable function names in the profile)',
+    );
   if (c.fromSource) return source('from source because --from-source was given');
   const exe = c.exe ?? DEFAULT_EXE;
-  if (!existsSync(exe)) return source(`from source: ${relative(REPO, exe)} does not exist (npm run build makes it)`);
-  notes.push(`the single executable ${relative(REPO, exe)} (${(statSync(exe).size / 1048576).toFixed(1)} MiB, built ${statSync(exe).mtime.toISOString()})`);
+  if (!existsSync(exe))
+    return source(`from source: ${relative(REPO, exe)} does not exist (npm run build makes it)`);
+  notes.push(
+    `the single executable ${relative(REPO, exe)} (${(statSync(exe).size / 1048576).toFixed(1)} MiB, built ${statSync(exe).mtime.toISOString()})`,
+  );
   try {
     const { staleness } = await import('../../build/freshness.ts');
     const s = staleness([process.arch === 'arm64' ? 'arm64' : 'x64'], ['exe']);
-    if (s.stale) notes.push(`WARNING: the executable is older than the sources (${s.reasons.join('; ')}); it may not contain the latest agent code`);
+    if (s.stale)
+      notes.push(
+        `WARNING: the executable is older than the sources (${s.reasons.join('; ')}); it may not contain the latest agent code`,
+      );
     else notes.push('the executable is newer than every source file');
   } catch (e) {
     notes.push(`could not check staleness: ${(e as Error).message}`);
@@ -48,8 +65,12 @@ export async function chooseAgent(c: AgentChoice): Promise<AgentInfo> {
     const argv = sea.execArgv ?? [];
     nodeFlags = argv;
     const missing = NODE_FLAGS.filter((f) => !argv.includes(f));
-    notes.push(`embedded execArgv (dist/.build/sea-config.json): ${JSON.stringify(argv)}` +
-      (missing.length ? `; WARNING: the runtime flags ${missing.join(' ')} of agent/runtime-flags.ts are not embedded, so the executable runs without them` : ''));
+    notes.push(
+      `embedded execArgv (dist/.build/sea-config.json): ${JSON.stringify(argv)}` +
+        (missing.length
+          ? `; WARNING: the runtime flags ${missing.join(' ')} of agent/runtime-flags.ts are not embedded, so the executable runs without them`
+          : ''),
+    );
   } catch {
     notes.push('embedded execArgv unknown (no dist/.build/sea-config.json)');
   }
@@ -152,7 +173,13 @@ export class BenchAgent {
   }
 
   /** V8 heap and external memory from /metrics, sampled while `heapSampling` runs (for attributing RSS). */
-  readonly heap: { t: number; heapTotal: number; heapUsed: number; external: number; newSpace: number }[] = [];
+  readonly heap: {
+    t: number;
+    heapTotal: number;
+    heapUsed: number;
+    external: number;
+    newSpace: number;
+  }[] = [];
   private heapTimer: NodeJS.Timeout | null = null;
 
   /** Samples /metrics every `ms` (each scrape costs the agent ~1-2 ms of CPU). */
@@ -166,7 +193,8 @@ export class BenchAgent {
           heapTotal: BenchAgent.metric(m, 'kedge_nodejs_heap_size_total_bytes') ?? 0,
           heapUsed: BenchAgent.metric(m, 'kedge_nodejs_heap_size_used_bytes') ?? 0,
           external: BenchAgent.metric(m, 'kedge_nodejs_external_memory_bytes') ?? 0,
-          newSpace: BenchAgent.metric(m, 'kedge_nodejs_heap_space_size_total_bytes', /space="new"/) ?? 0,
+          newSpace:
+            BenchAgent.metric(m, 'kedge_nodejs_heap_space_size_total_bytes', /space="new"/) ?? 0,
         });
       } catch {
         /* agent stopping */

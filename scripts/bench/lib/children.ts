@@ -27,7 +27,12 @@ export interface WorkerMessage<R> {
 export function startWorker<R>(
   script: string,
   request: unknown,
-  opts: { timeoutMs: number; execArgv?: string[]; onProgress?: (p: any) => void; onReady?: (info: any) => void },
+  opts: {
+    timeoutMs: number;
+    execArgv?: string[];
+    onProgress?: (p: any) => void;
+    onReady?: (info: any) => void;
+  },
 ): Worker<R> {
   const child = fork(join(WORKERS, script), [], {
     execArgv: opts.execArgv ?? [],
@@ -57,7 +62,11 @@ export function startWorker<R>(
       clearTimeout(timer);
       if (settled) return;
       settled = true;
-      reject(new Error(`${script} exited (${code ?? signal}) without a result${stderr ? `:\n${stderr}` : ''}`));
+      reject(
+        new Error(
+          `${script} exited (${code ?? signal}) without a result${stderr ? `:\n${stderr}` : ''}`,
+        ),
+      );
     });
   });
   child.send(request as never);

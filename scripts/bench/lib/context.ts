@@ -35,7 +35,14 @@ export class BenchContext {
   readonly agents: AgentRecord[] = [];
   scenario = '';
   /** Phases of an agent's life worth their own profile summary with --cpu-prof (performance.now() ms). */
-  readonly phases: { pid: number; spawnedAt: number; scenario: string; name: string; from: number; to: number }[] = [];
+  readonly phases: {
+    pid: number;
+    spawnedAt: number;
+    scenario: string;
+    name: string;
+    from: number;
+    to: number;
+  }[] = [];
   private cluster: KafkaCluster | null = null;
   private kafkaStarting: Promise<KafkaCluster> | null = null;
   private readonly cleanups: (() => unknown)[] = [];
@@ -106,8 +113,15 @@ export class BenchContext {
     this.cleanups.push(fn);
   }
 
-  async startAgent(label: string, o: Omit<StartAgentOptions, 'dataDir' | 'brokers'> & { dataDir?: string; brokers?: string } = {}): Promise<BenchAgent> {
-    const a = await BenchAgent.start(this.agentInfo, label, { dataDir: o.dataDir ?? this.tmp('agent'), brokers: o.brokers ?? this.brokers(), ...o });
+  async startAgent(
+    label: string,
+    o: Omit<StartAgentOptions, 'dataDir' | 'brokers'> & { dataDir?: string; brokers?: string } = {},
+  ): Promise<BenchAgent> {
+    const a = await BenchAgent.start(this.agentInfo, label, {
+      dataDir: o.dataDir ?? this.tmp('agent'),
+      brokers: o.brokers ?? this.brokers(),
+      ...o,
+    });
     this.agents.push({ scenario: this.scenario, label, agent: a });
     this.defer(() => a.stop());
     return a;
@@ -115,16 +129,29 @@ export class BenchContext {
 
   /** Starts the load generator (a child process); await `.result`. */
   load(config: LoadConfig): Worker<LoadResult> {
-    return this.worker<LoadResult>('loadgen.ts', config, (config.durationMs ?? 600_000) + config.warmupMs + 120_000);
+    return this.worker<LoadResult>(
+      'loadgen.ts',
+      config,
+      (config.durationMs ?? 600_000) + config.warmupMs + 120_000,
+    );
   }
 
   /** A CPU window that opens after `delayMs` (e.g. the load's warm-up); `stop()` closes it. */
-  cpuAfter(delayMs: number, label: string, pids: Record<string, number | undefined>): { stop(): Promise<CpuReport> } {
+  cpuAfter(
+    delayMs: number,
+    label: string,
+    pids: Record<string, number | undefined>,
+  ): { stop(): Promise<CpuReport> } {
     const w = new Promise<CpuWindow>((r) => setTimeout(() => r(this.cpu(label, pids)), delayMs));
     return { stop: async () => (await w).stop() };
   }
 
-  worker<R>(script: string, request: unknown, timeoutMs: number, hooks: { onProgress?: (p: any) => void; onReady?: (i: any) => void; execArgv?: string[] } = {}): Worker<R> {
+  worker<R>(
+    script: string,
+    request: unknown,
+    timeoutMs: number,
+    hooks: { onProgress?: (p: any) => void; onReady?: (i: any) => void; execArgv?: string[] } = {},
+  ): Worker<R> {
     const w = startWorker<R>(script, request, { timeoutMs, ...hooks });
     this.defer(() => w.kill());
     return w;
@@ -136,7 +163,14 @@ export class BenchContext {
 
   /** Marks a phase of an agent (e.g. the drain) for a separate profile summary. */
   phase(agent: BenchAgent, name: string, from: number, to: number): void {
-    this.phases.push({ pid: agent.pid, spawnedAt: agent.spawnedAt, scenario: this.scenario, name, from, to });
+    this.phases.push({
+      pid: agent.pid,
+      spawnedAt: agent.spawnedAt,
+      scenario: this.scenario,
+      name,
+      from,
+      to,
+    });
   }
 
   async runCleanups(): Promise<void> {

@@ -11,18 +11,28 @@ export function atMost(value: number | null, max: number, text: string): Target 
 }
 
 /** A baseline for a higher-is-better figure: ratio = figure / baseline. */
-export function baselineHigher(label: string, figure: number | null, value: number | null, unit: string): Baseline {
+export function baselineHigher(
+  label: string,
+  figure: number | null,
+  value: number | null,
+  unit: string,
+): Baseline {
   return { label, value, unit, ratio: ratio(figure, value), ratioText: 'kedge ÷ baseline' };
 }
 
-export function figure(f: Omit<Figure, 'baselines' | 'target'> & Partial<Pick<Figure, 'baselines' | 'target'>>): Figure {
+export function figure(
+  f: Omit<Figure, 'baselines' | 'target'> & Partial<Pick<Figure, 'baselines' | 'target'>>,
+): Figure {
   return { target: null, baselines: [], ...f };
 }
 
 /** Formats a number with thousands separators and `digits` decimals. */
 export function fmt(v: number | null | undefined, digits = 0): string {
   if (v === null || v === undefined || !Number.isFinite(v)) return 'n/a';
-  return v.toLocaleString('en-US', { minimumFractionDigits: digits, maximumFractionDigits: digits });
+  return v.toLocaleString('en-US', {
+    minimumFractionDigits: digits,
+    maximumFractionDigits: digits,
+  });
 }
 
 /** CPU time one role used in a window, in seconds (null if it was not measured). */
@@ -37,6 +47,17 @@ export function usPerEvent(cpuSeconds: number | null, events: number): number | 
 }
 
 /** A baseline for a lower-is-better figure (CPU per event): ratio = figure / baseline, so > 1 means kedge costs more. */
-export function baselineCost(label: string, figure: number | null, value: number | null, unit: string): Baseline {
-  return { label, value, unit, ratio: ratio(figure, value), ratioText: 'kedge ÷ baseline (lower is better)' };
+export function baselineCost(
+  label: string,
+  figure: number | null,
+  value: number | null,
+  unit: string,
+): Baseline {
+  return {
+    label,
+    value,
+    unit,
+    ratio: ratio(figure, value),
+    ratioText: 'kedge ÷ baseline (lower is better)',
+  };
 }

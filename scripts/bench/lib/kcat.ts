@@ -14,7 +14,11 @@ export function kcatVersion(): string {
 }
 
 /** Writes `count` records as `key<TAB>value\n` lines: the same keys and values as kedge's backlog. */
-export async function writeKcatFile(file: string, count: number, perRequest: number): Promise<void> {
+export async function writeKcatFile(
+  file: string,
+  count: number,
+  perRequest: number,
+): Promise<void> {
   const out = createWriteStream(file, { highWaterMark: 1 << 20 });
   const TAB = Buffer.from('\t');
   const NL = Buffer.from('\n');
@@ -53,10 +57,24 @@ export async function kcatProduceFile(o: {
   onStart?: (pid: number) => void;
 }): Promise<KcatProduceResult> {
   const args = [
-    '-P', '-b', o.bootstrap, '-t', o.topic, '-K', '\t', '-z', 'zstd',
-    '-X', 'acks=all', '-X', 'enable.idempotence=true', '-X', `batch.num.messages=${o.batch}`,
+    '-P',
+    '-b',
+    o.bootstrap,
+    '-t',
+    o.topic,
+    '-K',
+    '\t',
+    '-z',
+    'zstd',
+    '-X',
+    'acks=all',
+    '-X',
+    'enable.idempotence=true',
+    '-X',
+    `batch.num.messages=${o.batch}`,
     ...Object.entries(o.headers).flatMap(([k, v]) => ['-H', `${k}=${v}`]),
-    '-l', o.file,
+    '-l',
+    o.file,
   ];
   const t0 = performance.now();
   const child: ChildProcess = spawn('kcat', args, { stdio: ['ignore', 'ignore', 'pipe'] });
@@ -67,7 +85,8 @@ export async function kcatProduceFile(o: {
   const [code] = (await once(child, 'exit')) as [number | null];
   clearTimeout(timer);
   const seconds = (performance.now() - t0) / 1000;
-  if (code !== 0 || /ERROR|Delivery failed/i.test(stderr)) throw new Error(`kcat -P exited ${code}: ${stderr.trim().slice(-800)}`);
+  if (code !== 0 || /ERROR|Delivery failed/i.test(stderr))
+    throw new Error(`kcat -P exited ${code}: ${stderr.trim().slice(-800)}`);
   return { seconds, eventsPerS: o.count / seconds, stderr };
 }
 
@@ -76,14 +95,22 @@ export async function kcatProduceFile(o: {
  * timestamp and value on one line. `onLine` gets the value, the record
  * timestamp (ms since the epoch) and performance.now() when its chunk arrived.
  */
-export function kcatTail(bootstrap: string, topic: string, onLine: (value: string, timestamp: number, at: number) => void): { child: ChildProcess; stop: () => void } {
-  const child = spawn('kcat', ['-C', '-b', bootstrap, '-t', topic, '-o', 'end', '-u', '-q', '-f', '%T\\t%s\\n'], { stdio: ['ignore', 'pipe', 'pipe'] });
+export function kcatTail(
+  bootstrap: string,
+  topic: string,
+  onLine: (value: string, timestamp: number, at: number) => void,
+): { child: ChildProcess; stop: () => void } {
+  const child = spawn(
+    'kcat',
+    ['-C', '-b', bootstrap, '-t', topic, '-o', 'end', '-u', '-q', '-f', '%T\\t%s\\n'],
+    { stdio: ['ignore', 'pipe', 'pipe'] },
+  );
   let buf = '';
   child.stdout!.setEncoding('utf8');
   child.stdout!.on('data', (d: string) => {
     const at = performance.now();
     buf += d;
-    let i;
+    let i: number;
     while ((i = buf.indexOf('\n')) >= 0) {
       const line = buf.slice(0, i);
       const tab = line.indexOf('\t');

@@ -24,7 +24,9 @@ export function machineInfo(): MachineInfo {
   }
   let osName = `${os.type()} ${os.release()}`;
   try {
-    const rel = spawnSync('sh', ['-c', '. /etc/os-release && echo "$PRETTY_NAME"'], { encoding: 'utf8' }).stdout.trim();
+    const rel = spawnSync('sh', ['-c', '. /etc/os-release && echo "$PRETTY_NAME"'], {
+      encoding: 'utf8',
+    }).stdout.trim();
     if (rel) osName = rel;
   } catch {
     /* keep the kernel name */
@@ -58,7 +60,11 @@ export function fsyncProbe(ms = 2000): MachineInfo['fsync'] {
     }
     closeSync(fd);
     lat.sort((a, b) => a - b);
-    return { perS: lat.length / (ms / 1000), p50Ms: lat[Math.floor(lat.length / 2)], p99Ms: lat[Math.floor(lat.length * 0.99)] };
+    return {
+      perS: lat.length / (ms / 1000),
+      p50Ms: lat[Math.floor(lat.length / 2)],
+      p99Ms: lat[Math.floor(lat.length * 0.99)],
+    };
   } catch {
     return null;
   } finally {
@@ -85,7 +91,9 @@ export function versions(agent: AgentInfo): Record<string, string> {
   };
   try {
     const db = new DatabaseSync(':memory:');
-    v['sqlite (node:sqlite)'] = String((db.prepare('SELECT sqlite_version() AS v').get() as { v: string }).v);
+    v['sqlite (node:sqlite)'] = String(
+      (db.prepare('SELECT sqlite_version() AS v').get() as { v: string }).v,
+    );
     db.close();
   } catch {
     v['sqlite (node:sqlite)'] = 'unavailable';

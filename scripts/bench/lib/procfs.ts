@@ -37,7 +37,12 @@ export function readMem(pid: number): MemSample | null {
     if (!rss) return null;
     const anon = /^RssAnon:\s+(\d+) kB/m.exec(s);
     const file = /^RssFile:\s+(\d+) kB/m.exec(s);
-    return { rssKb: Number(rss[1]), hwmKb: hwm ? Number(hwm[1]) : Number(rss[1]), anonKb: anon ? Number(anon[1]) : 0, fileKb: file ? Number(file[1]) : 0 };
+    return {
+      rssKb: Number(rss[1]),
+      hwmKb: hwm ? Number(hwm[1]) : Number(rss[1]),
+      anonKb: anon ? Number(anon[1]) : 0,
+      fileKb: file ? Number(file[1]) : 0,
+    };
   } catch {
     return null;
   }

@@ -65,7 +65,10 @@ let ring: Buffer[] | null = null;
 export function valueBytes(i: number): Buffer {
   if (!ring) {
     ring = new Array<Buffer>(RING);
-    const all = Buffer.from(Array.from({ length: RING }, (_, k) => valueString(k)).join(''), 'latin1');
+    const all = Buffer.from(
+      Array.from({ length: RING }, (_, k) => valueString(k)).join(''),
+      'latin1',
+    );
     for (let k = 0; k < RING; k++) ring[k] = all.subarray(k * VALUE_BYTES, (k + 1) * VALUE_BYTES);
   }
   return ring[i % RING];

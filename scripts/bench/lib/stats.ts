@@ -75,7 +75,11 @@ export function ratio(a: number | null | undefined, b: number | null | undefined
  * `windowMs` earlier) / elapsed. Samples: t in ms (ascending), c cumulative.
  * Points are {x: seconds since t0, y: per second}.
  */
-export function rateSeries(samples: { t: number; c: number }[], windowMs: number, t0 = samples[0]?.t ?? 0): { x: number; y: number }[] {
+export function rateSeries(
+  samples: { t: number; c: number }[],
+  windowMs: number,
+  t0 = samples[0]?.t ?? 0,
+): { x: number; y: number }[] {
   const out: { x: number; y: number }[] = [];
   let j = 0;
   for (let i = 1; i < samples.length; i++) {

@@ -34,7 +34,9 @@ export const e2eLatency: Scenario = {
     const kafka = await ctx.kafka();
     // LogAppendTime: the record timestamp becomes the broker's append time, which splits the
     // latency into kedge → broker and broker → consumer (ms resolution, same machine clock).
-    const topic = await ctx.topic('bench.latency', 3, { 'message.timestamp.type': 'LogAppendTime' });
+    const topic = await ctx.topic('bench.latency', 3, {
+      'message.timestamp.type': 'LogAppendTime',
+    });
     const agent = await ctx.startAgent('e2e-latency');
 
     const recvAt = new Map<number, number>();
@@ -63,7 +65,12 @@ export const e2eLatency: Scenario = {
       const t = performance.now();
       if (slot !== null) sentAt[slot] = t;
       pool
-        .request({ path: `/v1/topics/${topic}?key=k${id % KEYS}`, method: 'POST', body: valueString(id), headers: { 'content-type': 'application/json' } })
+        .request({
+          path: `/v1/topics/${topic}?key=k${id % KEYS}`,
+          method: 'POST',
+          body: valueString(id),
+          headers: { 'content-type': 'application/json' },
+        })
         .then(async (r) => {
           await r.body.dump();
           const done = performance.now();
@@ -75,7 +82,12 @@ export const e2eLatency: Scenario = {
     };
 
     /** Sends `rate` events/s for `ms`; ids from `first`; returns how many were sent. */
-    const pace = async (ms: number, first: number, record: boolean, until?: () => boolean): Promise<number> => {
+    const pace = async (
+      ms: number,
+      first: number,
+      record: boolean,
+      until?: () => boolean,
+    ): Promise<number> => {
       const t0 = performance.now();
       let sent = 0;
       for (;;) {
@@ -100,7 +112,10 @@ export const e2eLatency: Scenario = {
     const durationMs = ctx.ms(30, 5);
     ctx.log(`measuring: ${fmt(RATE)} events/s for ${durationMs / 1000} s`);
     const m0 = await agent.metricsText();
-    const win = ctx.cpu(`kedge at ${RATE} events/s, forwarding on`, { kedge: agent.pid, kcat: tail.child.pid });
+    const win = ctx.cpu(`kedge at ${RATE} events/s, forwarding on`, {
+      kedge: agent.pid,
+      kcat: tail.child.pid,
+    });
     const tStart = performance.now();
     const n = await pace(durationMs, 0, true);
     const sendSeconds = (performance.now() - tStart) / 1000;
@@ -114,11 +129,15 @@ export const e2eLatency: Scenario = {
     cpu.push(win.stop());
     ctx.phase(agent, 'measure', tStart, tStart + sendSeconds * 1000);
     const m1 = await agent.metricsText();
-    const d = (name: string) => (BenchAgent.metric(m1, name) ?? 0) - (BenchAgent.metric(m0, name) ?? 0);
+    const d = (name: string) =>
+      (BenchAgent.metric(m1, name) ?? 0) - (BenchAgent.metric(m0, name) ?? 0);
     const sends = d('kedge_send_duration_seconds_count');
     const sendMs = sends ? (1000 * d('kedge_send_duration_seconds_sum')) / sends : null;
-    const perBatch = d('kedge_send_batch_events_sum') / Math.max(1, d('kedge_send_batch_events_count'));
-    const commitMs = (1000 * d('kedge_commit_duration_seconds_sum')) / Math.max(1, d('kedge_commit_duration_seconds_count'));
+    const perBatch =
+      d('kedge_send_batch_events_sum') / Math.max(1, d('kedge_send_batch_events_count'));
+    const commitMs =
+      (1000 * d('kedge_commit_duration_seconds_sum')) /
+      Math.max(1, d('kedge_commit_duration_seconds_count'));
 
     const e2e = new Samples();
     const toBroker = new Samples();
@@ -159,7 +178,9 @@ export const e2eLatency: Scenario = {
     const pb = percentiles(toBroker.values());
     const pc = percentiles(fromBroker.values());
     const acked = rtt.length;
-    ctx.log(`answer → consumer: p50 ${fmt(p.p50, 1)} ms, p90 ${fmt(p.p90, 1)}, p99 ${fmt(p.p99, 1)}, max ${fmt(p.max, 1)} (${fmt(p.count)} events, ${missing} not seen)`);
+    ctx.log(
+      `answer → consumer: p50 ${fmt(p.p50, 1)} ms, p90 ${fmt(p.p90, 1)}, p99 ${fmt(p.p99, 1)}, max ${fmt(p.max, 1)} (${fmt(p.count)} events, ${missing} not seen)`,
+    );
     notes.push(
       `${fmt(n)} events sent in ${sendSeconds.toFixed(1)} s (${fmt(n / sendSeconds)} events/s), ${fmt(acked)} acknowledged, ${errors} failed, ` +
         `${fmt(p.count)} seen by the consumer, ${missing} acknowledged but not seen within 15 s.`,
@@ -171,14 +192,40 @@ export const e2eLatency: Scenario = {
         `(kedge's forwarder: wait for the send in flight, read, encode, produce with acks=all); appended → consumer p50 ${fmt(pc.p50, 1)} ms, p99 ${fmt(pc.p99, 1)} ms (kcat's fetch).`,
       `kedge during the run: ${fmt(sends)} sends of ${fmt(perBatch, 1)} events on average, ${fmt(sendMs, 1)} ms per send (until acks=all); commits took ${fmt(commitMs, 1)} ms on average.`,
     );
-    if (negative) notes.push(`${negative} events reached the consumer before their HTTP answer reached the bench (counted as negative latencies).`);
+    if (negative)
+      notes.push(
+        `${negative} events reached the consumer before their HTTP answer reached the bench (counted as negative latencies).`,
+      );
     const figures: Figure[] = [
-      figure({ id: 'p50_ms', label: 'answer → consumer p50', value: p.p50, unit: 'ms', digits: 1, target: atMost(p.p50, P50_TARGET, `≤ ${P50_TARGET} ms`) }),
+      figure({
+        id: 'p50_ms',
+        label: 'answer → consumer p50',
+        value: p.p50,
+        unit: 'ms',
+        digits: 1,
+        target: atMost(p.p50, P50_TARGET, `≤ ${P50_TARGET} ms`),
+      }),
       figure({ id: 'p90_ms', label: 'answer → consumer p90', value: p.p90, unit: 'ms', digits: 1 }),
-      figure({ id: 'p99_ms', label: 'answer → consumer p99', value: p.p99, unit: 'ms', digits: 1, target: atMost(p.p99, P99_TARGET, `≤ ${P99_TARGET} ms`) }),
+      figure({
+        id: 'p99_ms',
+        label: 'answer → consumer p99',
+        value: p.p99,
+        unit: 'ms',
+        digits: 1,
+        target: atMost(p.p99, P99_TARGET, `≤ ${P99_TARGET} ms`),
+      }),
       figure({ id: 'max_ms', label: 'answer → consumer max', value: p.max, unit: 'ms', digits: 1 }),
     ];
-    if (missing > 0) figures.push(figure({ id: 'missing', label: 'acknowledged but never consumed', value: missing, unit: 'events', target: atMost(missing, 0, '0') }));
+    if (missing > 0)
+      figures.push(
+        figure({
+          id: 'missing',
+          label: 'acknowledged but never consumed',
+          value: missing,
+          unit: 'events',
+          target: atMost(missing, 0, '0'),
+        }),
+      );
     const charts: ChartSpec[] = [
       {
         kind: 'bars',
@@ -186,11 +233,26 @@ export const e2eLatency: Scenario = {
         title: `Latency percentiles at ${fmt(RATE)} events/s (ms)`,
         unit: 'ms',
         bars: [
-          ...(['p50', 'p90', 'p99', 'p999', 'max'] as const).map((k) => ({ label: `${k === 'p999' ? 'p99.9' : k}`, value: p[k] ?? 0, group: 'answer → consumer' })),
-          ...(['p50', 'p90', 'p99', 'p999', 'max'] as const).map((k) => ({ label: `${k === 'p999' ? 'p99.9' : k}`, value: pb[k] ?? 0, group: 'answer → in Kafka' })),
-          ...(['p50', 'p90', 'p99', 'p999', 'max'] as const).map((k) => ({ label: `${k === 'p999' ? 'p99.9' : k}`, value: pr[k] ?? 0, group: 'HTTP round trip' })),
+          ...(['p50', 'p90', 'p99', 'p999', 'max'] as const).map((k) => ({
+            label: `${k === 'p999' ? 'p99.9' : k}`,
+            value: p[k] ?? 0,
+            group: 'answer → consumer',
+          })),
+          ...(['p50', 'p90', 'p99', 'p999', 'max'] as const).map((k) => ({
+            label: `${k === 'p999' ? 'p99.9' : k}`,
+            value: pb[k] ?? 0,
+            group: 'answer → in Kafka',
+          })),
+          ...(['p50', 'p90', 'p99', 'p999', 'max'] as const).map((k) => ({
+            label: `${k === 'p999' ? 'p99.9' : k}`,
+            value: pr[k] ?? 0,
+            group: 'HTTP round trip',
+          })),
         ],
-        refs: [{ label: 'p50 target', y: P50_TARGET }, { label: 'p99 target', y: P99_TARGET }],
+        refs: [
+          { label: 'p50 target', y: P50_TARGET },
+          { label: 'p99 target', y: P99_TARGET },
+        ],
       },
       {
         kind: 'line',
@@ -205,6 +267,28 @@ export const e2eLatency: Scenario = {
         refs: [{ label: 'p99 target', y: P99_TARGET }],
       },
     ];
-    return { figures, charts, cpu, notes, data: { sent: n, acked, errors, missing, negative, e2e: p, requestToConsumer: ps, rtt: pr, answerToBroker: pb, brokerToConsumer: pc, sends, sendMs, perBatch, commitMs, perSecond } };
+    return {
+      figures,
+      charts,
+      cpu,
+      notes,
+      data: {
+        sent: n,
+        acked,
+        errors,
+        missing,
+        negative,
+        e2e: p,
+        requestToConsumer: ps,
+        rtt: pr,
+        answerToBroker: pb,
+        brokerToConsumer: pc,
+        sends,
+        sendMs,
+        perBatch,
+        commitMs,
+        perSecond,
+      },
+    };
   },
 };

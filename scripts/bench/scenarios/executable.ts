@@ -41,7 +41,11 @@ function rssMiB(pid: number): number | null {
 async function bareNode(): Promise<{ readyMs: number; rss: number | null }> {
   const port = await freeLoopbackPort();
   const t0 = performance.now();
-  const child = spawn(process.execPath, ['-e', `require('node:http').createServer((q,s)=>s.end('ok')).listen(${port},'127.0.0.1')`], { stdio: 'ignore' });
+  const child = spawn(
+    process.execPath,
+    ['-e', `require('node:http').createServer((q,s)=>s.end('ok')).listen(${port},'127.0.0.1')`],
+    { stdio: 'ignore' },
+  );
   try {
     const readyMs = await waitReady(`http://127.0.0.1:${port}/readyz`, t0, 30_000);
     await new Promise((r) => setTimeout(r, 3000));
@@ -57,7 +61,9 @@ async function waitReady(url: string, t0: number, timeoutMs: number): Promise<nu
       const r = await request(url, { headersTimeout: 500 });
       await r.body.dump();
       if (r.statusCode === 200) return performance.now() - t0;
-    } catch { /* not yet */ }
+    } catch {
+      /* not yet */
+    }
     await new Promise((r) => setTimeout(r, 5));
   }
   throw new Error(`${url} not ready after ${timeoutMs} ms`);
@@ -77,7 +83,9 @@ export const executable: Scenario = {
     const notes: string[] = [];
     const exe = join(REPO, 'dist', 'kedge-linux-x64');
     if (ctx.agentInfo.mode !== 'executable' || !existsSync(exe)) {
-      notes.push('dist/kedge-linux-x64 is missing: run `npm run build` first; start and memory below are of the source run.');
+      notes.push(
+        'dist/kedge-linux-x64 is missing: run `npm run build` first; start and memory below are of the source run.',
+      );
     }
     const sizes: { label: string; value: number }[] = [];
     for (const arch of ['x64', 'arm64']) {
@@ -86,7 +94,15 @@ export const executable: Scenario = {
       const raw = statSync(p).size / MiB;
       const gz = (await gzipSize(p)) / MiB;
       sizes.push({ label: `${arch} raw`, value: raw }, { label: `${arch} gzip`, value: gz });
-      figures.push(figure({ id: `size_${arch}`, label: `kedge-linux-${arch} size (gzip ${fmt(gz, 1)} MiB)`, value: raw, unit: 'MiB', digits: 1 }));
+      figures.push(
+        figure({
+          id: `size_${arch}`,
+          label: `kedge-linux-${arch} size (gzip ${fmt(gz, 1)} MiB)`,
+          value: raw,
+          unit: 'MiB',
+          digits: 1,
+        }),
+      );
     }
     const bare = await bareNode();
     ctx.log(`bare node: ready in ${fmt(bare.readyMs)} ms, RSS ${fmt(bare.rss, 1)} MiB`);
@@ -102,22 +118,56 @@ export const executable: Scenario = {
     const n = ctx.n(1_000_000, 200_000);
     const dir = ctx.tmp('exe-backlog');
     const log = await openLog({ dir, driver: 'sqlite', sync: 'normal' });
-    const value = Buffer.from(JSON.stringify({ dev: 'press-7', temp: 21.5, seq: 0, pad: 'x'.repeat(140) }));
+    const value = Buffer.from(
+      JSON.stringify({ dev: 'press-7', temp: 21.5, seq: 0, pad: 'x'.repeat(140) }),
+    );
     for (let i = 0; i < n; i += 1000) {
-      await log.append(Array.from({ length: Math.min(1000, n - i) }, (_, j) => ({ topic: 'bench.start', key: Buffer.from(`k${(i + j) % 16}`), value, source: 'http' as const })));
+      await log.append(
+        Array.from({ length: Math.min(1000, n - i) }, (_, j) => ({
+          topic: 'bench.start',
+          key: Buffer.from(`k${(i + j) % 16}`),
+          value,
+          source: 'http' as const,
+        })),
+      );
     }
     await log.close();
     const backlogAgent = await ctx.startAgent('exe-backlog', { brokers, dataDir: dir });
     const backlog = (await backlogAgent.status()).backlog.events;
     await backlogAgent.stop();
-    notes.push(`The backlog start opened a log of ${fmt(backlog)} events; SQLite's quick_check at open grows with the file size.`);
+    notes.push(
+      `The backlog start opened a log of ${fmt(backlog)} events; SQLite's quick_check at open grows with the file size.`,
+    );
 
     figures.push(
-      figure({ id: 'ready_empty_ms', label: 'start to ready, empty log', value: empty.startMs, unit: 'ms', target: atMost(empty.startMs, 1000, '≤ 1,000 ms'), baselines: [baselineCost('bare Node 24 HTTP server', empty.startMs, bare.readyMs, 'ms')] }),
-      figure({ id: 'ready_backlog_ms', label: `start to ready, ${fmt(n)}-event backlog`, value: backlogAgent.startMs, unit: 'ms', target: atMost(backlogAgent.startMs, 1000, '≤ 1,000 ms') }),
-      figure({ id: 'idle_rss_mib', label: 'idle RSS, empty log', value: idleRss, unit: 'MiB', digits: 1, target: atMost(idleRss, 80 * 1e6 / MiB, '≤ 80 MB'), baselines: [baselineCost('bare Node 24 HTTP server', idleRss, bare.rss, 'MiB')] }),
+      figure({
+        id: 'ready_empty_ms',
+        label: 'start to ready, empty log',
+        value: empty.startMs,
+        unit: 'ms',
+        target: atMost(empty.startMs, 1000, '≤ 1,000 ms'),
+        baselines: [baselineCost('bare Node 24 HTTP server', empty.startMs, bare.readyMs, 'ms')],
+      }),
+      figure({
+        id: 'ready_backlog_ms',
+        label: `start to ready, ${fmt(n)}-event backlog`,
+        value: backlogAgent.startMs,
+        unit: 'ms',
+        target: atMost(backlogAgent.startMs, 1000, '≤ 1,000 ms'),
+      }),
+      figure({
+        id: 'idle_rss_mib',
+        label: 'idle RSS, empty log',
+        value: idleRss,
+        unit: 'MiB',
+        digits: 1,
+        target: atMost(idleRss, (80 * 1e6) / MiB, '≤ 80 MB'),
+        baselines: [baselineCost('bare Node 24 HTTP server', idleRss, bare.rss, 'MiB')],
+      }),
     );
-    const charts: ChartSpec[] = [{ kind: 'bars', id: 'executable-sizes', title: 'Executable sizes', unit: 'MiB', bars: sizes }];
+    const charts: ChartSpec[] = [
+      { kind: 'bars', id: 'executable-sizes', title: 'Executable sizes', unit: 'MiB', bars: sizes },
+    ];
     return { figures, charts, cpu: [], notes, data: { sizes, bare, idleRss, backlog } };
   },
 };

@@ -12,7 +12,15 @@ import kafkajs from 'kafkajs';
 import type { Scenario, ScenarioResult, CpuReport, ChartSpec, Figure } from '../lib/types.ts';
 import type { KafkajsProducerConfig, KafkajsProducerResult } from '../workers/kafkajs-producer.ts';
 import type { LoadResult } from '../workers/loadgen.ts';
-import { atLeast, baselineCost, baselineHigher, cpuSecondsOf, figure, fmt, usPerEvent } from '../lib/figures.ts';
+import {
+  atLeast,
+  baselineCost,
+  baselineHigher,
+  cpuSecondsOf,
+  figure,
+  fmt,
+  usPerEvent,
+} from '../lib/figures.ts';
 import { kcatProduceFile, writeKcatFile } from '../lib/kcat.ts';
 import { rateSeries } from '../lib/stats.ts';
 import { BenchAgent } from '../lib/agent.ts';
@@ -35,7 +43,11 @@ export interface DrainShare {
 }
 
 async function topicCount(bootstrap: string, topic: string): Promise<number> {
-  const admin = new kafkajs.Kafka({ clientId: 'kedge-bench', brokers: bootstrap.split(','), logLevel: kafkajs.logLevel.NOTHING }).admin();
+  const admin = new kafkajs.Kafka({
+    clientId: 'kedge-bench',
+    brokers: bootstrap.split(','),
+    logLevel: kafkajs.logLevel.NOTHING,
+  }).admin();
   await admin.connect();
   try {
     const offs = await admin.fetchTopicOffsets(topic);
@@ -45,7 +57,12 @@ async function topicCount(bootstrap: string, topic: string): Promise<number> {
   }
 }
 
-function kafkajsRun(ctx: BenchContext, cfg: KafkajsProducerConfig, progress?: { t: number; c: number }[], execArgv: string[] = []) {
+function kafkajsRun(
+  ctx: BenchContext,
+  cfg: KafkajsProducerConfig,
+  progress?: { t: number; c: number }[],
+  execArgv: string[] = [],
+) {
   return ctx.worker<KafkajsProducerResult>('kafkajs-producer.ts', cfg, 15 * 60_000, {
     onProgress: (p: { t: number; sent: number }) => progress?.push({ t: p.t, c: p.sent }),
     execArgv,
@@ -61,9 +78,9 @@ export const forwardBacklog: Scenario = {
     '(batches of ≤ 2,000 events / 512 KiB, zstd, idempotent producer, acks=all, one request in flight). Baselines, same broker, ' +
     'same values, keys and header names, each into its own empty 3-partition topic: a bare kafkajs producer with the same settings ' +
     'and codec sending batches of 2,000 one after another (no SQLite, no cursor), and `kcat -P -l file` (librdkafka) with acks=all, ' +
-    'idempotence, zstd and batch.num.messages=2000 (kcat -P puts the same two headers on every record; their sizes match kedge\'s). ' +
+    "idempotence, zstd and batch.num.messages=2000 (kcat -P puts the same two headers on every record; their sizes match kedge's). " +
     'When kedge runs with extra V8 flags (agent/runtime-flags.ts), the kafkajs baseline also runs a second time under those flags, to separate ' +
-    'the cost of the flags from the cost of kedge\'s own work. The broker is warmed up with a short kafkajs run first.',
+    "the cost of the flags from the cost of kedge's own work. The broker is warmed up with a short kafkajs run first.",
   needsKafka: true,
   estimateSeconds: (q) => (q ? 60 : 240),
   async run(ctx): Promise<ScenarioResult> {
@@ -71,7 +88,13 @@ export const forwardBacklog: Scenario = {
     const notes: string[] = [];
     const cpu: CpuReport[] = [];
     const kafka = await ctx.kafka();
-    const topics = { kedge: 'bench.fwd.kedge', kafkajs: 'bench.fwd.kafkajs', kafkajsFlags: 'bench.fwd.kafkajs-flags', kcat: 'bench.fwd.kcat', warm: 'bench.fwd.warmup' };
+    const topics = {
+      kedge: 'bench.fwd.kedge',
+      kafkajs: 'bench.fwd.kafkajs',
+      kafkajsFlags: 'bench.fwd.kafkajs-flags',
+      kcat: 'bench.fwd.kcat',
+      warm: 'bench.fwd.warmup',
+    };
     for (const t of Object.values(topics)) await ctx.topic(t, 3);
 
     // 1. The backlog, over HTTP, forwarding paused.
@@ -81,23 +104,56 @@ export const forwardBacklog: Scenario = {
     ctx.log(`building a backlog of ${fmt(total)} events (forwarding paused)...`);
     const tBuild = performance.now();
     const build: LoadResult = await ctx.load({
-      origin: agent.base, path: `/v1/topics/${topics.kedge}`, body: 'ndjson', eventsPerRequest: PER_REQUEST, connections: 8,
-      warmupMs: 0, durationMs: null, totalEvents: total, keyPerRequest: true, requestTimeoutMs: 60_000,
+      origin: agent.base,
+      path: `/v1/topics/${topics.kedge}`,
+      body: 'ndjson',
+      eventsPerRequest: PER_REQUEST,
+      connections: 8,
+      warmupMs: 0,
+      durationMs: null,
+      totalEvents: total,
+      keyPerRequest: true,
+      requestTimeoutMs: 60_000,
     }).result;
     ctx.phase(agent, 'build', tBuild, performance.now());
     const st = await agent.status();
-    if (st.backlog.events !== total) throw new Error(`backlog is ${st.backlog.events} events after ingesting ${total} (${build.errors} errors, ${JSON.stringify(build.statuses)})`);
-    ctx.log(`backlog built: ${fmt(total)} events, ${(st.backlog.bytes / 1048576).toFixed(0)} MiB, in ${build.totalSeconds.toFixed(1)} s (${fmt(build.totalEventsAcked / build.totalSeconds)} events/s)`);
+    if (st.backlog.events !== total)
+      throw new Error(
+        `backlog is ${st.backlog.events} events after ingesting ${total} (${build.errors} errors, ${JSON.stringify(build.statuses)})`,
+      );
+    ctx.log(
+      `backlog built: ${fmt(total)} events, ${(st.backlog.bytes / 1048576).toFixed(0)} MiB, in ${build.totalSeconds.toFixed(1)} s (${fmt(build.totalEventsAcked / build.totalSeconds)} events/s)`,
+    );
 
     // 2. Warm the broker (JIT, page cache) so the first measured producer is not penalised.
     const warmCount = ctx.n(100_000, 20_000);
     ctx.log(`warming Kafka up with ${fmt(warmCount)} records...`);
-    await kafkajsRun(ctx, { bootstrap: kafka.bootstrap, topic: topics.warm, count: warmCount, batch: BATCH, perRequest: PER_REQUEST, agentId, progressMs: 1000 }).result;
+    await kafkajsRun(ctx, {
+      bootstrap: kafka.bootstrap,
+      topic: topics.warm,
+      count: warmCount,
+      batch: BATCH,
+      perRequest: PER_REQUEST,
+      agentId,
+      progressMs: 1000,
+    }).result;
 
     // 3. Baseline: bare kafkajs.
     ctx.log(`baseline kafkajs: ${fmt(total)} records in batches of ${BATCH}...`);
     const kjProgress: { t: number; c: number }[] = [{ t: 0, c: 0 }];
-    const kw = kafkajsRun(ctx, { bootstrap: kafka.bootstrap, topic: topics.kafkajs, count: total, batch: BATCH, perRequest: PER_REQUEST, agentId, progressMs: 250 }, kjProgress);
+    const kw = kafkajsRun(
+      ctx,
+      {
+        bootstrap: kafka.bootstrap,
+        topic: topics.kafkajs,
+        count: total,
+        batch: BATCH,
+        perRequest: PER_REQUEST,
+        agentId,
+        progressMs: 250,
+      },
+      kjProgress,
+    );
     const kcpu = ctx.cpu('bare kafkajs producer', { 'kafkajs baseline': kw.pid, kedge: agent.pid });
     const kj = await kw.result;
     cpu.push(kcpu.stop());
@@ -108,8 +164,24 @@ export const forwardBacklog: Scenario = {
     const flags = ctx.agentInfo.nodeFlags;
     if (flags.length) {
       ctx.log(`baseline kafkajs with kedge's node flags (${flags.join(' ')})...`);
-      const kw2 = kafkajsRun(ctx, { bootstrap: kafka.bootstrap, topic: topics.kafkajsFlags, count: total, batch: BATCH, perRequest: PER_REQUEST, agentId, progressMs: 1000 }, undefined, flags);
-      const kcpu2 = ctx.cpu(`bare kafkajs producer, ${flags.join(' ')}`, { 'kafkajs baseline': kw2.pid, kedge: agent.pid });
+      const kw2 = kafkajsRun(
+        ctx,
+        {
+          bootstrap: kafka.bootstrap,
+          topic: topics.kafkajsFlags,
+          count: total,
+          batch: BATCH,
+          perRequest: PER_REQUEST,
+          agentId,
+          progressMs: 1000,
+        },
+        undefined,
+        flags,
+      );
+      const kcpu2 = ctx.cpu(`bare kafkajs producer, ${flags.join(' ')}`, {
+        'kafkajs baseline': kw2.pid,
+        kedge: agent.pid,
+      });
       kjFlags = await kw2.result;
       cpu.push(kcpu2.stop());
       ctx.log(`baseline kafkajs with kedge's flags: ${fmt(kjFlags.eventsPerS)} events/s`);
@@ -123,9 +195,14 @@ export const forwardBacklog: Scenario = {
     let kc: { seconds: number; eventsPerS: number } | null = null;
     try {
       kc = await kcatProduceFile({
-        bootstrap: kafka.bootstrap, topic: topics.kcat, file, count: total, batch: BATCH,
+        bootstrap: kafka.bootstrap,
+        topic: topics.kcat,
+        file,
+        count: total,
+        batch: BATCH,
         headers: { 'kedge-id': `${agentId}:${total}`, 'kedge-ingest-ts': String(Date.now()) },
-        timeoutMs: 10 * 60_000, onStart: (pid) => ccpu.add('kcat', pid),
+        timeoutMs: 10 * 60_000,
+        onStart: (pid) => ccpu.add('kcat', pid),
       });
       ctx.log(`baseline kcat: ${fmt(kc.eventsPerS)} events/s (${kc.seconds.toFixed(1)} s)`);
     } catch (e) {
@@ -165,17 +242,30 @@ export const forwardBacklog: Scenario = {
     const drained = progress.at(-1)?.c ?? 0;
     const drainSeconds = ((tEnd ?? performance.now()) - tResume) / 1000;
     const rate = tEnd === null ? null : total / drainSeconds;
-    if (tEnd === null) notes.push(`the backlog was not drained within the time limit: ${fmt(drained)} of ${fmt(total)} forwarded in ${drainSeconds.toFixed(0)} s (${fmt(drained / drainSeconds)} events/s)`);
-    ctx.log(`kedge drained ${fmt(drained)} events in ${drainSeconds.toFixed(1)} s: ${fmt(rate ?? drained / drainSeconds)} events/s`);
-    const share: DrainShare = { agentLabel: agent.label, total, tResume, tEnd: tEnd ?? performance.now(), progress: progress.map((p) => ({ t: p.t + tResume, c: p.c })) };
+    if (tEnd === null)
+      notes.push(
+        `the backlog was not drained within the time limit: ${fmt(drained)} of ${fmt(total)} forwarded in ${drainSeconds.toFixed(0)} s (${fmt(drained / drainSeconds)} events/s)`,
+      );
+    ctx.log(
+      `kedge drained ${fmt(drained)} events in ${drainSeconds.toFixed(1)} s: ${fmt(rate ?? drained / drainSeconds)} events/s`,
+    );
+    const share: DrainShare = {
+      agentLabel: agent.label,
+      total,
+      tResume,
+      tEnd: tEnd ?? performance.now(),
+      progress: progress.map((p) => ({ t: p.t + tResume, c: p.c })),
+    };
     ctx.shared.set('forward-backlog', share);
     ctx.phase(agent, 'drain', tResume, share.tEnd);
 
     // What the forwarder spent its time on.
-    const d = (name: string) => (BenchAgent.metric(m1, name) ?? 0) - (BenchAgent.metric(m0, name) ?? 0);
+    const d = (name: string) =>
+      (BenchAgent.metric(m1, name) ?? 0) - (BenchAgent.metric(m0, name) ?? 0);
     const sendS = d('kedge_send_duration_seconds_sum');
     const sends = d('kedge_send_duration_seconds_count');
-    const batchEvents = d('kedge_send_batch_events_sum') / Math.max(1, d('kedge_send_batch_events_count'));
+    const batchEvents =
+      d('kedge_send_batch_events_sum') / Math.max(1, d('kedge_send_batch_events_count'));
     if (sends > 0) {
       notes.push(
         `kedge sent ${fmt(sends)} batches of ${fmt(batchEvents)} events on average; time inside kafkajs send (until acks=all) ` +
@@ -184,13 +274,23 @@ export const forwardBacklog: Scenario = {
           `(SQLite read of the batch, record building, cursor update and trim) while nothing is in flight.`,
       );
     }
-    notes.push(`Backlog build over HTTP (NDJSON, ${fmt(PER_REQUEST)} events/request, 8 connections): ${fmt(build.totalEventsAcked / build.totalSeconds)} events/s.`);
+    notes.push(
+      `Backlog build over HTTP (NDJSON, ${fmt(PER_REQUEST)} events/request, 8 connections): ${fmt(build.totalEventsAcked / build.totalSeconds)} events/s.`,
+    );
 
     // Sanity: every record is in its topic.
     const counts: Record<string, number> = {};
-    for (const [k, t] of Object.entries(topics)) if (k !== 'warm' && (k !== 'kafkajsFlags' || kjFlags)) counts[k] = await topicCount(kafka.bootstrap, t);
-    notes.push(`Records in Kafka after the runs: ${Object.entries(counts).map(([k, n]) => `${k} ${fmt(n)}`).join(', ')} (expected ${fmt(total)} each).`);
-    for (const [k, n] of Object.entries(counts)) if (n !== total && !(k === 'kcat' && !kc)) notes.push(`WARNING: topic of ${k} holds ${fmt(n)} records, expected ${fmt(total)}.`);
+    for (const [k, t] of Object.entries(topics))
+      if (k !== 'warm' && (k !== 'kafkajsFlags' || kjFlags))
+        counts[k] = await topicCount(kafka.bootstrap, t);
+    notes.push(
+      `Records in Kafka after the runs: ${Object.entries(counts)
+        .map(([k, n]) => `${k} ${fmt(n)}`)
+        .join(', ')} (expected ${fmt(total)} each).`,
+    );
+    for (const [k, n] of Object.entries(counts))
+      if (n !== total && !(k === 'kcat' && !kc))
+        notes.push(`WARNING: topic of ${k} holds ${fmt(n)} records, expected ${fmt(total)}.`);
 
     const ratioKj = rate === null ? null : rate / kj.eventsPerS;
     const figures: Figure[] = [
@@ -201,9 +301,28 @@ export const forwardBacklog: Scenario = {
         unit: 'ev/s',
         target: atLeast(rate, TARGET, `≥ ${fmt(TARGET)} ev/s`),
         baselines: [
-          baselineHigher(`bare kafkajs, batches of ${fmt(BATCH)}, zstd, idempotent`, rate, kj.eventsPerS, 'ev/s'),
-          ...(kjFlags ? [baselineHigher(`same, with kedge's flags ${flags.join(' ')}`, rate, kjFlags.eventsPerS, 'ev/s')] : []),
-          baselineHigher('kcat -P (librdkafka), zstd, acks=all', rate, kc?.eventsPerS ?? null, 'ev/s'),
+          baselineHigher(
+            `bare kafkajs, batches of ${fmt(BATCH)}, zstd, idempotent`,
+            rate,
+            kj.eventsPerS,
+            'ev/s',
+          ),
+          ...(kjFlags
+            ? [
+                baselineHigher(
+                  `same, with kedge's flags ${flags.join(' ')}`,
+                  rate,
+                  kjFlags.eventsPerS,
+                  'ev/s',
+                ),
+              ]
+            : []),
+          baselineHigher(
+            'kcat -P (librdkafka), zstd, acks=all',
+            rate,
+            kc?.eventsPerS ?? null,
+            'ev/s',
+          ),
         ],
       }),
       figure({
@@ -223,13 +342,32 @@ export const forwardBacklog: Scenario = {
           unit: 'µs/ev',
           digits: 1,
           baselines: [
-            baselineCost('bare kafkajs', kedgeUs, usPerEvent((kj.cpuPctOfCore / 100) * kj.seconds, kj.events), 'µs/ev'),
-            ...(kc ? [baselineCost('kcat', kedgeUs, usPerEvent(cpuSecondsOf(cpuKcat, 'kcat'), total), 'µs/ev')] : []),
+            baselineCost(
+              'bare kafkajs',
+              kedgeUs,
+              usPerEvent((kj.cpuPctOfCore / 100) * kj.seconds, kj.events),
+              'µs/ev',
+            ),
+            ...(kc
+              ? [
+                  baselineCost(
+                    'kcat',
+                    kedgeUs,
+                    usPerEvent(cpuSecondsOf(cpuKcat, 'kcat'), total),
+                    'µs/ev',
+                  ),
+                ]
+              : []),
           ],
-          note: 'CPU time of the producing process ÷ records; kedge\'s includes reading SQLite, the cursor and the trim; the broker\'s CPU is not in any of them',
+          note: "CPU time of the producing process ÷ records; kedge's includes reading SQLite, the cursor and the trim; the broker's CPU is not in any of them",
         });
       })(),
-      figure({ id: 'backlog_build_events_per_s', label: `backlog build, NDJSON ${fmt(PER_REQUEST)} ev/req (no target)`, value: build.totalEventsAcked / build.totalSeconds, unit: 'ev/s' }),
+      figure({
+        id: 'backlog_build_events_per_s',
+        label: `backlog build, NDJSON ${fmt(PER_REQUEST)} ev/req (no target)`,
+        value: build.totalEventsAcked / build.totalSeconds,
+        unit: 'ev/s',
+      }),
     ];
 
     const kedgeSeries = rateSeries([{ t: 0, c: 0 }, ...progress], 1000);
@@ -244,7 +382,18 @@ export const forwardBacklog: Scenario = {
         series: [
           { label: 'kedge (log → Kafka)', points: kedgeSeries },
           { label: 'bare kafkajs', points: kjSeries, dashed: true },
-          ...(kc ? [{ label: `kcat (average over ${kc.seconds.toFixed(1)} s)`, points: [{ x: 0, y: kc.eventsPerS }, { x: kc.seconds, y: kc.eventsPerS }], dashed: true }] : []),
+          ...(kc
+            ? [
+                {
+                  label: `kcat (average over ${kc.seconds.toFixed(1)} s)`,
+                  points: [
+                    { x: 0, y: kc.eventsPerS },
+                    { x: kc.seconds, y: kc.eventsPerS },
+                  ],
+                  dashed: true,
+                },
+              ]
+            : []),
         ],
         refs: [{ label: 'target 50,000', y: TARGET }],
       },
@@ -254,7 +403,21 @@ export const forwardBacklog: Scenario = {
       charts,
       cpu,
       notes,
-      data: { total, build, kafkajs: kj, kafkajsWithFlags: kjFlags, kcat: kc, drainSeconds, rate, progress, kafkajsProgress: kjProgress, counts, sends, sendSeconds: sendS, batchEvents },
+      data: {
+        total,
+        build,
+        kafkajs: kj,
+        kafkajsWithFlags: kjFlags,
+        kcat: kc,
+        drainSeconds,
+        rate,
+        progress,
+        kafkajsProgress: kjProgress,
+        counts,
+        sends,
+        sendSeconds: sendS,
+        batchEvents,
+      },
     };
   },
 };

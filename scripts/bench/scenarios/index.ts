@@ -15,4 +15,14 @@ import { executable } from './executable.ts';
 import { codecs } from './codecs.ts';
 import { rateDrain } from './rate-drain.ts';
 
-export const SCENARIOS: readonly Scenario[] = [ingestNdjson, ingestSingle, forwardBacklog, e2eLatency, rss, mqttIngest, executable, codecs, rateDrain];
+export const SCENARIOS: readonly Scenario[] = [
+  ingestNdjson,
+  ingestSingle,
+  forwardBacklog,
+  e2eLatency,
+  rss,
+  mqttIngest,
+  executable,
+  codecs,
+  rateDrain,
+];

@@ -8,7 +8,15 @@
 import type { Scenario, ScenarioResult, CpuReport, ChartSpec, Figure } from '../lib/types.ts';
 import type { SqliteBaselineConfig, SqliteBaselineResult } from '../workers/sqlite-baseline.ts';
 import type { LoadResult } from '../workers/loadgen.ts';
-import { atLeast, baselineCost, baselineHigher, cpuSecondsOf, figure, fmt, usPerEvent } from '../lib/figures.ts';
+import {
+  atLeast,
+  baselineCost,
+  baselineHigher,
+  cpuSecondsOf,
+  figure,
+  fmt,
+  usPerEvent,
+} from '../lib/figures.ts';
 import type { BenchContext } from '../lib/context.ts';
 
 const PER_REQUEST = 100;
@@ -16,8 +24,18 @@ const CONNECTIONS = 8;
 const TARGET = 100_000;
 const TOPIC = 'bench.ingest';
 
-async function sqliteBaseline(ctx: BenchContext, kind: SqliteBaselineConfig['kind']): Promise<SqliteBaselineResult> {
-  const cfg: SqliteBaselineConfig = { kind, dir: ctx.tmp(`sqlite-${kind}`), batch: PER_REQUEST, seconds: ctx.n(8, 2), warmupSeconds: ctx.n(1, 0.5), topic: TOPIC };
+async function sqliteBaseline(
+  ctx: BenchContext,
+  kind: SqliteBaselineConfig['kind'],
+): Promise<SqliteBaselineResult> {
+  const cfg: SqliteBaselineConfig = {
+    kind,
+    dir: ctx.tmp(`sqlite-${kind}`),
+    batch: PER_REQUEST,
+    seconds: ctx.n(8, 2),
+    warmupSeconds: ctx.n(1, 0.5),
+    topic: TOPIC,
+  };
   ctx.log(`baseline ${kind}: batches of ${PER_REQUEST} for ${cfg.seconds} s`);
   const r = await ctx.worker<SqliteBaselineResult>('sqlite-baseline.ts', cfg, 120_000).result;
   ctx.log(`baseline ${kind}: ${fmt(r.eventsPerS)} events/s (${fmt(r.commitsPerS)} commits/s)`);
@@ -30,8 +48,8 @@ export const ingestNdjson: Scenario = {
   description:
     `A load generator in its own process POSTs NDJSON bodies of ${PER_REQUEST} events (200-byte JSON each) over ${CONNECTIONS} keep-alive ` +
     'connections (closed loop: each connection sends its next request when the answer arrives) to `POST /v1/topics/bench.ingest`; every answer ' +
-    'comes after the fsync\'d commit (KEDGE_SYNC=full). Forwarding is paused, so this is the ingest path alone. Baselines, same driver ' +
-    '(node:sqlite), same disk, each in its own process: kedge\'s log (`openLog().append`) with batches of 100 appended one after another, and a bare ' +
+    "comes after the fsync'd commit (KEDGE_SYNC=full). Forwarding is paused, so this is the ingest path alone. Baselines, same driver " +
+    "(node:sqlite), same disk, each in its own process: kedge's log (`openLog().append`) with batches of 100 appended one after another, and a bare " +
     'node:sqlite loop of 100 INSERTs per transaction into a table of the same shape (WAL, synchronous=FULL). When Kafka is running, a second ' +
     'run with forwarding on shows ingest while the forwarder competes for the same CPU (no target).',
   needsKafka: false,
@@ -45,12 +63,28 @@ export const ingestNdjson: Scenario = {
     const agent = await ctx.startAgent('ingest-ndjson', { paused: true });
     const warmupMs = ctx.ms(3, 1);
     const durationMs = ctx.ms(15, 4);
-    const loadCfg = { origin: agent.base, path: `/v1/topics/${TOPIC}`, body: 'ndjson' as const, eventsPerRequest: PER_REQUEST, connections: CONNECTIONS, warmupMs, durationMs, totalEvents: null, keyPerRequest: true, requestTimeoutMs: 30_000 };
+    const loadCfg = {
+      origin: agent.base,
+      path: `/v1/topics/${TOPIC}`,
+      body: 'ndjson' as const,
+      eventsPerRequest: PER_REQUEST,
+      connections: CONNECTIONS,
+      warmupMs,
+      durationMs,
+      totalEvents: null,
+      keyPerRequest: true,
+      requestTimeoutMs: 30_000,
+    };
     const s0 = await agent.status();
-    ctx.log(`kedge: ${CONNECTIONS} connections × ${PER_REQUEST} events/request, ${warmupMs / 1000} s warm-up + ${durationMs / 1000} s`);
+    ctx.log(
+      `kedge: ${CONNECTIONS} connections × ${PER_REQUEST} events/request, ${warmupMs / 1000} s warm-up + ${durationMs / 1000} s`,
+    );
     const tLoad = performance.now();
     const w = ctx.load(loadCfg);
-    const win = ctx.cpuAfter(warmupMs, 'kedge ingest, forwarding paused', { kedge: agent.pid, loadgen: w.pid });
+    const win = ctx.cpuAfter(warmupMs, 'kedge ingest, forwarding paused', {
+      kedge: agent.pid,
+      loadgen: w.pid,
+    });
     const r: LoadResult = await w.result;
     ctx.phase(agent, 'ingest', tLoad + warmupMs, performance.now());
     const cpuMain = await win.stop();
@@ -58,8 +92,13 @@ export const ingestNdjson: Scenario = {
     const s1 = await agent.status();
     const commits = s1.log.commits - s0.log.commits;
     const stored = s1.log.last_seq - s0.log.last_seq;
-    ctx.log(`kedge: ${fmt(r.eventsPerS)} events/s, ${fmt(stored / Math.max(1, commits), 0)} events per commit, request p50 ${fmt(r.latencyMs.p50, 1)} ms p99 ${fmt(r.latencyMs.p99, 1)} ms`);
-    if (r.errors || Object.keys(r.statuses).length) notes.push(`load generator saw errors: ${JSON.stringify(r.statuses)} ${r.errors} thrown (${r.firstError ?? ''})`);
+    ctx.log(
+      `kedge: ${fmt(r.eventsPerS)} events/s, ${fmt(stored / Math.max(1, commits), 0)} events per commit, request p50 ${fmt(r.latencyMs.p50, 1)} ms p99 ${fmt(r.latencyMs.p99, 1)} ms`,
+    );
+    if (r.errors || Object.keys(r.statuses).length)
+      notes.push(
+        `load generator saw errors: ${JSON.stringify(r.statuses)} ${r.errors} thrown (${r.firstError ?? ''})`,
+      );
 
     const figures: Figure[] = [
       figure({
@@ -69,14 +108,33 @@ export const ingestNdjson: Scenario = {
         unit: 'ev/s',
         target: atLeast(r.eventsPerS, TARGET, `≥ ${fmt(TARGET)} ev/s`),
         baselines: [
-          baselineHigher(`openLog().append, batches of ${PER_REQUEST}, sequential`, r.eventsPerS, openlog.eventsPerS, 'ev/s'),
-          baselineHigher(`bare node:sqlite, txns of ${PER_REQUEST}, WAL+FULL`, r.eventsPerS, bare.eventsPerS, 'ev/s'),
+          baselineHigher(
+            `openLog().append, batches of ${PER_REQUEST}, sequential`,
+            r.eventsPerS,
+            openlog.eventsPerS,
+            'ev/s',
+          ),
+          baselineHigher(
+            `bare node:sqlite, txns of ${PER_REQUEST}, WAL+FULL`,
+            r.eventsPerS,
+            bare.eventsPerS,
+            'ev/s',
+          ),
         ],
       }),
-      figure({ id: 'request_p99_ms', label: 'request round trip p99 (same run)', value: r.latencyMs.p99, unit: 'ms', digits: 1 }),
+      figure({
+        id: 'request_p99_ms',
+        label: 'request round trip p99 (same run)',
+        value: r.latencyMs.p99,
+        unit: 'ms',
+        digits: 1,
+      }),
     ];
     // CPU per event: kedge's process over the measured window; the baselines measure their own.
-    const kedgeUs = usPerEvent(cpuSecondsOf(cpuMain, 'kedge'), r.events * (cpuMain.seconds / Math.max(0.001, r.seconds)));
+    const kedgeUs = usPerEvent(
+      cpuSecondsOf(cpuMain, 'kedge'),
+      r.events * (cpuMain.seconds / Math.max(0.001, r.seconds)),
+    );
     figures.push(
       figure({
         id: 'cpu_us_per_event',
@@ -85,8 +143,18 @@ export const ingestNdjson: Scenario = {
         unit: 'µs/ev',
         digits: 1,
         baselines: [
-          baselineCost('openLog().append ×100', kedgeUs, (openlog.cpuPctOfCore / 100 / openlog.eventsPerS) * 1e6, 'µs/ev'),
-          baselineCost('bare node:sqlite ×100', kedgeUs, (bare.cpuPctOfCore / 100 / bare.eventsPerS) * 1e6, 'µs/ev'),
+          baselineCost(
+            'openLog().append ×100',
+            kedgeUs,
+            (openlog.cpuPctOfCore / 100 / openlog.eventsPerS) * 1e6,
+            'µs/ev',
+          ),
+          baselineCost(
+            'bare node:sqlite ×100',
+            kedgeUs,
+            (bare.cpuPctOfCore / 100 / bare.eventsPerS) * 1e6,
+            'µs/ev',
+          ),
         ],
         note: 'CPU time of the kedge process ÷ events stored; the HTTP parsing, JSON validation and response are in it, not in the baselines',
       }),
@@ -109,15 +177,30 @@ export const ingestNdjson: Scenario = {
       const c0 = (await agent.status()).log.cursor;
       const tLoad2 = performance.now();
       const w2 = ctx.load({ ...loadCfg, durationMs: d2 });
-      const win2 = ctx.cpuAfter(warmupMs, 'kedge ingest, forwarding on', { kedge: agent.pid, loadgen: w2.pid });
+      const win2 = ctx.cpuAfter(warmupMs, 'kedge ingest, forwarding on', {
+        kedge: agent.pid,
+        loadgen: w2.pid,
+      });
       withFwd = await w2.result;
       ctx.phase(agent, 'ingest-with-forwarding', tLoad2 + warmupMs, performance.now());
       cpu.push(await win2.stop());
       const st = await agent.status();
       const fwdRate = (st.log.cursor - c0) / ((warmupMs + d2) / 1000);
-      ctx.log(`kedge with forwarding on: ${fmt(withFwd.eventsPerS)} events/s ingested, ~${fmt(fwdRate)} events/s forwarded meanwhile`);
-      figures.push(figure({ id: 'events_per_s_forwarding', label: 'same load, forwarding on (no target)', value: withFwd.eventsPerS, unit: 'ev/s', note: `~${fmt(fwdRate)} ev/s forwarded meanwhile` }));
-      notes.push(`With forwarding on (resumed with the backlog of the first run still in the log, so the forwarder never idles), the forwarder shipped ~${fmt(fwdRate)} events/s to Kafka during the run while ingest reached ${fmt(withFwd.eventsPerS)} events/s; backlog at the end ${fmt(st.backlog.events)} events.`);
+      ctx.log(
+        `kedge with forwarding on: ${fmt(withFwd.eventsPerS)} events/s ingested, ~${fmt(fwdRate)} events/s forwarded meanwhile`,
+      );
+      figures.push(
+        figure({
+          id: 'events_per_s_forwarding',
+          label: 'same load, forwarding on (no target)',
+          value: withFwd.eventsPerS,
+          unit: 'ev/s',
+          note: `~${fmt(fwdRate)} ev/s forwarded meanwhile`,
+        }),
+      );
+      notes.push(
+        `With forwarding on (resumed with the backlog of the first run still in the log, so the forwarder never idles), the forwarder shipped ~${fmt(fwdRate)} events/s to Kafka during the run while ingest reached ${fmt(withFwd.eventsPerS)} events/s; backlog at the end ${fmt(st.backlog.events)} events.`,
+      );
       lines.push(withFwd.perSecond.map((y, x) => ({ x, y })));
     }
 
@@ -141,10 +224,19 @@ export const ingestNdjson: Scenario = {
         title: 'kedge ingest throughput per second (warm-up included)',
         xLabel: 's',
         yLabel: 'events/s',
-        series: [{ label: 'forwarding paused', points: lines[0] }, ...(lines[1] ? [{ label: 'forwarding on', points: lines[1] }] : [])],
+        series: [
+          { label: 'forwarding paused', points: lines[0] },
+          ...(lines[1] ? [{ label: 'forwarding on', points: lines[1] }] : []),
+        ],
         refs: [{ label: 'target', y: TARGET }],
       },
     ];
-    return { figures, charts, cpu, notes, data: { load: r, loadWithForwarding: withFwd, openlog, bare, commits, stored } };
+    return {
+      figures,
+      charts,
+      cpu,
+      notes,
+      data: { load: r, loadWithForwarding: withFwd, openlog, bare, commits, stored },
+    };
   },
 };

@@ -5,7 +5,15 @@
  */
 import type { Scenario, ScenarioResult, CpuReport, ChartSpec } from '../lib/types.ts';
 import type { LoadConfig, LoadResult } from '../workers/loadgen.ts';
-import { atLeast, baselineCost, baselineHigher, cpuSecondsOf, figure, fmt, usPerEvent } from '../lib/figures.ts';
+import {
+  atLeast,
+  baselineCost,
+  baselineHigher,
+  cpuSecondsOf,
+  figure,
+  fmt,
+  usPerEvent,
+} from '../lib/figures.ts';
 
 const CONNECTIONS = 64;
 const TARGET = 8_000;
@@ -25,7 +33,18 @@ export const ingestSingle: Scenario = {
     const notes: string[] = [];
     const warmupMs = ctx.ms(3, 1);
     const durationMs = ctx.ms(12, 4);
-    const base = (origin: string, path: string): LoadConfig => ({ origin, path, body: 'single', eventsPerRequest: 1, connections: CONNECTIONS, warmupMs, durationMs, totalEvents: null, keyPerRequest: false, requestTimeoutMs: 30_000 });
+    const base = (origin: string, path: string): LoadConfig => ({
+      origin,
+      path,
+      body: 'single',
+      eventsPerRequest: 1,
+      connections: CONNECTIONS,
+      warmupMs,
+      durationMs,
+      totalEvents: null,
+      keyPerRequest: false,
+      requestTimeoutMs: 30_000,
+    });
 
     // Baseline: bare node:http.
     const server = ctx.worker<{ requests: number }>('bare-http.ts', { port: 0 }, 10 * 60_000, {});
@@ -35,20 +54,28 @@ export const ingestSingle: Scenario = {
     });
     ctx.log(`baseline bare node:http: ${CONNECTIONS} connections, ${durationMs / 1000} s`);
     const wb = ctx.load(base(`http://127.0.0.1:${port}`, '/v1/topics/bench.single'));
-    const winB = ctx.cpuAfter(warmupMs, 'bare node:http', { 'bare server': server.pid, loadgen: wb.pid });
+    const winB = ctx.cpuAfter(warmupMs, 'bare node:http', {
+      'bare server': server.pid,
+      loadgen: wb.pid,
+    });
     const bare: LoadResult = await wb.result;
     const cpuBare = await winB.stop();
     cpu.push(cpuBare);
     server.child.send('stop');
     await server.result.catch(() => {});
-    ctx.log(`baseline bare node:http: ${fmt(bare.eventsPerS)} requests/s, p99 ${fmt(bare.latencyMs.p99, 1)} ms`);
+    ctx.log(
+      `baseline bare node:http: ${fmt(bare.eventsPerS)} requests/s, p99 ${fmt(bare.latencyMs.p99, 1)} ms`,
+    );
 
     const agent = await ctx.startAgent('ingest-single', { paused: true });
     const s0 = await agent.status();
     ctx.log(`kedge: ${CONNECTIONS} connections, single events, ${durationMs / 1000} s`);
     const tLoad = performance.now();
     const w = ctx.load(base(agent.base, '/v1/topics/bench.single'));
-    const win = ctx.cpuAfter(warmupMs, 'kedge single-event ingest', { kedge: agent.pid, loadgen: w.pid });
+    const win = ctx.cpuAfter(warmupMs, 'kedge single-event ingest', {
+      kedge: agent.pid,
+      loadgen: w.pid,
+    });
     const r: LoadResult = await w.result;
     ctx.phase(agent, 'ingest', tLoad + warmupMs, performance.now());
     const cpuKedge = await win.stop();
@@ -56,9 +83,17 @@ export const ingestSingle: Scenario = {
     const s1 = await agent.status();
     const commits = s1.log.commits - s0.log.commits;
     const stored = s1.log.last_seq - s0.log.last_seq;
-    ctx.log(`kedge: ${fmt(r.eventsPerS)} events/s, ${fmt(stored / Math.max(1, commits), 1)} events per commit, p99 ${fmt(r.latencyMs.p99, 1)} ms`);
-    for (const [name, x] of [['kedge', r], ['bare server', bare]] as const) {
-      if (x.errors || Object.keys(x.statuses).length) notes.push(`${name}: load generator saw ${JSON.stringify(x.statuses)} and ${x.errors} errors (${x.firstError ?? ''})`);
+    ctx.log(
+      `kedge: ${fmt(r.eventsPerS)} events/s, ${fmt(stored / Math.max(1, commits), 1)} events per commit, p99 ${fmt(r.latencyMs.p99, 1)} ms`,
+    );
+    for (const [name, x] of [
+      ['kedge', r],
+      ['bare server', bare],
+    ] as const) {
+      if (x.errors || Object.keys(x.statuses).length)
+        notes.push(
+          `${name}: load generator saw ${JSON.stringify(x.statuses)} and ${x.errors} errors (${x.firstError ?? ''})`,
+        );
     }
     notes.push(
       `kedge: ${fmt(stored / Math.max(1, commits), 1)} events per group commit (${fmt(commits / ((warmupMs + durationMs) / 1000))} commits/s); request round trip p50 ${fmt(r.latencyMs.p50, 1)} ms, p99 ${fmt(r.latencyMs.p99, 1)} ms ` +
@@ -73,13 +108,41 @@ export const ingestSingle: Scenario = {
         value: r.eventsPerS,
         unit: 'ev/s',
         target: atLeast(r.eventsPerS, TARGET, `≥ ${fmt(TARGET)} ev/s`),
-        baselines: [baselineHigher('bare node:http, answers 200, stores nothing', r.eventsPerS, bare.eventsPerS, 'req/s')],
+        baselines: [
+          baselineHigher(
+            'bare node:http, answers 200, stores nothing',
+            r.eventsPerS,
+            bare.eventsPerS,
+            'req/s',
+          ),
+        ],
       }),
-      figure({ id: 'request_p99_ms', label: 'request round trip p99 (same run)', value: r.latencyMs.p99, unit: 'ms', digits: 1 }),
+      figure({
+        id: 'request_p99_ms',
+        label: 'request round trip p99 (same run)',
+        value: r.latencyMs.p99,
+        unit: 'ms',
+        digits: 1,
+      }),
     ];
-    const kedgeUs = usPerEvent(cpuSecondsOf(cpuKedge, 'kedge'), r.events * (cpuKedge.seconds / Math.max(0.001, r.seconds)));
-    const bareUs = usPerEvent(cpuSecondsOf(cpuBare, 'bare server'), bare.events * (cpuBare.seconds / Math.max(0.001, bare.seconds)));
-    figures.push(figure({ id: 'cpu_us_per_event', label: 'server CPU per request (lower is better)', value: kedgeUs, unit: 'µs/req', digits: 1, baselines: [baselineCost('bare node:http', kedgeUs, bareUs, 'µs/req')] }));
+    const kedgeUs = usPerEvent(
+      cpuSecondsOf(cpuKedge, 'kedge'),
+      r.events * (cpuKedge.seconds / Math.max(0.001, r.seconds)),
+    );
+    const bareUs = usPerEvent(
+      cpuSecondsOf(cpuBare, 'bare server'),
+      bare.events * (cpuBare.seconds / Math.max(0.001, bare.seconds)),
+    );
+    figures.push(
+      figure({
+        id: 'cpu_us_per_event',
+        label: 'server CPU per request (lower is better)',
+        value: kedgeUs,
+        unit: 'µs/req',
+        digits: 1,
+        baselines: [baselineCost('bare node:http', kedgeUs, bareUs, 'µs/req')],
+      }),
+    );
     const charts: ChartSpec[] = [
       {
         kind: 'bars',
@@ -100,7 +163,11 @@ export const ingestSingle: Scenario = {
         yLabel: 'requests/s',
         series: [
           { label: 'kedge', points: r.perSecond.map((y, x) => ({ x, y })) },
-          { label: 'bare node:http', points: bare.perSecond.map((y, x) => ({ x, y })), dashed: true },
+          {
+            label: 'bare node:http',
+            points: bare.perSecond.map((y, x) => ({ x, y })),
+            dashed: true,
+          },
         ],
         refs: [{ label: 'target', y: TARGET }],
       },

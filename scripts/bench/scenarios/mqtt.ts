@@ -19,11 +19,19 @@ import { Mosquitto } from '../../../test/helpers/mosquitto.ts';
 const PUBLISHERS_SCRIPT = join(REPO, 'test/fixtures/mqtt-bench.ts');
 const TARGET_EMBEDDED = 20_000;
 
-function run(cmd: string, args: string[], stdin = false): { out: Promise<string>; child: ReturnType<typeof spawn> } {
+function run(
+  cmd: string,
+  args: string[],
+  stdin = false,
+): { out: Promise<string>; child: ReturnType<typeof spawn> } {
   const child = spawn(cmd, args, { stdio: [stdin ? 'pipe' : 'ignore', 'pipe', 'inherit'] });
   let out = '';
   child.stdout!.on('data', (d) => (out += d));
-  const done = new Promise<string>((resolve, reject) => child.once('exit', (code) => (code === 0 ? resolve(out) : reject(new Error(`${cmd} exit ${code}`)))));
+  const done = new Promise<string>((resolve, reject) =>
+    child.once('exit', (code) =>
+      code === 0 ? resolve(out) : reject(new Error(`${cmd} exit ${code}`)),
+    ),
+  );
   return { out: done, child };
 }
 
@@ -33,7 +41,11 @@ async function flood(url: string, total: number): Promise<number> {
   return Number((await r.out).trim());
 }
 
-async function drainRate(agent: BenchAgent, total: number, timeoutMs: number): Promise<number | null> {
+async function drainRate(
+  agent: BenchAgent,
+  total: number,
+  timeoutMs: number,
+): Promise<number | null> {
   const deadline = Date.now() + timeoutMs;
   let t0: number | null = null;
   let first = 0;
@@ -44,7 +56,8 @@ async function drainRate(agent: BenchAgent, total: number, timeoutMs: number): P
       t0 = performance.now();
       first = n;
     }
-    if (n >= total && t0 !== null) return (n - first) / Math.max(0.001, (performance.now() - t0) / 1000);
+    if (n >= total && t0 !== null)
+      return (n - first) / Math.max(0.001, (performance.now() - t0) / 1000);
     await new Promise((r) => setTimeout(r, 25));
   }
   return null;
@@ -77,8 +90,8 @@ export const mqttIngest: Scenario = {
   description:
     'Embedded: kedge with `KEDGE_MQTT_LISTEN`, 16 MQTT.js publishers in a separate process, QoS 1, 200-byte payloads, each with up to 1,000 ' +
     'unacknowledged messages; a PUBACK means committed (KEDGE_SYNC=full). Baseline: the same publishers against a bare aedes in its own process ' +
-    'that acknowledges without storing. Client: messages queued in kedge\'s persistent session on a Mosquitto while kedge is stopped, then drained ' +
-    'over kedge\'s one connection (one message per commit, by design: MQTT.js handles one packet at a time); baseline: `mosquitto_sub` draining ' +
+    "that acknowledges without storing. Client: messages queued in kedge's persistent session on a Mosquitto while kedge is stopped, then drained " +
+    "over kedge's one connection (one message per commit, by design: MQTT.js handles one packet at a time); baseline: `mosquitto_sub` draining " +
     'the same queue. Forwarding paused throughout.',
   needsKafka: false,
   estimateSeconds: (q) => (q ? 40 : 120),
@@ -88,7 +101,9 @@ export const mqttIngest: Scenario = {
 
     // Embedded: bare aedes baseline.
     const bare = run(process.execPath, [join(REPO, 'scripts/bench/workers/bare-aedes.ts')], true);
-    const port = await new Promise<number>((resolve) => bare.child.stdout!.once('data', (d) => resolve(Number(String(d).trim()))));
+    const port = await new Promise<number>((resolve) =>
+      bare.child.stdout!.once('data', (d) => resolve(Number(String(d).trim()))),
+    );
     const bareRate = await flood(`mqtt://127.0.0.1:${port}`, total);
     bare.child.stdin!.end();
     await bare.out.catch(() => '');
@@ -97,12 +112,17 @@ export const mqttIngest: Scenario = {
     const embedded: Record<string, number> = {};
     for (const sync of ['full', 'normal'] as const) {
       const p = await freeLoopbackPort();
-      const agent = await ctx.startAgent(`mqtt-embedded-${sync}`, { paused: true, env: { KEDGE_MQTT_LISTEN: `127.0.0.1:${p}`, KEDGE_SYNC: sync } });
+      const agent = await ctx.startAgent(`mqtt-embedded-${sync}`, {
+        paused: true,
+        env: { KEDGE_MQTT_LISTEN: `127.0.0.1:${p}`, KEDGE_SYNC: sync },
+      });
       const s0 = await agent.status();
       embedded[sync] = await flood(`mqtt://127.0.0.1:${p}`, total);
       const s1 = await agent.status();
       const commits = s1.log.commits - s0.log.commits;
-      notes.push(`embedded, sync=${sync}: ${fmt(embedded[sync])} msg/s, ${fmt((s1.log.last_seq - s0.log.last_seq) / Math.max(1, commits), 1)} messages per group commit.`);
+      notes.push(
+        `embedded, sync=${sync}: ${fmt(embedded[sync])} msg/s, ${fmt((s1.log.last_seq - s0.log.last_seq) / Math.max(1, commits), 1)} messages per group commit.`,
+      );
       ctx.log(notes[notes.length - 1]);
       await agent.stop();
     }
@@ -112,20 +132,47 @@ export const mqttIngest: Scenario = {
     const mosq = await Mosquitto.start({ extraConfig: ['max_inflight_messages 100'] });
     ctx.defer(() => mosq.cleanup());
     // Baseline: mosquitto_sub with a persistent session drains the same queue.
-    const sub0 = await mqtt.connectAsync(mosq.url, { protocolVersion: 4, clientId: 'bench-sub', clean: false });
+    const sub0 = await mqtt.connectAsync(mosq.url, {
+      protocolVersion: 4,
+      clientId: 'bench-sub',
+      clean: false,
+    });
     await sub0.subscribeAsync('bench/#', { qos: 1 });
     await sub0.endAsync();
     await fillQueue(mosq.url, clientTotal);
     const t0 = performance.now();
-    await run('mosquitto_sub', ['-h', '127.0.0.1', '-p', String(mosq.port), '-i', 'bench-sub', '-c', '-q', '1', '-t', 'bench/#', '-C', String(clientTotal)]).out;
+    await run('mosquitto_sub', [
+      '-h',
+      '127.0.0.1',
+      '-p',
+      String(mosq.port),
+      '-i',
+      'bench-sub',
+      '-c',
+      '-q',
+      '1',
+      '-t',
+      'bench/#',
+      '-C',
+      String(clientTotal),
+    ]).out;
     const subRate = clientTotal / ((performance.now() - t0) / 1000);
     ctx.log(`mosquitto_sub: ${fmt(subRate)} msg/s`);
     const client: Record<string, number | null> = {};
     for (const sync of ['full', 'normal'] as const) {
       const dir = ctx.tmp(`mqtt-client-${sync}`);
-      const env = { KEDGE_MQTT_URL: mosq.url, KEDGE_MQTT_TOPICS: 'bench/#', KEDGE_SYNC: sync, KEDGE_AGENT_ID: `bench-${sync}` };
+      const env = {
+        KEDGE_MQTT_URL: mosq.url,
+        KEDGE_MQTT_TOPICS: 'bench/#',
+        KEDGE_SYNC: sync,
+        KEDGE_AGENT_ID: `bench-${sync}`,
+      };
       // First start creates the persistent session and its subscription; then the queue fills while kedge is stopped.
-      let agent = await ctx.startAgent(`mqtt-client-${sync}-setup`, { paused: true, dataDir: dir, env });
+      let agent = await ctx.startAgent(`mqtt-client-${sync}-setup`, {
+        paused: true,
+        dataDir: dir,
+        env,
+      });
       await new Promise((r) => setTimeout(r, 1000));
       await agent.stop();
       await fillQueue(mosq.url, clientTotal);
@@ -134,30 +181,64 @@ export const mqttIngest: Scenario = {
       ctx.log(`client mode, sync=${sync}: ${fmt(client[sync])} msg/s`);
       await agent.stop();
     }
-    notes.push('Client mode is one message per commit, so with sync=full it is bounded by the fsync latency in the machine section.');
+    notes.push(
+      'Client mode is one message per commit, so with sync=full it is bounded by the fsync latency in the machine section.',
+    );
 
     const figures = [
       figure({
-        id: 'embedded_full', label: 'embedded, 16 publishers, QoS 1, sync=full', value: embedded.full, unit: 'msg/s',
+        id: 'embedded_full',
+        label: 'embedded, 16 publishers, QoS 1, sync=full',
+        value: embedded.full,
+        unit: 'msg/s',
         target: atLeast(embedded.full, TARGET_EMBEDDED, `≥ ${fmt(TARGET_EMBEDDED)} msg/s`),
         baselines: [baselineHigher('bare aedes, no append', embedded.full, bareRate, 'msg/s')],
       }),
-      figure({ id: 'embedded_normal', label: 'embedded, sync=normal (no target)', value: embedded.normal, unit: 'msg/s', baselines: [baselineHigher('bare aedes, no append', embedded.normal, bareRate, 'msg/s')] }),
-      figure({ id: 'client_full', label: 'client mode, one connection, sync=full', value: client.full, unit: 'msg/s', baselines: [baselineHigher('mosquitto_sub, same queue', client.full, subRate, 'msg/s')] }),
-      figure({ id: 'client_normal', label: 'client mode, one connection, sync=normal', value: client.normal, unit: 'msg/s', baselines: [baselineHigher('mosquitto_sub, same queue', client.normal, subRate, 'msg/s')] }),
+      figure({
+        id: 'embedded_normal',
+        label: 'embedded, sync=normal (no target)',
+        value: embedded.normal,
+        unit: 'msg/s',
+        baselines: [baselineHigher('bare aedes, no append', embedded.normal, bareRate, 'msg/s')],
+      }),
+      figure({
+        id: 'client_full',
+        label: 'client mode, one connection, sync=full',
+        value: client.full,
+        unit: 'msg/s',
+        baselines: [baselineHigher('mosquitto_sub, same queue', client.full, subRate, 'msg/s')],
+      }),
+      figure({
+        id: 'client_normal',
+        label: 'client mode, one connection, sync=normal',
+        value: client.normal,
+        unit: 'msg/s',
+        baselines: [baselineHigher('mosquitto_sub, same queue', client.normal, subRate, 'msg/s')],
+      }),
     ];
-    const charts: ChartSpec[] = [{
-      kind: 'bars', id: 'mqtt-rates', title: 'MQTT messages acknowledged per second', unit: 'msg/s',
-      bars: [
-        { label: 'embedded full', value: embedded.full ?? 0, group: 'embedded' },
-        { label: 'embedded normal', value: embedded.normal ?? 0, group: 'embedded' },
-        { label: 'bare aedes', value: bareRate, group: 'embedded' },
-        { label: 'client full', value: client.full ?? 0, group: 'client' },
-        { label: 'client normal', value: client.normal ?? 0, group: 'client' },
-        { label: 'mosquitto_sub', value: subRate, group: 'client' },
-      ],
-      refs: [{ label: 'embedded target', y: TARGET_EMBEDDED }],
-    }];
-    return { figures, charts, cpu: [], notes, data: { total, clientTotal, bareRate, embedded, client, subRate } };
+    const charts: ChartSpec[] = [
+      {
+        kind: 'bars',
+        id: 'mqtt-rates',
+        title: 'MQTT messages acknowledged per second',
+        unit: 'msg/s',
+        bars: [
+          { label: 'embedded full', value: embedded.full ?? 0, group: 'embedded' },
+          { label: 'embedded normal', value: embedded.normal ?? 0, group: 'embedded' },
+          { label: 'bare aedes', value: bareRate, group: 'embedded' },
+          { label: 'client full', value: client.full ?? 0, group: 'client' },
+          { label: 'client normal', value: client.normal ?? 0, group: 'client' },
+          { label: 'mosquitto_sub', value: subRate, group: 'client' },
+        ],
+        refs: [{ label: 'embedded target', y: TARGET_EMBEDDED }],
+      },
+    ];
+    return {
+      figures,
+      charts,
+      cpu: [],
+      notes,
+      data: { total, clientTotal, bareRate, embedded, client, subRate },
+    };
   },
 };

@@ -18,7 +18,7 @@ export const rss: Scenario = {
   name: 'rss',
   title: 'Agent memory (RSS): peak over the run, flat while draining',
   description:
-    'Reads the RSS samples (every 250 ms, /proc/<pid>/status VmRSS) of every kedge process this run started, and the kernel\'s own peak ' +
+    "Reads the RSS samples (every 250 ms, /proc/<pid>/status VmRSS) of every kedge process this run started, and the kernel's own peak " +
     '(VmHWM), which also catches a spike between two samples. Flatness while draining the 1,000,000-event backlog of forward-backlog: ' +
     'RSS at 10 % and at 90 % of the drain (median of the samples within ±1 s), and the maximum against the median of the drain. MB = 10^6 bytes.',
   needsKafka: false,
@@ -42,11 +42,34 @@ export const rss: Scenario = {
     if (per.length === 0) throw new Error('no agent ran in this benchmark run');
     const peak = Math.max(...per.map((p) => Math.max(p.maxMb, p.hwmMb)));
     const worst = per.find((p) => Math.max(p.maxMb, p.hwmMb) === peak)!;
-    figures.push(figure({ id: 'peak_rss_mb', label: 'peak RSS, any agent of the run (VmHWM)', value: peak, unit: 'MB', digits: 1, target: atMost(peak, PEAK_TARGET_MB, `≤ ${PEAK_TARGET_MB} MB`), note: `in ${worst.scenario}` }));
-    notes.push(`kedge ran as ${ctx.agentInfo.mode === 'executable' ? 'the single executable' : 'source'} with V8 flags: ${ctx.agentInfo.nodeFlags.length ? ctx.agentInfo.nodeFlags.join(' ') : 'none (V8 defaults)'}.`);
+    figures.push(
+      figure({
+        id: 'peak_rss_mb',
+        label: 'peak RSS, any agent of the run (VmHWM)',
+        value: peak,
+        unit: 'MB',
+        digits: 1,
+        target: atMost(peak, PEAK_TARGET_MB, `≤ ${PEAK_TARGET_MB} MB`),
+        note: `in ${worst.scenario}`,
+      }),
+    );
+    notes.push(
+      `kedge ran as ${ctx.agentInfo.mode === 'executable' ? 'the single executable' : 'source'} with V8 flags: ${ctx.agentInfo.nodeFlags.length ? ctx.agentInfo.nodeFlags.join(' ') : 'none (V8 defaults)'}.`,
+    );
     const anonPeak = Math.max(...per.map((p) => p.anonMb));
-    figures.push(figure({ id: 'peak_anon_mb', label: 'peak anonymous RSS (RssAnon, no target)', value: anonPeak, unit: 'MB', digits: 1, note: 'RSS minus the file-backed pages of the executable and libraries: the memory kedge itself allocates' }));
-    notes.push(`Peak RSS per agent: ${per.map((p) => `${p.scenario} ${fmt(p.maxMb, 1)} MB sampled / ${fmt(p.hwmMb, 1)} MB VmHWM (anonymous ${fmt(p.anonMb, 1)} MB, file-backed ${fmt(p.fileMb, 1)} MB; ${fmt(p.idleMb, 1)} MB right after start)`).join('; ')}.`);
+    figures.push(
+      figure({
+        id: 'peak_anon_mb',
+        label: 'peak anonymous RSS (RssAnon, no target)',
+        value: anonPeak,
+        unit: 'MB',
+        digits: 1,
+        note: 'RSS minus the file-backed pages of the executable and libraries: the memory kedge itself allocates',
+      }),
+    );
+    notes.push(
+      `Peak RSS per agent: ${per.map((p) => `${p.scenario} ${fmt(p.maxMb, 1)} MB sampled / ${fmt(p.hwmMb, 1)} MB VmHWM (anonymous ${fmt(p.anonMb, 1)} MB, file-backed ${fmt(p.fileMb, 1)} MB; ${fmt(p.idleMb, 1)} MB right after start)`).join('; ')}.`,
+    );
     charts.push({
       kind: 'bars',
       id: 'rss-peaks',
@@ -70,7 +93,9 @@ export const rss: Scenario = {
     const at = (frac: number): number | null => {
       const t = timeAtCount(drain.progress, frac * drain.total);
       if (t === null) return null;
-      const near = samples.filter((s) => Math.abs(s.t - t) <= 1000).map((s) => (s.rssKb * 1024) / MB);
+      const near = samples
+        .filter((s) => Math.abs(s.t - t) <= 1000)
+        .map((s) => (s.rssKb * 1024) / MB);
       return median(near);
     };
     const r10 = at(0.1);
@@ -81,12 +106,29 @@ export const rss: Scenario = {
     const change = r10 !== null && r90 !== null ? (r90 - r10) / r10 : null;
     const overMedian = max !== null && med !== null ? (max - med) / med : null;
     figures.push(
-      figure({ id: 'drain_rss_change', label: 'RSS at 90 % vs 10 % of the drain', value: change === null ? null : 100 * change, unit: '%', digits: 1, target: { text: 'within ±10 %', pass: change === null ? null : Math.abs(change) <= FLAT }, note: `${fmt(r10, 1)} → ${fmt(r90, 1)} MB` }),
-      figure({ id: 'drain_rss_max_over_median', label: 'drain RSS max vs median', value: overMedian === null ? null : 100 * overMedian, unit: '%', digits: 1, target: { text: '≤ +10 %', pass: overMedian === null ? null : overMedian <= FLAT }, note: `max ${fmt(max, 1)} MB, median ${fmt(med, 1)} MB` }),
+      figure({
+        id: 'drain_rss_change',
+        label: 'RSS at 90 % vs 10 % of the drain',
+        value: change === null ? null : 100 * change,
+        unit: '%',
+        digits: 1,
+        target: { text: 'within ±10 %', pass: change === null ? null : Math.abs(change) <= FLAT },
+        note: `${fmt(r10, 1)} → ${fmt(r90, 1)} MB`,
+      }),
+      figure({
+        id: 'drain_rss_max_over_median',
+        label: 'drain RSS max vs median',
+        value: overMedian === null ? null : 100 * overMedian,
+        unit: '%',
+        digits: 1,
+        target: { text: '≤ +10 %', pass: overMedian === null ? null : overMedian <= FLAT },
+        note: `max ${fmt(max, 1)} MB, median ${fmt(med, 1)} MB`,
+      }),
     );
     const hd = rec.agent.heap.filter((h) => h.t >= drain.tResume && h.t <= drain.tEnd);
     if (hd.length) {
-      const mx = (k: 'heapTotal' | 'heapUsed' | 'external' | 'newSpace') => Math.max(...hd.map((h) => h[k])) / MB;
+      const mx = (k: 'heapTotal' | 'heapUsed' | 'external' | 'newSpace') =>
+        Math.max(...hd.map((h) => h[k])) / MB;
       const first = hd[0];
       const lastH = hd[hd.length - 1];
       notes.push(
@@ -95,7 +137,9 @@ export const rss: Scenario = {
           `(SQLite page cache, zstd contexts, malloc arenas of the libuv threads that compress, code): ${fmt((max ?? 0) - mx('heapTotal'), 1)} MB at the peak.`,
       );
     }
-    notes.push(`While draining: RSS ${fmt(r10, 1)} MB at 10 %, ${fmt(r90, 1)} MB at 90 %, median ${fmt(med, 1)} MB, max ${fmt(max, 1)} MB over ${samples.length} samples.`);
+    notes.push(
+      `While draining: RSS ${fmt(r10, 1)} MB at 10 %, ${fmt(r90, 1)} MB at 90 %, median ${fmt(med, 1)} MB, max ${fmt(max, 1)} MB over ${samples.length} samples.`,
+    );
     const t0 = rec.agent.rss.samples[0]?.t ?? 0;
     const marks = [0.1, 0.9].map((f) => timeAtCount(drain.progress, f * drain.total));
     charts.push({
@@ -105,20 +149,65 @@ export const rss: Scenario = {
       xLabel: 's since agent start',
       yLabel: 'MB',
       series: [
-        { label: 'RSS', points: rec.agent.rss.samples.map((s) => ({ x: (s.t - t0) / 1000, y: (s.rssKb * 1024) / MB })) },
-        { label: 'RSS anonymous', points: rec.agent.rss.samples.map((s) => ({ x: (s.t - t0) / 1000, y: (s.anonKb * 1024) / MB })) },
+        {
+          label: 'RSS',
+          points: rec.agent.rss.samples.map((s) => ({
+            x: (s.t - t0) / 1000,
+            y: (s.rssKb * 1024) / MB,
+          })),
+        },
+        {
+          label: 'RSS anonymous',
+          points: rec.agent.rss.samples.map((s) => ({
+            x: (s.t - t0) / 1000,
+            y: (s.anonKb * 1024) / MB,
+          })),
+        },
         ...(rec.agent.heap.length
           ? [
-              { label: 'V8 heap total', points: rec.agent.heap.map((h) => ({ x: (h.t - t0) / 1000, y: h.heapTotal / MB })) },
-              { label: 'V8 heap used', points: rec.agent.heap.map((h) => ({ x: (h.t - t0) / 1000, y: h.heapUsed / MB })) },
-              { label: 'external (Buffers)', points: rec.agent.heap.map((h) => ({ x: (h.t - t0) / 1000, y: h.external / MB })) },
+              {
+                label: 'V8 heap total',
+                points: rec.agent.heap.map((h) => ({ x: (h.t - t0) / 1000, y: h.heapTotal / MB })),
+              },
+              {
+                label: 'V8 heap used',
+                points: rec.agent.heap.map((h) => ({ x: (h.t - t0) / 1000, y: h.heapUsed / MB })),
+              },
+              {
+                label: 'external (Buffers)',
+                points: rec.agent.heap.map((h) => ({ x: (h.t - t0) / 1000, y: h.external / MB })),
+              },
             ]
           : []),
-        { label: 'drain (start → end)', points: [{ x: (drain.tResume - t0) / 1000, y: 0 }, { x: (drain.tResume - t0) / 1000, y: max ?? 0 }, { x: (drain.tEnd - t0) / 1000, y: max ?? 0 }, { x: (drain.tEnd - t0) / 1000, y: 0 }], dashed: true },
-        ...marks.filter((m): m is number => m !== null).map((m, i) => ({ label: i === 0 ? '10 % drained' : '90 % drained', points: [{ x: (m - t0) / 1000, y: 0 }, { x: (m - t0) / 1000, y: max ?? 0 }], dashed: true })),
+        {
+          label: 'drain (start → end)',
+          points: [
+            { x: (drain.tResume - t0) / 1000, y: 0 },
+            { x: (drain.tResume - t0) / 1000, y: max ?? 0 },
+            { x: (drain.tEnd - t0) / 1000, y: max ?? 0 },
+            { x: (drain.tEnd - t0) / 1000, y: 0 },
+          ],
+          dashed: true,
+        },
+        ...marks
+          .filter((m): m is number => m !== null)
+          .map((m, i) => ({
+            label: i === 0 ? '10 % drained' : '90 % drained',
+            points: [
+              { x: (m - t0) / 1000, y: 0 },
+              { x: (m - t0) / 1000, y: max ?? 0 },
+            ],
+            dashed: true,
+          })),
       ],
       refs: [{ label: 'target 150 MB', y: PEAK_TARGET_MB }],
     });
-    return { figures, charts, cpu: [], notes, data: { perAgent: per, drain: { r10, r90, median: med, max, samples: samples.length } } };
+    return {
+      figures,
+      charts,
+      cpu: [],
+      notes,
+      data: { perAgent: per, drain: { r10, r90, median: med, max, samples: samples.length } },
+    };
   },
 };

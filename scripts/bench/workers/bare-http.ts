@@ -15,7 +15,10 @@ const server = createServer({ keepAliveTimeout: 30_000, requestTimeout: 60_000 }
   req.on('end', () => {
     requests++;
     const text = JSON.stringify({ accepted: 1, first_seq: requests, last_seq: requests });
-    res.writeHead(200, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(text) });
+    res.writeHead(200, {
+      'content-type': 'application/json',
+      'content-length': Buffer.byteLength(text),
+    });
     res.end(text);
   });
 });
@@ -28,5 +31,7 @@ process.on('message', (m: unknown) => {
     return;
   }
   const port = (m as { port?: number }).port ?? 0;
-  server.listen(port, '127.0.0.1', () => process.send!({ ready: { port: (server.address() as AddressInfo).port } }));
+  server.listen(port, '127.0.0.1', () =>
+    process.send!({ ready: { port: (server.address() as AddressInfo).port } }),
+  );
 });

@@ -7,7 +7,7 @@
  * (2,000 events or 512 KiB of values), one sendBatch after another.
  * What it does not do: read SQLite, advance a cursor, delete forwarded rows.
  */
-import kafkajs from 'kafkajs';
+import type kafkajs from 'kafkajs';
 import { kafkaCompression } from '../../../agent/forward/codecs.ts';
 import { baselineProducer } from '../lib/baseline-producer.ts';
 import type { Compression } from '../../../agent/config.ts';
@@ -38,7 +38,9 @@ async function run(c: CodecProducerConfig): Promise<CodecProducerResult> {
   const producer = baselineProducer('kedge-bench-codec-baseline', c.bootstrap);
   await producer.connect();
   // Made before the clock starts: kedge's events are in its log before its drain starts, too.
-  const events = new TelemetryGenerator({ seed: c.seed }).take(c.count).map((e) => ({ key: Buffer.from(e.key), value: Buffer.from(e.value), headers: e.headers }));
+  const events = new TelemetryGenerator({ seed: c.seed })
+    .take(c.count)
+    .map((e) => ({ key: Buffer.from(e.key), value: Buffer.from(e.value), headers: e.headers }));
   const cpu0 = process.cpuUsage();
   const t0 = performance.now();
   let sent = 0;
@@ -48,13 +50,27 @@ async function run(c: CodecProducerConfig): Promise<CodecProducerResult> {
     const ts = Date.now();
     const messages: kafkajs.Message[] = [];
     let bytes = 0;
-    while (sent + messages.length < c.count && messages.length < c.maxBatchEvents && bytes < c.maxBatchBytes) {
+    while (
+      sent + messages.length < c.count &&
+      messages.length < c.maxBatchEvents &&
+      bytes < c.maxBatchBytes
+    ) {
       const i = sent + messages.length;
       const e = events[i];
       bytes += e.value.length;
-      messages.push({ key: e.key, value: e.value, timestamp: String(ts), headers: { ...e.headers, ...kedgeHeaders('bench-baseline', i + 1, ts) } });
+      messages.push({
+        key: e.key,
+        value: e.value,
+        timestamp: String(ts),
+        headers: { ...e.headers, ...kedgeHeaders('bench-baseline', i + 1, ts) },
+      });
     }
-    await producer.sendBatch({ acks: -1, timeout: 30_000, compression, topicMessages: [{ topic: c.topic, messages }] });
+    await producer.sendBatch({
+      acks: -1,
+      timeout: 30_000,
+      compression,
+      topicMessages: [{ topic: c.topic, messages }],
+    });
     sent += messages.length;
     valueBytes += bytes;
     batches++;
@@ -62,7 +78,14 @@ async function run(c: CodecProducerConfig): Promise<CodecProducerResult> {
   const seconds = (performance.now() - t0) / 1000;
   const cpu = process.cpuUsage(cpu0);
   await producer.disconnect();
-  return { events: sent, valueBytes, seconds, eventsPerS: sent / seconds, batches, cpuPctOfCore: (100 * (cpu.user + cpu.system)) / 1e6 / seconds };
+  return {
+    events: sent,
+    valueBytes,
+    seconds,
+    eventsPerS: sent / seconds,
+    batches,
+    cpuPctOfCore: (100 * (cpu.user + cpu.system)) / 1e6 / seconds,
+  };
 }
 
 process.once('message', (c: CodecProducerConfig) => {

@@ -42,7 +42,10 @@ async function run(c: KafkajsProducerConfig): Promise<KafkajsProducerResult> {
   const t0 = performance.now();
   let sent = 0;
   let batches = 0;
-  const progress = setInterval(() => process.send!({ progress: { t: performance.now() - t0, sent } }), c.progressMs);
+  const progress = setInterval(
+    () => process.send!({ progress: { t: performance.now() - t0, sent } }),
+    c.progressMs,
+  );
   while (sent < c.count) {
     const n = Math.min(c.batch, c.count - sent);
     const ts = Date.now();
@@ -56,7 +59,12 @@ async function run(c: KafkajsProducerConfig): Promise<KafkajsProducerResult> {
         headers: kedgeHeaders(c.agentId, i + 1, ts),
       };
     }
-    await producer.sendBatch({ acks: -1, timeout: 30_000, compression, topicMessages: [{ topic: c.topic, messages }] });
+    await producer.sendBatch({
+      acks: -1,
+      timeout: 30_000,
+      compression,
+      topicMessages: [{ topic: c.topic, messages }],
+    });
     sent += n;
     batches++;
   }
@@ -66,8 +74,17 @@ async function run(c: KafkajsProducerConfig): Promise<KafkajsProducerResult> {
   process.send!({ progress: { t: performance.now() - t0, sent } });
   await producer.disconnect();
   const { createRequire } = await import('node:module');
-  const version = (createRequire(import.meta.url)('kafkajs/package.json') as { version: string }).version;
-  return { events: sent, seconds, eventsPerS: sent / seconds, connectMs, batches, cpuPctOfCore: (100 * (cpu.user + cpu.system)) / 1e6 / seconds, kafkajsVersion: version };
+  const version = (createRequire(import.meta.url)('kafkajs/package.json') as { version: string })
+    .version;
+  return {
+    events: sent,
+    seconds,
+    eventsPerS: sent / seconds,
+    connectMs,
+    batches,
+    cpuPctOfCore: (100 * (cpu.user + cpu.system)) / 1e6 / seconds,
+    kafkajsVersion: version,
+  };
 }
 
 process.once('message', (c: KafkajsProducerConfig) => {

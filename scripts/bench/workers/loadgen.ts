@@ -78,7 +78,10 @@ async function run(c: LoadConfig): Promise<LoadResult> {
   const lat = new Samples();
   const perSecond: number[] = [];
   // Held in an object: TypeScript does not see the assignments made inside the client closures.
-  const cpuAt: { start: NodeJS.CpuUsage | null; end: NodeJS.CpuUsage | null } = { start: c.warmupMs === 0 ? process.cpuUsage() : null, end: null };
+  const cpuAt: { start: NodeJS.CpuUsage | null; end: NodeJS.CpuUsage | null } = {
+    start: c.warmupMs === 0 ? process.cpuUsage() : null,
+    end: null,
+  };
   let lastAnswer = t0;
 
   const client = async (): Promise<void> => {
@@ -94,7 +97,12 @@ async function run(c: LoadConfig): Promise<LoadResult> {
       const path = c.keyPerRequest ? `${c.path}?key=${keyFor(first, per)}` : c.path;
       const sent = performance.now();
       try {
-        const r = await pool.request({ path, method: 'POST', body, headers: { 'content-type': contentType } });
+        const r = await pool.request({
+          path,
+          method: 'POST',
+          body,
+          headers: { 'content-type': contentType },
+        });
         await r.body.dump();
         const done = performance.now();
         lastAnswer = done;

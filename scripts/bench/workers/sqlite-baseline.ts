@@ -43,7 +43,8 @@ async function runOpenLog(c: SqliteBaselineConfig): Promise<SqliteBaselineResult
   const batchOf = (): EventInput[] => {
     const key = keys[Number(keyFor(i, c.batch).slice(1))];
     const evs: EventInput[] = new Array(c.batch);
-    for (let k = 0; k < c.batch; k++) evs[k] = { topic: c.topic, key, value: valueBytes(i + k), source: 'http' };
+    for (let k = 0; k < c.batch; k++)
+      evs[k] = { topic: c.topic, key, value: valueBytes(i + k), source: 'http' };
     i += c.batch;
     return evs;
   };
@@ -62,7 +63,15 @@ async function runOpenLog(c: SqliteBaselineConfig): Promise<SqliteBaselineResult
   const s = (performance.now() - t0) / 1000;
   const cpu = process.cpuUsage(cpu0);
   await log.close();
-  return { events, commits, seconds: s, eventsPerS: events / s, commitsPerS: commits / s, cpuPctOfCore: (100 * (cpu.user + cpu.system)) / 1e6 / s, sqliteVersion: sqliteVersion() };
+  return {
+    events,
+    commits,
+    seconds: s,
+    eventsPerS: events / s,
+    commitsPerS: commits / s,
+    cpuPctOfCore: (100 * (cpu.user + cpu.system)) / 1e6 / s,
+    sqliteVersion: sqliteVersion(),
+  };
 }
 
 function runBare(c: SqliteBaselineConfig): SqliteBaselineResult {
@@ -72,10 +81,14 @@ function runBare(c: SqliteBaselineConfig): SqliteBaselineResult {
   db.exec('PRAGMA journal_mode = WAL');
   db.exec('PRAGMA synchronous = FULL');
   // The same table as agent/log/schema.ts.
-  db.exec('CREATE TABLE IF NOT EXISTS events(seq INTEGER PRIMARY KEY, topic TEXT NOT NULL, key BLOB, value BLOB NOT NULL, headers TEXT, ts INTEGER NOT NULL, size INTEGER NOT NULL)');
+  db.exec(
+    'CREATE TABLE IF NOT EXISTS events(seq INTEGER PRIMARY KEY, topic TEXT NOT NULL, key BLOB, value BLOB NOT NULL, headers TEXT, ts INTEGER NOT NULL, size INTEGER NOT NULL)',
+  );
   const begin = db.prepare('BEGIN IMMEDIATE');
   const commit = db.prepare('COMMIT');
-  const insert = db.prepare('INSERT INTO events(seq, topic, key, value, headers, ts, size) VALUES (?, ?, ?, ?, ?, ?, ?)');
+  const insert = db.prepare(
+    'INSERT INTO events(seq, topic, key, value, headers, ts, size) VALUES (?, ?, ?, ?, ?, ?, ?)',
+  );
   const keys = Array.from({ length: 16 }, (_, k) => Buffer.from(`k${k}`));
   let seq = 0;
   const txn = (): void => {
@@ -103,7 +116,15 @@ function runBare(c: SqliteBaselineConfig): SqliteBaselineResult {
   const cpu = process.cpuUsage(cpu0);
   db.close();
   const events = commits * c.batch;
-  return { events, commits, seconds: s, eventsPerS: events / s, commitsPerS: commits / s, cpuPctOfCore: (100 * (cpu.user + cpu.system)) / 1e6 / s, sqliteVersion: sqliteVersion() };
+  return {
+    events,
+    commits,
+    seconds: s,
+    eventsPerS: events / s,
+    commitsPerS: commits / s,
+    cpuPctOfCore: (100 * (cpu.user + cpu.system)) / 1e6 / s,
+    sqliteVersion: sqliteVersion(),
+  };
 }
 
 function sqliteVersion(): string {
