@@ -1,7 +1,7 @@
 /**
  * /metrics after a known workload: exact counter values per topic and source, the whole
  * text parses as Prometheus exposition (with a parser nobody here wrote), names follow the
- * conventions and every kedge metric is in the README's table. Logs: no line per event.
+ * conventions and every kedge metric is in docs/operations.md's table. Logs: no line per event.
  */
 import t from 'tap';
 import { createRequire } from 'node:module';
@@ -204,7 +204,7 @@ t.test(
       'every family has a TYPE',
     );
 
-    const readme = readFileSync(join(REPO, 'README.md'), 'utf8');
+    const readme = readFileSync(join(REPO, 'docs/operations.md'), 'utf8');
     for (const f of families.values()) {
       tt.match(f.name, /^kedge_[a-z0-9_]+$/, `${f.name}: kedge_ prefix, snake case`);
       // Process and Node.js metrics are prom-client's defaults (names not ours), documented as a group.
@@ -213,7 +213,10 @@ t.test(
       else tt.notMatch(f.name, /_total$/, `${f.name}: only counters end in _total`);
       tt.notMatch(f.name, /_(ms|milliseconds|kb|kib|mb|minutes)(_|$)/, `${f.name}: base units`);
       tt.ok(f.help.length > 0, `${f.name} has help text`);
-      tt.ok(readme.includes(`\`${f.name}\``), `${f.name} is in the README's metrics table`);
+      tt.ok(
+        readme.includes(`\`${f.name}\``),
+        `${f.name} is in the metrics table of docs/operations.md`,
+      );
     }
   },
 );
