@@ -5,7 +5,10 @@
 import { accessSync, constants as fsConstants, statSync } from 'node:fs';
 import { isIPv4, isIPv6 } from 'node:net';
 import { resolve as resolvePath } from 'node:path';
+import { ConfigError } from './errors.ts';
 import { mergeEnv, readEnvFile } from './env-file.ts';
+
+export { ConfigError };
 import type { StorageDriverName, SyncMode } from './log/types.ts';
 import {
   formatBytes,
@@ -151,21 +154,6 @@ export const SECRET_VARS: readonly EnvVarName[] = [
 export const REDACTED = '[redacted]';
 
 const KNOWN = new Set<string>(ENV_VARS);
-
-/** A bad configuration; `problems` lists every one, one actionable line each. */
-export class ConfigError extends Error {
-  readonly code = 'ERR_KEDGE_CONFIG';
-  problems: string[];
-
-  constructor(problems: string[]) {
-    const n = problems.length;
-    super(
-      `invalid configuration (${n} problem${n === 1 ? '' : 's'}):\n${problems.map((p) => `  ${p}`).join('\n')}`,
-    );
-    this.name = 'ConfigError';
-    this.problems = problems;
-  }
-}
 
 /** Kafka's own rule for topic names (legal characters, 1-249 long, not `.` or `..`). */
 export function isValidTopic(name: string): boolean {
