@@ -6,9 +6,10 @@ import { accessSync, constants as fsConstants, statSync } from 'node:fs';
 import { isIPv4, isIPv6 } from 'node:net';
 import { resolve as resolvePath } from 'node:path';
 import { ConfigError } from './errors.ts';
+import { REDACTED, redactUrl } from './redact.ts';
 import { mergeEnv, readEnvFile } from './env-file.ts';
 
-export { ConfigError };
+export { ConfigError, REDACTED, redactUrl };
 import type { StorageDriverName, SyncMode } from './log/types.ts';
 import {
   formatBytes,
@@ -150,8 +151,6 @@ export const SECRET_VARS: readonly EnvVarName[] = [
   'KEDGE_KAFKA_PASSWORD',
   'KEDGE_MQTT_PASSWORD',
 ];
-
-export const REDACTED = '[redacted]';
 
 const KNOWN = new Set<string>(ENV_VARS);
 
@@ -787,17 +786,6 @@ function mqttFilterError(filter: string): string | null {
     }
   }
   return null;
-}
-
-/** Replaces the password part of `scheme://user:password@host` (parsable or not). */
-export function redactUrl(url: string): string {
-  const m = /^([a-z][a-z0-9+.-]*:\/\/)([^/?#]*)(.*)$/is.exec(url);
-  if (!m) return url;
-  const at = m[2].lastIndexOf('@');
-  if (at < 0) return url;
-  const colon = m[2].indexOf(':');
-  if (colon < 0 || colon > at) return url;
-  return `${m[1]}${m[2].slice(0, colon + 1)}${REDACTED}${m[2].slice(at)}${m[3]}`;
 }
 
 /** Edit distance counting a swap of neighbours as one edit (SNYC → SYNC is one typo). */
