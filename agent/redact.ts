@@ -23,3 +23,8 @@ export function redactUrl(url: string): string {
   const shown = colon < 0 ? REDACTED : `${userinfo.slice(0, colon + 1)}${REDACTED}`;
   return `${scheme}${shown}${rest.slice(at)}`;
 }
+
+/** redactUrl for a value that is a URL (`scheme://…`); any other text is returned as is. */
+export function redactIfUrl(text: string): string {
+  return /^[a-z][a-z0-9+.-]*:\/\//i.test(text) ? redactUrl(text) : text;
+}
