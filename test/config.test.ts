@@ -356,7 +356,7 @@ t.test('every problem is reported at once, each naming its variable', async (t) 
 
   const err = t.throws(() => loadConfig(env)) as ConfigError;
   t.equal(err.name, 'ConfigError');
-  t.equal(err.code, 'ERR_KEDGE_CONFIG');
+  t.equal(err.code, 'KEDGE_CONFIG');
   t.match(err.message, /^invalid configuration \(5 problems\):\n {2}KEDGE_SYNC/);
 });
 

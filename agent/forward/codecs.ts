@@ -13,6 +13,7 @@ import zlib from 'node:zlib';
 import { createRequire } from 'node:module';
 import { promisify } from 'node:util';
 import type { Compression } from '../config.ts';
+import { CodecUnavailableError, CorruptCompressedDataError } from '../errors.ts';
 // kafkajs is CommonJS: a default import works in Node ESM and bundles with esbuild.
 import kafkajs from 'kafkajs';
 
@@ -89,13 +90,7 @@ interface SnappyJs {
 const XERIAL_MAGIC = Buffer.from([0x82, 0x53, 0x4e, 0x41, 0x50, 0x50, 0x59, 0x00]);
 const XERIAL_HEADER = 16; // magic, version, compatible version
 
-export class CorruptCompressedDataError extends Error {
-  readonly code = 'KEDGE_CORRUPT_COMPRESSED';
-  constructor(codec: string, detail: string) {
-    super(`${codec}: corrupt compressed data (${detail})`);
-    this.name = 'CorruptCompressedDataError';
-  }
-}
+export { CorruptCompressedDataError };
 
 /**
  * Raw Snappy, as librdkafka produces it; both librdkafka and the Java broker
@@ -199,14 +194,7 @@ function lz4Codec(): Codec {
 
 // ---------------------------------------------------------------- registration
 
-export class CodecUnavailableError extends Error {
-  constructor(codec: string) {
-    super(
-      `KEDGE_COMPRESSION=${codec} is not a codec kedge knows (use none, gzip, snappy, lz4 or zstd)`,
-    );
-    this.name = 'CodecUnavailableError';
-  }
-}
+export { CodecUnavailableError };
 
 // kafkajs' codec table is module state, so the codecs are too: one per process.
 const registered = new Map<number, () => KafkajsCodec>();

@@ -25,6 +25,7 @@ import { createServer as createTlsServer } from 'node:tls';
 import { readFileSync } from 'node:fs';
 import type { EventEmitter } from 'node:events';
 import { Aedes, type Client, type PublishPacket } from 'aedes';
+import { KedgeError } from '../errors.ts';
 import type { EventInput } from '../log/types.ts';
 import type { IngestSink } from './sink.ts';
 import type { Metrics } from '../observe/metrics.ts';
@@ -83,17 +84,25 @@ const MAX_CONTROL_PACKET = 1024 * 1024;
 const PUBLISH_OVERHEAD = 2 + 65_535 + 2;
 const SYS_PREFIX = '$SYS/';
 
-class OversizeError extends Error {
-  readonly code = 'KEDGE_MQTT_OVERSIZE';
+class OversizeError extends KedgeError {
+  constructor(message: string) {
+    super('KEDGE_MQTT_OVERSIZE', message);
+  }
 }
 
 /** A PUBLISH kedge refused on purpose ($SYS/, shutting down): counted as a refusal, not a protocol error. */
-class PublishRefusedError extends Error {
-  readonly code = 'KEDGE_MQTT_REFUSED';
+class PublishRefusedError extends KedgeError {
+  constructor(message: string) {
+    super('KEDGE_MQTT_REFUSED', message);
+  }
 }
 
 /** A PUBLISH whose topic is ill-formed UTF-8 or holds U+0000: MQTT 3.1.1 [MQTT-1.5.3-1/2] says close the connection. */
-class MalformedTopicError extends Error {}
+class MalformedTopicError extends KedgeError {
+  constructor(message: string) {
+    super('KEDGE_MQTT_MALFORMED_TOPIC', message);
+  }
+}
 
 /** Errors the packet parser raised for a connection (an unparsable packet). */
 const parseErrors = new WeakSet<Error>();

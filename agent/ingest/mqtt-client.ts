@@ -19,6 +19,7 @@ import type { Metrics } from '../observe/metrics.ts';
 import { RateLimitedLog, type Logger } from '../observe/logger.ts';
 import { MqttEventMapper, mqttMetrics, type MqttMetrics, type MqttRefusal } from './mqtt-topic.ts';
 import { Backoff } from '../backoff.ts';
+import { redactUrl } from '../redact.ts';
 
 export interface MqttClientIngestOptions {
   /** mqtt://, mqtts://, ws://, wss:// (KEDGE_MQTT_URL). */
@@ -459,18 +460,6 @@ export class MqttClientIngest {
     if (s === this.state) return;
     this.state = s;
     this.since = Date.now();
-  }
-}
-
-/** The URL without user info, for logs and status. */
-export function redactUrl(url: string): string {
-  try {
-    const u = new URL(url);
-    u.username = '';
-    u.password = '';
-    return u.toString();
-  } catch {
-    return url.replace(/\/\/[^@/]*@/, '//');
   }
 }
 

@@ -180,31 +180,4 @@ export interface EventLog {
   close(): Promise<void>;
 }
 
-/**
- * Raised when the log refuses an append (disk error, closed log). Ingest maps it to 5xx/507 and does not acknowledge.
- * Codes: KEDGE_DISK_FULL (507), KEDGE_LOG_WRITE (other write failure), KEDGE_LOG_CLOSED,
- * KEDGE_QUOTA_FULL (whenFull 'reject-new' and the quota is reached: 507, nothing stored),
- * KEDGE_INVALID_EVENT (the caller passed a malformed event: a bug in the caller; nothing stored).
- */
-export class LogWriteError extends Error {
-  readonly code: string;
-  constructor(message: string, code = 'KEDGE_LOG_WRITE', options?: { cause?: unknown }) {
-    super(message, options);
-    this.name = 'LogWriteError';
-    this.code = code;
-  }
-}
-
-/**
- * Raised at open when the data dir is held by a live kedge, or the database is damaged.
- * Codes: KEDGE_DATA_DIR_LOCKED, KEDGE_LOG_DAMAGED, KEDGE_LOG_TOO_NEW (written by a newer kedge),
- * KEDGE_STORAGE_UNAVAILABLE (driver missing), KEDGE_LOG_OPEN (anything else).
- */
-export class LogOpenError extends Error {
-  readonly code: string;
-  constructor(message: string, code = 'KEDGE_LOG_OPEN', options?: { cause?: unknown }) {
-    super(message, options);
-    this.name = 'LogOpenError';
-    this.code = code;
-  }
-}
+export { LogOpenError, LogWriteError } from '../errors.ts';

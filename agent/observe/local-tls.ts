@@ -8,13 +8,9 @@
 import { X509Certificate } from 'node:crypto';
 import tls from 'node:tls';
 import { Agent, type buildConnector } from 'undici';
+import { PinMismatchError } from '../errors.ts';
 
-export class PinMismatchError extends Error {
-  constructor(file: string) {
-    super(`the listener's TLS certificate is not the one in KEDGE_HTTP_TLS_CERT (${file})`);
-    this.name = 'PinMismatchError';
-  }
-}
+export { PinMismatchError };
 
 /** An undici dispatcher that trusts exactly the first certificate of `certPem` (the leaf the listener presents). */
 export function pinnedDispatcher(certPem: Buffer, file: string): Agent {
