@@ -22,6 +22,7 @@ import { buildStatus, RateMeter } from './observe/status.ts';
 import { DropTracker } from './observe/drops.ts';
 import { Heartbeat } from './observe/heartbeat.ts';
 import { KEDGE_VERSION } from './version.ts';
+import { waitAtMost } from './deadline.ts';
 
 export interface AgentTuning {
   maxBatchEvents: number;
@@ -273,12 +274,12 @@ export class Agent {
     const deadline = Date.now() + this.tuning.stopDeadlineMs;
     this.sink?.stopAccepting();
     await Promise.all([
-      withTimeout(this.mqttClient?.stop() ?? Promise.resolve(), 4_000),
-      withTimeout(this.mqttBroker?.stop() ?? Promise.resolve(), 4_000),
+      waitAtMost(this.mqttClient?.stop() ?? Promise.resolve(), 4_000),
+      waitAtMost(this.mqttBroker?.stop() ?? Promise.resolve(), 4_000),
     ]);
-    await withTimeout(this.http?.stop() ?? Promise.resolve(), 3_000);
-    await withTimeout(this.heartbeat?.stop() ?? Promise.resolve(), 2_500);
-    await withTimeout(
+    await waitAtMost(this.http?.stop() ?? Promise.resolve(), 3_000);
+    await waitAtMost(this.heartbeat?.stop() ?? Promise.resolve(), 2_500);
+    await waitAtMost(
       this.forwarder?.stop() ?? Promise.resolve(),
       Math.max(500, deadline - Date.now() - 1_500),
     );
@@ -287,14 +288,6 @@ export class Agent {
     this.drops?.stop();
     this.log = null;
   }
-}
-
-function withTimeout(p: Promise<unknown>, ms: number): Promise<void> {
-  let t: NodeJS.Timeout;
-  return Promise.race([
-    p.then(() => undefined),
-    new Promise<void>((r) => (t = setTimeout(r, ms))),
-  ]).finally(() => clearTimeout(t));
 }
 
 function generateAgentId(): string {

@@ -14,6 +14,7 @@ import type { Logger } from '../observe/logger.ts';
 import type { Metrics } from '../observe/metrics.ts';
 import type { TimeWindow } from '../config.ts';
 import { Backoff } from '../backoff.ts';
+import { DeadlineError, waitAtMost, withDeadline } from '../deadline.ts';
 import {
   causeChain,
   describeKafkaError,
@@ -91,13 +92,6 @@ export interface ForwarderStatus {
   batchBytes: number;
 }
 
-class SendDeadlineError extends Error {
-  constructor(ms: number) {
-    super(`no answer from Kafka within ${ms} ms`);
-    this.name = 'SendDeadlineError';
-  }
-}
-
 /** Under a rate cap, a batch holds at most this much time of the rate. */
 const RATE_BATCH_MS = 2_000;
 /** How long batches stay at the size a timeout halved them to before they grow again. */
@@ -113,7 +107,7 @@ const POLICY_RECHECK_MS = 1_000;
 /** A request that ran out of time (ours or kafkajs'), as opposed to a refusal. */
 function isTimeout(e: unknown): boolean {
   for (const cur of causeChain(e)) {
-    if (cur instanceof SendDeadlineError || cur.name === 'KafkaJSRequestTimeoutError') return true;
+    if (cur instanceof DeadlineError || cur.name === 'KafkaJSRequestTimeoutError') return true;
   }
   return false;
 }
@@ -511,15 +505,10 @@ export class Forwarder {
     };
   }
 
+  /** A send or connect that has not finished within the deadline is abandoned (hang outage). */
   private withDeadline<T>(p: Promise<T>): Promise<T> {
     const ms = this.o.sendDeadlineMs;
-    let timer: NodeJS.Timeout;
-    return Promise.race([
-      p,
-      new Promise<never>((_, reject) => {
-        timer = setTimeout(() => reject(new SendDeadlineError(ms)), ms);
-      }),
-    ]).finally(() => clearTimeout(timer));
+    return withDeadline(p, ms, `no answer from Kafka within ${ms} ms`);
   }
 
   private async sendBatch(batch: StoredEvent[], lane: Lane): Promise<void> {
@@ -642,7 +631,7 @@ export class Forwarder {
     // out of step with the broker after a timeout, which would fail every later send.
     // kafkajs' disconnect waits for requests in flight; on a hung link that is another
     // request timeout, so it is bounded here (the old producer finishes on its own).
-    await boundedWait(this.o.sink.disconnect(), DISCONNECT_WAIT_MS);
+    await waitAtMost(this.o.sink.disconnect(), DISCONNECT_WAIT_MS, { ignoreErrors: true });
     const wait = this.backoff.next();
     this.o.logger.debug({ reason, retryInMs: wait }, 'send failed; will retry');
     await this.sleep(wait);
@@ -730,15 +719,3 @@ export class Forwarder {
 
 /** How long a failed send waits for the old producer to close before retrying with a new one. */
 const DISCONNECT_WAIT_MS = 5_000;
-
-/** Waits for `p` at most `ms`; its outcome is ignored either way. */
-function boundedWait(p: Promise<unknown>, ms: number): Promise<void> {
-  let t: NodeJS.Timeout;
-  return Promise.race([
-    p.then(
-      () => undefined,
-      () => undefined,
-    ),
-    new Promise<void>((r) => (t = setTimeout(r, ms))),
-  ]).finally(() => clearTimeout(t));
-}

@@ -10,6 +10,7 @@
  */
 import { describeKafkaError, type RecordSink } from '../forward/kafka-producer.ts';
 import { RateLimitedLog, type Logger } from './logger.ts';
+import { waitAtMost, withDeadline } from '../deadline.ts';
 import type { buildStatus } from './status.ts';
 
 /** What /v1/status answers; the heartbeat is a subset of it (no config, no dead-letter listing). */
@@ -141,13 +142,6 @@ export interface HeartbeatStatus {
   last_error: string | null;
 }
 
-class HeartbeatTimeoutError extends Error {
-  constructor(ms: number) {
-    super(`no answer from Kafka within ${ms} ms`);
-    this.name = 'HeartbeatTimeoutError';
-  }
-}
-
 export class Heartbeat {
   readonly history = new LinkHistory();
   private readonly o: HeartbeatOptions;
@@ -182,11 +176,7 @@ export class Heartbeat {
     this.unsubscribe = null;
     if (this.timer) clearInterval(this.timer);
     this.timer = null;
-    if (this.inFlight) {
-      let t: NodeJS.Timeout | undefined;
-      await Promise.race([this.inFlight, new Promise<void>((r) => (t = setTimeout(r, graceMs)))]);
-      clearTimeout(t);
-    }
+    if (this.inFlight) await waitAtMost(this.inFlight, graceMs);
     await this.o.sink.disconnect().catch(() => {});
   }
 
@@ -221,23 +211,17 @@ export class Heartbeat {
 
   private async send(now: number): Promise<void> {
     const o = this.o;
-    let timer: NodeJS.Timeout | undefined;
     try {
       const value = Buffer.from(
         JSON.stringify(heartbeatRecord(o.status(), this.history.summary(now), now)),
       );
-      await Promise.race([
+      await withDeadline(
         o.sink.send([
           { topic: o.topic, key: Buffer.from(o.agentId), value, timestamp: now, headers: {} },
         ]),
-        new Promise<never>(
-          (_, reject) =>
-            (timer = setTimeout(
-              () => reject(new HeartbeatTimeoutError(o.sendTimeoutMs)),
-              o.sendTimeoutMs,
-            )),
-        ),
-      ]);
+        o.sendTimeoutMs,
+        `no answer from Kafka within ${o.sendTimeoutMs} ms`,
+      );
       this.sent++;
       this.lastSentAt = Date.now();
       this.lastError = null;
@@ -252,8 +236,6 @@ export class Heartbeat {
           { topic: o.topic, reason: this.lastError, suppressed: n },
           'heartbeat not sent; next try at the next interval (forwarding is not affected)',
         );
-    } finally {
-      clearTimeout(timer);
     }
   }
 }
