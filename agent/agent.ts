@@ -13,9 +13,9 @@ import { DEFAULT_HTTP_LIMITS, HttpIngest, type HttpLimits } from './ingest/http.
 import { MqttClientIngest } from './ingest/mqtt-client.ts';
 import { MqttBrokerIngest } from './ingest/mqtt-broker.ts';
 import { Forwarder } from './forward/forwarder.ts';
-import { KafkaSink } from './forward/kafka-producer.ts';
-import { WireMeter } from './forward/wire-meter.ts';
-import { kafkaCompression } from './forward/codecs.ts';
+import { KafkaSink } from './kafka/producer.ts';
+import { WireMeter } from './kafka/wire-meter.ts';
+import { kafkaCompression } from './kafka/codecs.ts';
 import { Metrics } from './observe/metrics.ts';
 import type { Logger } from './observe/logger.ts';
 import { buildStatus, RateMeter } from './observe/status.ts';

@@ -22,10 +22,10 @@ import {
   permanentReason,
   type OutRecord,
   type RecordSink,
-} from './kafka-producer.ts';
+} from '../kafka/producer.ts';
 import { TransferWindows } from './windows.ts';
 import { TokenBucket } from './token-bucket.ts';
-import { WireRate, type WireMeter } from './wire-meter.ts';
+import { WireRate, type WireMeter } from '../kafka/wire-meter.ts';
 
 export type LinkState = 'starting' | 'up' | 'degraded' | 'down' | 'paused' | 'outside-window';
 /** What the last sends say about Kafka; the shown state adds pause and windows on top. */
