@@ -14,15 +14,9 @@ import type { Logger } from '../observe/logger.ts';
 import type { Metrics } from '../observe/metrics.ts';
 import type { TimeWindow } from '../config.ts';
 import { Backoff } from '../backoff.ts';
-import { DeadlineError, waitAtMost, withDeadline } from '../deadline.ts';
-import {
-  causeChain,
-  describeKafkaError,
-  graceReason,
-  permanentReason,
-  type OutRecord,
-  type RecordSink,
-} from '../kafka/producer.ts';
+import { waitAtMost, withDeadline } from '../deadline.ts';
+import type { OutRecord, RecordSink } from '../kafka/producer.ts';
+import { classifySendError, describeKafkaError, type SendErrorClass } from '../kafka/classify.ts';
 import { TransferWindows } from './windows.ts';
 import { TokenBucket } from './token-bucket.ts';
 import { WireRate, type WireMeter } from '../kafka/wire-meter.ts';
@@ -103,14 +97,6 @@ const HISTORY_SIZE = 20;
  * (NTP, a test's fake clock), so a window change is never missed by more than this.
  */
 const POLICY_RECHECK_MS = 1_000;
-
-/** A request that ran out of time (ours or kafkajs'), as opposed to a refusal. */
-function isTimeout(e: unknown): boolean {
-  for (const cur of causeChain(e)) {
-    if (cur instanceof DeadlineError || cur.name === 'KafkaJSRequestTimeoutError') return true;
-  }
-  return false;
-}
 
 export class Forwarder {
   private readonly o: ForwarderOptions;
@@ -519,15 +505,16 @@ export class Forwarder {
     try {
       await this.withDeadline(o.sink.send(batch.map((e) => this.toRecord(e))));
     } catch (e) {
-      if (isTimeout(e)) this.shrinkBudget(batch);
+      const c = classifySendError(e);
+      if (c.kind === 'timeout') this.shrinkBudget(batch);
       // Which topic a refusal is about is not known for a batch: every topic in it
       // starts its grace, and one run out means sending one by one to find out.
       if (
-        permanentReason(e) ||
-        (graceReason(e) && this.graceOver(new Set(batch.map((ev) => ev.topic))))
+        c.kind === 'permanent' ||
+        (c.kind === 'unknown-topic' && this.graceOver(new Set(batch.map((ev) => ev.topic))))
       )
         return this.isolate(batch, lane);
-      await this.onFailure(e);
+      await this.onFailure(e, c);
       return;
     }
     o.metrics.sendSeconds.observe(Number(process.hrtime.bigint() - started) / 1e9);
@@ -616,15 +603,16 @@ export class Forwarder {
     return true;
   }
 
-  private async onFailure(e: unknown): Promise<void> {
+  private async onFailure(e: unknown, c: SendErrorClass): Promise<void> {
     const reason = describeKafkaError(e);
-    this.o.metrics.sendErrors.inc({ kind: isTimeout(e) ? 'timeout' : 'error' });
+    const timeout = c.kind === 'timeout';
+    this.o.metrics.sendErrors.inc({ kind: timeout ? 'timeout' : 'error' });
     // A send that got no answer at all is a hang outage (black hole, half-open
     // connection): that is `down`, not `degraded`. The state is set before the
     // disconnect below, which can itself wait on the hung connection.
     const recentlyUp = this.lastForwardAt !== null && Date.now() - this.lastForwardAt < 60_000;
     this.setHealth(
-      !isTimeout(e) && recentlyUp && this.backoff.failures < 3 ? 'degraded' : 'down',
+      !timeout && recentlyUp && this.backoff.failures < 3 ? 'degraded' : 'down',
       reason,
     );
     // A fresh producer after a failure: kafkajs' idempotent sequence state can be
@@ -673,18 +661,16 @@ export class Forwarder {
           if (!this.acknowledge([ev], lane)) return report(); // retried by the next turn
           continue;
         } catch (e) {
-          let type = permanentReason(e);
-          const grace = type ? null : graceReason(e);
-          if (grace && this.graceOver([ev.topic])) {
-            type = grace;
-            deadTopics.set(ev.topic, { type: grace, detail: describeKafkaError(e) });
-          }
-          if (!type) {
+          const c = classifySendError(e);
+          const dead =
+            c.kind === 'permanent' || (c.kind === 'unknown-topic' && this.graceOver([ev.topic]));
+          if (!dead || c.type === null) {
             report();
-            await this.onFailure(e);
+            await this.onFailure(e, c);
             return;
           }
-          refusal = { type, detail: describeKafkaError(e) };
+          refusal = { type: c.type, detail: describeKafkaError(e) };
+          if (c.kind === 'unknown-topic') deadTopics.set(ev.topic, refusal);
         }
       }
       {

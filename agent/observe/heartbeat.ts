@@ -8,7 +8,8 @@
  * never stored in the log, a failed send is only logged (rate-limited) and retried at
  * the next interval, and nothing waits for it.
  */
-import { describeKafkaError, type RecordSink } from '../kafka/producer.ts';
+import { describeKafkaError } from '../kafka/classify.ts';
+import type { RecordSink } from '../kafka/producer.ts';
 import { RateLimitedLog, type Logger } from './logger.ts';
 import { waitAtMost, withDeadline } from '../deadline.ts';
 import type { buildStatus } from './status.ts';
