@@ -18,9 +18,9 @@ import { WireMeter } from './kafka/wire-meter.ts';
 import { kafkaCompression } from './kafka/codecs.ts';
 import { Metrics } from './observe/metrics.ts';
 import type { Logger } from './observe/logger.ts';
-import { buildStatus, RateMeter } from './observe/status.ts';
+import { buildStatus, RateMeter } from './status/document.ts';
 import { DropTracker } from './observe/drops.ts';
-import { Heartbeat } from './observe/heartbeat.ts';
+import { Heartbeat } from './status/heartbeat.ts';
 import { KEDGE_VERSION } from './version.ts';
 import { waitAtMost } from './deadline.ts';
 

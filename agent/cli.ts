@@ -11,7 +11,7 @@ import { createLogger } from './observe/logger.ts';
 import { LogOpenError } from './log/types.ts';
 import { CodecUnavailableError } from './kafka/codecs.ts';
 import { KEDGE_VERSION } from './version.ts';
-import { runStatus } from './observe/status-cli.ts';
+import { runStatus } from './status/cli.ts';
 
 const USAGE = `usage: kedge <command> [options]
 

@@ -4,8 +4,8 @@
  */
 import type { EventLog } from '../log/types.ts';
 import type { ForwarderStatus } from '../forward/forwarder.ts';
-import type { DropSummary } from './drops.ts';
-import { CounterSampler } from './sampler.ts';
+import type { DropSummary } from '../observe/drops.ts';
+import { CounterSampler } from '../observe/sampler.ts';
 
 export interface StatusSources {
   agentId: string;

@@ -10,9 +10,9 @@
  */
 import { describeKafkaError } from '../kafka/classify.ts';
 import type { RecordSink } from '../kafka/producer.ts';
-import { RateLimitedLog, type Logger } from './logger.ts';
+import { RateLimitedLog, type Logger } from '../observe/logger.ts';
 import { waitAtMost, withDeadline } from '../deadline.ts';
-import type { buildStatus } from './status.ts';
+import type { buildStatus } from './document.ts';
 
 /** What /v1/status answers; the heartbeat is a subset of it (no config, no dead-letter listing). */
 export type AgentStatus = ReturnType<typeof buildStatus>;
