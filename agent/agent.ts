@@ -21,6 +21,7 @@ import type { Logger } from './observe/logger.ts';
 import { buildStatus, RateMeter } from './status/document.ts';
 import { DropTracker } from './observe/drops.ts';
 import { Heartbeat } from './status/heartbeat.ts';
+import { adminRoutes } from './status/admin.ts';
 import { KEDGE_VERSION } from './version.ts';
 import { waitAtMost } from './deadline.ts';
 
@@ -145,8 +146,8 @@ export class Agent {
     this.rates = new RateMeter(log);
     this.rates.start();
     const rates = this.rates;
-    const status = () => ({
-      ...buildStatus(
+    const status = () =>
+      buildStatus(
         {
           agentId: this.agentId,
           version: KEDGE_VERSION,
@@ -156,15 +157,14 @@ export class Agent {
           config: redactedConfig(cfg),
           warnings: () => this.warnings,
           drops: () => drops.summary(),
+          mqtt: () => ({
+            client: this.mqttClient?.status() ?? null,
+            broker: this.mqttBroker?.status() ?? null,
+          }),
+          heartbeat: () => this.heartbeat?.status() ?? null,
         },
         rates,
-      ),
-      mqtt: {
-        client: this.mqttClient?.status() ?? null,
-        broker: this.mqttBroker?.status() ?? null,
-      },
-      heartbeat: this.heartbeat?.status() ?? null,
-    });
+      );
 
     if (cfg.http.listen) {
       if (!isLoopback(cfg.http.listen.host) && !cfg.http.token) {
@@ -182,16 +182,7 @@ export class Agent {
         metrics: this.metrics,
         logger: this.logger,
         limits: this.tuning.httpLimits,
-        api: {
-          status,
-          metrics: async () => ({
-            contentType: this.metrics.registry.contentType,
-            body: await this.metrics.registry.metrics(),
-          }),
-          ready: () => this.sink?.ready ?? false,
-          pause: () => fwd.setPaused(true),
-          resume: () => fwd.setPaused(false),
-        },
+        admin: adminRoutes({ status, metrics: this.metrics, forwarder: fwd }),
       });
       this.httpAddress = await this.http.start();
       this.logger.info(

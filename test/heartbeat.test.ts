@@ -11,7 +11,8 @@ import { startKafka } from '../scripts/kafka/kafka.ts';
 import { consume } from './helpers/kcat.ts';
 import { AgentProc, cleanup, post, sleep, tempDir } from './helpers/agent.ts';
 import { waitFor } from './helpers/proc.ts';
-import { Heartbeat, LinkHistory, type AgentStatus } from '../agent/status/heartbeat.ts';
+import type { AgentStatus } from '../agent/status/document.ts';
+import { Heartbeat, LinkHistory } from '../agent/status/heartbeat.ts';
 import { createLogger } from '../agent/observe/logger.ts';
 import type { OutRecord, RecordSink } from '../agent/kafka/producer.ts';
 

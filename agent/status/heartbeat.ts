@@ -12,10 +12,7 @@ import { describeKafkaError } from '../kafka/classify.ts';
 import type { RecordSink } from '../kafka/producer.ts';
 import { RateLimitedLog, type Logger } from '../observe/logger.ts';
 import { waitAtMost, withDeadline } from '../deadline.ts';
-import type { buildStatus } from './document.ts';
-
-/** What /v1/status answers; the heartbeat is a subset of it (no config, no dead-letter listing). */
-export type AgentStatus = ReturnType<typeof buildStatus>;
+import type { AgentStatus, HeartbeatStatus } from './document.ts';
 
 export interface LinkHistorySummary {
   /** The span the summary covers (at most the agent's uptime). */
@@ -132,15 +129,6 @@ export interface HeartbeatOptions {
   sendTimeoutMs: number;
   /** Default 1 s: the first heartbeat after the link comes up goes out within this. */
   pollMs?: number;
-}
-
-export interface HeartbeatStatus {
-  topic: string;
-  interval_seconds: number;
-  sent: number;
-  failures: number;
-  last_sent_at: string | null;
-  last_error: string | null;
 }
 
 export class Heartbeat {
