@@ -6,7 +6,7 @@ import { accessSync, constants as fsConstants, statSync } from 'node:fs';
 import { isIPv4, isIPv6 } from 'node:net';
 import { resolve as resolvePath } from 'node:path';
 import { mergeEnv, readEnvFile } from './env-file.ts';
-import type { StorageDriverName, SyncMode } from './log/types.ts';
+import type { StorageDriverName, SyncMode } from './storage-modes.ts';
 import {
   formatBytes,
   formatDuration,
