@@ -15,6 +15,7 @@ import type { Metrics } from '../observe/metrics.ts';
 import type { TimeWindow } from '../config.ts';
 import { Backoff } from '../backoff.ts';
 import { waitAtMost, withDeadline } from '../deadline.ts';
+import { eventBytes, eventsBytes } from '../event-size.ts';
 import type { OutRecord, RecordSink } from '../kafka/producer.ts';
 import { classifySendError, describeKafkaError, type SendErrorClass } from '../kafka/classify.ts';
 import { TransferWindows } from './windows.ts';
@@ -519,7 +520,7 @@ export class Forwarder {
     }
     o.metrics.sendSeconds.observe(Number(process.hrtime.bigint() - started) / 1e9);
     o.metrics.batchEvents.observe(batch.length);
-    const logBytes = batch.reduce((n, e) => n + e.value.length + (e.key?.length ?? 0), 0);
+    const logBytes = eventsBytes(batch);
     o.metrics.batchBytes.observe(logBytes);
     if (o.wire && logBytes > 0) {
       const ratio = (o.wire.total() - wireBefore) / logBytes;
@@ -535,7 +536,7 @@ export class Forwarder {
    * progress-free retries of a big one.
    */
   private shrinkBudget(batch: StoredEvent[]): void {
-    const bytes = batch.reduce((n, e) => n + e.value.length + (e.key?.length ?? 0), 0);
+    const bytes = eventsBytes(batch);
     this.budget = {
       events: Math.max(1, Math.ceil(Math.min(this.budget.events, batch.length) / 2)),
       bytes: Math.max(1, Math.floor(Math.min(this.budget.bytes, bytes) / 2)),
@@ -589,7 +590,7 @@ export class Forwarder {
     for (const e of batch) {
       const c = perTopic.get(e.topic) ?? [0, 0];
       c[0]++;
-      c[1] += e.value.length + (e.key?.length ?? 0);
+      c[1] += eventBytes(e);
       perTopic.set(e.topic, c);
     }
     for (const [topic, [n, bytes]] of perTopic) {
