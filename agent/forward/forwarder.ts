@@ -11,7 +11,7 @@
  */
 import { LANES, type EventLog, type Lane, type StoredEvent } from '../log/types.ts';
 import type { Logger } from '../observe/logger.ts';
-import type { Metrics } from '../observe/metrics.ts';
+import type { LinkState, Metrics } from '../observe/metrics.ts';
 import type { TimeWindow } from '../config.ts';
 import { Backoff } from '../backoff.ts';
 import { waitAtMost, withDeadline } from '../deadline.ts';
@@ -22,9 +22,8 @@ import { TransferWindows } from './windows.ts';
 import { TokenBucket } from './token-bucket.ts';
 import { WireRate, type WireMeter } from '../kafka/wire-meter.ts';
 
-export type LinkState = 'starting' | 'up' | 'degraded' | 'down' | 'paused' | 'outside-window';
 /** What the last sends say about Kafka; the shown state adds pause and windows on top. */
-type Health = 'starting' | 'up' | 'degraded' | 'down';
+type Health = Extract<LinkState, 'starting' | 'up' | 'degraded' | 'down'>;
 
 export interface ForwarderOptions {
   log: EventLog;

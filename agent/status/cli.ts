@@ -8,6 +8,7 @@ import { request, type Dispatcher } from 'undici';
 import { pinnedDispatcher } from './local-tls.ts';
 import type { Config } from '../config.ts';
 import { formatBytes, formatDuration } from '../units.ts';
+import type { LinkState } from '../observe/metrics.ts';
 import type { AgentStatus } from './document.ts';
 
 export const STATUS_EXIT = { healthy: 0, degraded: 1, unreachable: 3 } as const;
@@ -17,7 +18,7 @@ export const STATUS_EXIT = { healthy: 0, degraded: 1, unreachable: 3 } as const;
  * (waiting by policy), starting (first connect in progress). Everything else (degraded,
  * down, a state this CLI does not know) is degraded.
  */
-export const HEALTHY_LINK_STATES: ReadonlySet<string> = new Set([
+export const HEALTHY_LINK_STATES: ReadonlySet<string> = new Set<LinkState>([
   'up',
   'paused',
   'outside-window',

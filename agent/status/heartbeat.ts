@@ -12,6 +12,7 @@ import { describeKafkaError } from '../kafka/classify.ts';
 import type { RecordSink } from '../kafka/producer.ts';
 import { RateLimitedLog, type Logger } from '../observe/logger.ts';
 import { waitAtMost, withDeadline } from '../deadline.ts';
+import type { LinkState } from '../observe/metrics.ts';
 import type { AgentStatus, HeartbeatStatus } from './document.ts';
 
 export interface LinkHistorySummary {
@@ -119,9 +120,9 @@ export interface HeartbeatOptions {
   /** A producer of its own, not the forwarder's. */
   sink: RecordSink;
   /** The forwarder's link state, looked at every `pollMs`. Heartbeats go out while it is 'up' (and once when it turns paused/outside-window). */
-  link: () => { state: string; since: string };
+  link: () => { state: LinkState; since: string };
   /** Subscribes to every link state change (for the history in the record); returns an unsubscribe function. */
-  onLinkChange?: (listener: (state: string, atMs: number) => void) => () => void;
+  onLinkChange?: (listener: (state: LinkState, atMs: number) => void) => () => void;
   /** The agent's status at send time. */
   status: () => AgentStatus;
   logger: Logger;
@@ -138,7 +139,7 @@ export class Heartbeat {
   private unsubscribe: (() => void) | null = null;
   private inFlight: Promise<void> | null = null;
   private lastAttemptAt: number | null = null;
-  private lastAttemptState: string | null = null;
+  private lastAttemptState: LinkState | null = null;
   private lastSentAt: number | null = null;
   private lastError: string | null = null;
   private sent = 0;
