@@ -3,7 +3,8 @@
  * sliding window from the counters the log keeps, so they need no per-event work.
  */
 import type { EventLog } from '../log/types.ts';
-import type { ForwarderStatus, LinkChange } from '../forward/forwarder.ts';
+import type { ForwarderStatus } from '../forward/forwarder.ts';
+import type { LinkChange } from '../forward/link.ts';
 import type { MqttBrokerStatus } from '../ingest/mqtt-broker.ts';
 import type { MqttClientStatus } from '../ingest/mqtt-client.ts';
 import type { DropSummary } from '../observe/drops.ts';
