@@ -13,15 +13,17 @@ import { DEFAULT_HTTP_LIMITS, HttpIngest, type HttpLimits } from './ingest/http.
 import { MqttClientIngest } from './ingest/mqtt-client.ts';
 import { MqttBrokerIngest } from './ingest/mqtt-broker.ts';
 import { Forwarder } from './forward/forwarder.ts';
-import { KafkaSink } from './forward/kafka-producer.ts';
-import { WireMeter } from './forward/wire-meter.ts';
-import { kafkaCompression } from './forward/codecs.ts';
+import { KafkaSink } from './kafka/producer.ts';
+import { WireMeter } from './kafka/wire-meter.ts';
+import { kafkaCompression } from './kafka/codecs.ts';
 import { Metrics } from './observe/metrics.ts';
 import type { Logger } from './observe/logger.ts';
-import { buildStatus, RateMeter } from './observe/status.ts';
+import { buildStatus, RateMeter } from './status/document.ts';
 import { DropTracker } from './observe/drops.ts';
-import { Heartbeat } from './observe/heartbeat.ts';
+import { Heartbeat } from './status/heartbeat.ts';
+import { adminRoutes } from './status/admin.ts';
 import { KEDGE_VERSION } from './version.ts';
+import { waitAtMost } from './deadline.ts';
 
 export interface AgentTuning {
   maxBatchEvents: number;
@@ -144,8 +146,8 @@ export class Agent {
     this.rates = new RateMeter(log);
     this.rates.start();
     const rates = this.rates;
-    const status = () => ({
-      ...buildStatus(
+    const status = () =>
+      buildStatus(
         {
           agentId: this.agentId,
           version: KEDGE_VERSION,
@@ -155,15 +157,14 @@ export class Agent {
           config: redactedConfig(cfg),
           warnings: () => this.warnings,
           drops: () => drops.summary(),
+          mqtt: () => ({
+            client: this.mqttClient?.status() ?? null,
+            broker: this.mqttBroker?.status() ?? null,
+          }),
+          heartbeat: () => this.heartbeat?.status() ?? null,
         },
         rates,
-      ),
-      mqtt: {
-        client: this.mqttClient?.status() ?? null,
-        broker: this.mqttBroker?.status() ?? null,
-      },
-      heartbeat: this.heartbeat?.status() ?? null,
-    });
+      );
 
     if (cfg.http.listen) {
       if (!isLoopback(cfg.http.listen.host) && !cfg.http.token) {
@@ -181,16 +182,7 @@ export class Agent {
         metrics: this.metrics,
         logger: this.logger,
         limits: this.tuning.httpLimits,
-        api: {
-          status,
-          metrics: async () => ({
-            contentType: this.metrics.registry.contentType,
-            body: await this.metrics.registry.metrics(),
-          }),
-          ready: () => this.sink?.ready ?? false,
-          pause: () => fwd.setPaused(true),
-          resume: () => fwd.setPaused(false),
-        },
+        admin: adminRoutes({ status, metrics: this.metrics, forwarder: fwd }),
       });
       this.httpAddress = await this.http.start();
       this.logger.info(
@@ -273,12 +265,12 @@ export class Agent {
     const deadline = Date.now() + this.tuning.stopDeadlineMs;
     this.sink?.stopAccepting();
     await Promise.all([
-      withTimeout(this.mqttClient?.stop() ?? Promise.resolve(), 4_000),
-      withTimeout(this.mqttBroker?.stop() ?? Promise.resolve(), 4_000),
+      waitAtMost(this.mqttClient?.stop() ?? Promise.resolve(), 4_000),
+      waitAtMost(this.mqttBroker?.stop() ?? Promise.resolve(), 4_000),
     ]);
-    await withTimeout(this.http?.stop() ?? Promise.resolve(), 3_000);
-    await withTimeout(this.heartbeat?.stop() ?? Promise.resolve(), 2_500);
-    await withTimeout(
+    await waitAtMost(this.http?.stop() ?? Promise.resolve(), 3_000);
+    await waitAtMost(this.heartbeat?.stop() ?? Promise.resolve(), 2_500);
+    await waitAtMost(
       this.forwarder?.stop() ?? Promise.resolve(),
       Math.max(500, deadline - Date.now() - 1_500),
     );
@@ -287,14 +279,6 @@ export class Agent {
     this.drops?.stop();
     this.log = null;
   }
-}
-
-function withTimeout(p: Promise<unknown>, ms: number): Promise<void> {
-  let t: NodeJS.Timeout;
-  return Promise.race([
-    p.then(() => undefined),
-    new Promise<void>((r) => (t = setTimeout(r, ms))),
-  ]).finally(() => clearTimeout(t));
 }
 
 function generateAgentId(): string {

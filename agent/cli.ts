@@ -9,9 +9,9 @@ import { mergeEnv, readEnvFile } from './env-file.ts';
 import { Agent } from './agent.ts';
 import { createLogger } from './observe/logger.ts';
 import { LogOpenError } from './log/types.ts';
-import { CodecUnavailableError } from './forward/codecs.ts';
+import { CodecUnavailableError } from './kafka/codecs.ts';
 import { KEDGE_VERSION } from './version.ts';
-import { runStatus } from './observe/status-cli.ts';
+import { runStatus } from './status/cli.ts';
 
 const USAGE = `usage: kedge <command> [options]
 

@@ -6,13 +6,18 @@
  */
 import { mergeEnv, readEnvFile } from './env-file.ts';
 import { ConfigError } from './errors.ts';
-import type { StorageDriverName, SyncMode } from './log/types.ts';
 import { REDACTED, redactIfUrl, redactUrl } from './redact.ts';
 import { Field, type ListenAddress, orList, type TimeWindow } from './setting-values.ts';
 import {
+  type Compression,
+  type Config,
+  type LogLevel,
+  SASL_MECHANISMS,
+  type SaslMechanism,
+} from './config-types.ts';
+import {
   ENV_VARS,
   type EnvVarName,
-  SASL_MECHANISMS,
   SECRET_VARS,
   type SettingValues,
   settingOf,
@@ -23,77 +28,9 @@ export { ConfigError, ENV_VARS, type EnvVarName, REDACTED, redactUrl, SECRET_VAR
 export { isValidTopic } from './setting-values.ts';
 export type { ListenAddress, TimeWindow };
 
-export type LogLevel = 'debug' | 'info' | 'warn' | 'error';
-export type Compression = 'none' | 'gzip' | 'snappy' | 'lz4' | 'zstd';
-export type SaslMechanism = (typeof SASL_MECHANISMS)[number];
-
 const KNOWN = new Set<string>(ENV_VARS);
 
-export interface Config {
-  dataDir: string;
-  /** null: generate once and keep in the data dir. */
-  agentId: string | null;
-  sync: SyncMode;
-  storage: StorageDriverName;
-  logLevel: LogLevel;
-
-  http: {
-    /** null: HTTP disabled (KEDGE_HTTP_LISTEN empty). */
-    listen: ListenAddress | null;
-    token: string | null;
-    maxBody: number;
-    tlsCert: string | null;
-    tlsKey: string | null;
-  };
-
-  kafka: {
-    brokers: string[];
-    tls: boolean;
-    caFile: string | null;
-    certFile: string | null;
-    keyFile: string | null;
-    sasl: { mechanism: SaslMechanism; username: string; password: string } | null;
-    compression: Compression;
-    topicPrefix: string;
-  };
-
-  mqtt: {
-    url: string | null;
-    topics: string[];
-    listen: ListenAddress | null;
-    username: string | null;
-    password: string | null;
-    kafkaTopic: string | null;
-    maxPayload: number;
-    retained: 'skip' | 'ingest';
-    tlsCert: string | null;
-    tlsKey: string | null;
-  };
-
-  forward: {
-    /** bytes per second; null = unlimited */
-    rate: number | null;
-    /** empty = always */
-    windows: TimeWindow[];
-    priorityTopics: string[];
-  };
-
-  retention: {
-    diskQuota: number;
-    /** ms; null = unlimited */
-    maxAge: number | null;
-    whenFull: 'drop-oldest' | 'reject-new';
-  };
-
-  heartbeat: {
-    /** null = disabled (empty topic) */
-    topic: string | null;
-    intervalMs: number;
-  };
-
-  /** Path of the env file the config was read from, if any (for the permission warning). */
-  envFile: string | null;
-}
+export type { Compression, Config, LogLevel, SaslMechanism };
 
 export interface LoadConfigOptions {
   /** systemd EnvironmentFile to read; the process environment wins over it. */

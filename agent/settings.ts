@@ -6,7 +6,7 @@
  * (`npm run docs:settings` writes the last two; test/settings.test.ts keeps them in step).
  * Rules that span several settings live in config.ts's validate().
  */
-import type { Config } from './config.ts';
+import { type Config, SASL_MECHANISMS } from './config-types.ts';
 import { REDACTED, redactIfUrl, redactUrl } from './redact.ts';
 import {
   type Field,
@@ -120,7 +120,6 @@ const choice = <T extends string>(
 const MQTT_MAX_PACKET = 268_435_455;
 const MIN_DISK_QUOTA = 1024 * 1024;
 const MIN_HEARTBEAT_MS = 1000;
-export const SASL_MECHANISMS = ['plain', 'scram-sha-256', 'scram-sha-512'] as const;
 
 /** In the order check-config lists them; the docs group them in this order too. */
 export const SETTINGS = {

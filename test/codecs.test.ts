@@ -11,7 +11,7 @@ import t, { type Test } from 'tap';
 import { spawnSync } from 'node:child_process';
 import { join } from 'node:path';
 import { createTopic, startKafka } from '../scripts/kafka/kafka.ts';
-import { codecFor, kafkaCompression } from '../agent/forward/codecs.ts';
+import { codecFor, kafkaCompression } from '../agent/kafka/codecs.ts';
 import type { Compression } from '../agent/config.ts';
 import {
   TelemetryGenerator,

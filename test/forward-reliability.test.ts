@@ -11,7 +11,7 @@
  */
 import t, { type Test } from 'tap';
 import { Forwarder } from '../agent/forward/forwarder.ts';
-import type { OutRecord, RecordSink } from '../agent/forward/kafka-producer.ts';
+import type { OutRecord, RecordSink } from '../agent/kafka/producer.ts';
 import { openLog, LogWriteError } from '../agent/log/index.ts';
 import type { EventLog, Lane } from '../agent/log/index.ts';
 import { Metrics } from '../agent/observe/metrics.ts';

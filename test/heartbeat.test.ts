@@ -11,9 +11,10 @@ import { startKafka } from '../scripts/kafka/kafka.ts';
 import { consume } from './helpers/kcat.ts';
 import { AgentProc, cleanup, post, sleep, tempDir } from './helpers/agent.ts';
 import { waitFor } from './helpers/proc.ts';
-import { Heartbeat, LinkHistory, type AgentStatus } from '../agent/observe/heartbeat.ts';
+import type { AgentStatus } from '../agent/status/document.ts';
+import { Heartbeat, LinkHistory } from '../agent/status/heartbeat.ts';
 import { createLogger } from '../agent/observe/logger.ts';
-import type { OutRecord, RecordSink } from '../agent/forward/kafka-producer.ts';
+import type { OutRecord, RecordSink } from '../agent/kafka/producer.ts';
 
 const AGENT_ID = 'hb-agent-1';
 const TOKEN = 'hb-token-5d1e0b77';

@@ -9,26 +9,21 @@
  * a rate cap makes the next batch wait until the wire bytes of the previous ones
  * are paid for.
  */
-import { LANES, type EventLog, type Lane, type StoredEvent } from '../log/types.ts';
+import type { EventLog, Lane, StoredEvent } from '../log/types.ts';
 import type { Logger } from '../observe/logger.ts';
-import type { Metrics } from '../observe/metrics.ts';
+import type { LinkState, Metrics } from '../observe/metrics.ts';
 import type { TimeWindow } from '../config.ts';
 import { Backoff } from '../backoff.ts';
-import {
-  causeChain,
-  describeKafkaError,
-  graceReason,
-  permanentReason,
-  type OutRecord,
-  type RecordSink,
-} from './kafka-producer.ts';
+import { waitAtMost, withDeadline } from '../deadline.ts';
+import { eventBytes, eventsBytes } from '../event-size.ts';
+import type { RecordSink } from '../kafka/producer.ts';
+import { classifySendError, describeKafkaError, type SendErrorClass } from '../kafka/classify.ts';
+import { WireRate, type WireMeter } from '../kafka/wire-meter.ts';
+import { BatchBudget, pickLane, toRecord } from './batch.ts';
+import { DeadLetters } from './dead-letters.ts';
+import { Link, type LinkStatus } from './link.ts';
 import { TransferWindows } from './windows.ts';
 import { TokenBucket } from './token-bucket.ts';
-import { WireRate, type WireMeter } from './wire-meter.ts';
-
-export type LinkState = 'starting' | 'up' | 'degraded' | 'down' | 'paused' | 'outside-window';
-/** What the last sends say about Kafka; the shown state adds pause and windows on top. */
-type Health = 'starting' | 'up' | 'degraded' | 'down';
 
 export interface ForwarderOptions {
   log: EventLog;
@@ -65,23 +60,8 @@ export interface ForwarderOptions {
   batchRegrowAfterMs?: number;
 }
 
-export interface LinkChange {
-  state: LinkState;
-  from: LinkState;
-  at: string;
-  reason: string | null;
-}
-
-export interface ForwarderStatus {
-  state: LinkState;
-  since: string;
-  lastError: string | null;
-  lastErrorAt: string | null;
-  lastForwardAt: string | null;
-  paused: boolean;
+export interface ForwarderStatus extends LinkStatus {
   consecutiveFailures: number;
-  /** Most recent last, at most HISTORY_SIZE. */
-  history: LinkChange[];
   rateCapBytesPerSecond: number | null;
   /** Measured over the last minute; null without a wire meter. */
   wireBytesPerSecond: number | null;
@@ -91,32 +71,11 @@ export interface ForwarderStatus {
   batchBytes: number;
 }
 
-class SendDeadlineError extends Error {
-  constructor(ms: number) {
-    super(`no answer from Kafka within ${ms} ms`);
-    this.name = 'SendDeadlineError';
-  }
-}
-
-/** Under a rate cap, a batch holds at most this much time of the rate. */
-const RATE_BATCH_MS = 2_000;
-/** How long batches stay at the size a timeout halved them to before they grow again. */
-const BATCH_REGROW_AFTER_MS = 5 * 60_000;
-/** Kept in status so an operator sees a flapping link without reading logs. */
-const HISTORY_SIZE = 20;
 /**
  * Longest sleep before the policy is evaluated again: the wall clock can jump
  * (NTP, a test's fake clock), so a window change is never missed by more than this.
  */
 const POLICY_RECHECK_MS = 1_000;
-
-/** A request that ran out of time (ours or kafkajs'), as opposed to a refusal. */
-function isTimeout(e: unknown): boolean {
-  for (const cur of causeChain(e)) {
-    if (cur instanceof SendDeadlineError || cur.name === 'KafkaJSRequestTimeoutError') return true;
-  }
-  return false;
-}
 
 export class Forwarder {
   private readonly o: ForwarderOptions;
@@ -129,44 +88,16 @@ export class Forwarder {
   private sendStartedAt: number | null = null;
   private readonly wireRate: WireRate | null;
   private readonly now: () => number;
-  /** Most log bytes per batch (configured); the adaptive budget grows back to it. */
-  private readonly maxBytes: number;
-  private budget: { events: number; bytes: number };
-  /** Under a rate cap: wire bytes one batch may take. */
-  private readonly rateBatchWireBytes: number | null;
-  /**
-   * Wire bytes per log byte of recent batches (compression makes it < 1, headers and
-   * framing of small events > 1): turns the wire budget into a log-bytes budget.
-   */
-  private wirePerLogByte = 1;
-  /** After a timeout the batch size does not grow before this (performance.now()). */
-  private budgetCeilingUntil = 0;
-  private health: Health = 'starting';
-  /** Outside every transfer window (bulk waits). */
-  private windowClosed = false;
-  /** The priority lane had events at the last loop turn. */
-  private priorityPending = false;
-  private shown: LinkState = 'starting';
-  private since = Date.now();
-  private readonly history: LinkChange[] = [];
-  private readonly stateListeners = new Set<(state: LinkState, atMs: number) => void>();
+  private readonly link: Link;
+  private readonly batches: BatchBudget;
+  private readonly deadLetters: DeadLetters;
   private windowOpen: boolean | null = null;
   private wireCharged = 0;
-  private lastError: string | null = null;
-  private lastErrorAt: number | null = null;
-  private lastForwardAt: number | null = null;
-  private paused = false;
   private stopping = false;
   private loop: Promise<void> | null = null;
   private wake: (() => void) | null = null;
   private wakeOnAppend = false;
   private unsubscribe: (() => void) | null = null;
-  /**
-   * Per topic: performance.now() when Kafka first refused it with a GRACE_ERRORS type
-   * since its last successful send. Monotonic, so an NTP step cannot end a grace early;
-   * cleared by any success on that topic, so an old blip cannot shorten a new one's grace.
-   */
-  private readonly refusedSince = new Map<string, number>();
   /** Kafka acknowledged this batch but the log could not record it (disk full): retried before anything else. */
   private pendingAck: { batch: StoredEvent[]; lane: Lane } | null = null;
   /** A log read or write is failing; logged once per streak. */
@@ -180,26 +111,39 @@ export class Forwarder {
     const rate = o.rateBytesPerSecond ?? null;
     if (rate !== null && !o.wire)
       throw new TypeError('a rate cap needs a wire meter (ForwarderOptions.wire)');
-    this.maxBytes = o.maxBatchBytes;
-    this.budget = { events: o.maxBatchEvents, bytes: this.maxBytes };
-    // Under a cap, a batch must go out well within the request timeout (a quarter of
-    // it at the capped rate), and at most ~2 s of the rate: a batch is also the
-    // largest burst, so smaller batches keep the wire rate smooth.
-    this.rateBatchWireBytes =
-      rate === null
-        ? null
-        : Math.max(1, Math.floor((rate * Math.min(o.sendDeadlineMs / 4, RATE_BATCH_MS)) / 1000));
+    this.batches = new BatchBudget({
+      maxEvents: o.maxBatchEvents,
+      maxBytes: o.maxBatchBytes,
+      rateBytesPerSecond: rate,
+      sendDeadlineMs: o.sendDeadlineMs,
+      regrowAfterMs: o.batchRegrowAfterMs,
+      logger: o.logger,
+    });
     // No credit saved up while idle: a batch is sent, then paid for, so the largest
     // burst above the rate is exactly one batch (a saved-up batch of credit would allow two).
     this.bucket = rate === null ? null : new TokenBucket(rate, 0);
     this.wireRate = o.wire ? new WireRate(o.wire) : null;
     this.wireCharged = o.wire?.total() ?? 0;
-    this.paused = o.log.meta('forwarding.paused') === '1';
-    if (this.paused) this.shown = 'paused';
+    this.link = new Link(o.metrics, o.logger, o.log.meta('forwarding.paused') === '1');
+    this.deadLetters = new DeadLetters({
+      log: o.log,
+      metrics: o.metrics,
+      logger: o.logger,
+      topicPrefix: o.topicPrefix,
+      graceMs: o.unknownTopicGraceMs,
+      send: (ev) => this.withDeadline(o.sink.send([toRecord(ev, o.agentId, o.topicPrefix)])),
+      acknowledge: (batch, lane) => this.acknowledge(batch, lane),
+      failed: (e, c) => this.onFailure(e, c),
+      storageFailed: async (what, e) => {
+        this.storageFailed(what, e);
+        await this.sleep(this.backoff.next());
+      },
+      stopping: () => this.stopping,
+    });
   }
 
   linkState(): LinkState {
-    return this.shown;
+    return this.link.state;
   }
 
   status(): ForwarderStatus {
@@ -214,18 +158,12 @@ export class Forwarder {
       };
     }
     return {
-      state: this.shown,
-      since: new Date(this.since).toISOString(),
-      lastError: this.lastError,
-      lastErrorAt: iso(this.lastErrorAt),
-      lastForwardAt: iso(this.lastForwardAt),
-      paused: this.paused,
+      ...this.link.status(),
       consecutiveFailures: this.backoff.failures,
-      history: [...this.history],
       rateCapBytesPerSecond: this.bucket?.rate ?? null,
       wireBytesPerSecond: this.wireRate ? Math.round(this.wireRate.bytesPerSecond()) : null,
       window,
-      batchBytes: this.batchBytes(),
+      batchBytes: this.batches.bytes(),
     };
   }
 
@@ -243,15 +181,14 @@ export class Forwarder {
 
   /** Pausing is kept in the log's meta table, so it survives a restart. */
   async setPaused(paused: boolean): Promise<{ persisted: boolean }> {
-    if (this.paused !== paused) {
+    if (this.link.paused !== paused) {
       // In memory first: on a full disk the operator must still be able to resume
       // (that is when a drain is wanted most), even if the setting cannot be saved yet.
-      this.paused = paused;
       this.o.logger.info(
         { paused },
         paused ? 'forwarding paused by operator' : 'forwarding resumed by operator',
       );
-      this.refresh();
+      this.link.setPaused(paused);
       this.wake?.();
     }
     return { persisted: this.persistPaused() };
@@ -260,14 +197,14 @@ export class Forwarder {
   /** Saves the pause setting; on failure (disk full) it is retried each loop turn until it sticks. */
   private persistPaused(): boolean {
     try {
-      this.o.log.setMeta('forwarding.paused', this.paused ? '1' : '0');
+      this.o.log.setMeta('forwarding.paused', this.link.paused ? '1' : '0');
       this.pausePending = false;
       return true;
     } catch (e) {
       if (!this.pausePending) {
         this.o.logger.warn(
           { err: (e as Error).message },
-          `could not save the ${this.paused ? 'pause' : 'resume'} (it holds until a restart); retrying`,
+          `could not save the ${this.link.paused ? 'pause' : 'resume'} (it holds until a restart); retrying`,
         );
       }
       this.pausePending = true;
@@ -277,10 +214,7 @@ export class Forwarder {
 
   /** `listener` runs on every change of the shown link state, with the time it began; returns an unsubscribe function. */
   onStateChange(listener: (state: LinkState, atMs: number) => void): () => void {
-    this.stateListeners.add(listener);
-    return () => {
-      this.stateListeners.delete(listener);
-    };
+    return this.link.onChange(listener);
   }
 
   /** Finishes the send in flight (bounded by its deadline), then disconnects. */
@@ -291,46 +225,6 @@ export class Forwarder {
     await this.loop?.catch(() => {});
     this.wireRate?.stop();
     await this.o.sink.disconnect();
-  }
-
-  private setHealth(h: Health, err?: string): void {
-    if (err) {
-      this.lastError = err;
-      this.lastErrorAt = Date.now();
-    }
-    this.health = h;
-    this.refresh();
-  }
-
-  /** Recomputes the shown state; a change is logged once, counted and kept in the history. */
-  private refresh(): void {
-    // Outside a window the state stays outside-window while priority events flow
-    // fine (no flapping per alarm); a failing link shows, as that needs action.
-    const failing = this.health === 'degraded' || this.health === 'down';
-    const s: LinkState = this.paused
-      ? 'paused'
-      : this.windowClosed && !(this.priorityPending && failing)
-        ? 'outside-window'
-        : this.health;
-    if (s === this.shown) return;
-    const from = this.shown;
-    this.shown = s;
-    this.since = Date.now();
-    const reason = s === 'degraded' || s === 'down' ? this.lastError : null;
-    this.history.push({ state: s, from, at: new Date(this.since).toISOString(), reason });
-    if (this.history.length > HISTORY_SIZE) this.history.shift();
-    this.o.metrics.linkStateChanges.inc({ state: s });
-    for (const l of this.stateListeners) l(s, this.since);
-    const log = this.o.logger;
-    if (s === 'degraded' || s === 'down') log.warn({ link: s, from, reason }, `kafka link ${s}`);
-    else if (s === 'up') log.info({ link: s, from }, 'kafka link up');
-    else if (s === 'paused') log.info({ link: s, from }, 'forwarding paused');
-    else if (s === 'outside-window')
-      log.info(
-        { link: s, from },
-        'outside the transfer window: only priority topics are forwarded',
-      );
-    else log.info({ link: s, from }, `kafka link ${s}`);
   }
 
   /**
@@ -391,17 +285,6 @@ export class Forwarder {
     }
   }
 
-  /** The lane to serve now: priority first; bulk only inside a transfer window. */
-  private pickLane(windowOpen: boolean): { lane: Lane; cursor: number } | null {
-    const s = this.o.log.stats();
-    for (const lane of LANES) {
-      if (lane === 'bulk' && !windowOpen) continue;
-      const l = s.lanes[lane];
-      if (l.backlogEvents > 0) return { lane, cursor: l.cursor };
-    }
-    return null;
-  }
-
   /**
    * The loop never ends before stop(): a turn that throws (the log cannot be read,
    * a bug) shows as `degraded` with the reason and is retried after a backoff.
@@ -427,24 +310,23 @@ export class Forwarder {
     }
     this.chargeWire();
     if (this.pausePending) this.persistPaused();
-    if (this.paused) {
+    if (this.link.paused) {
       await this.sleep(60_000);
       return;
     }
     const win = this.checkWindow();
-    const pick = this.pickLane(win.open);
-    this.windowClosed = !win.open;
-    this.priorityPending = pick?.lane === 'priority';
-    this.refresh();
+    const pick = pickLane(o.log, win.open);
+    this.link.setPolicy(!win.open, pick?.lane === 'priority');
     if (pick === null) {
-      if (this.windowClosed) {
+      if (!win.open) {
         // Wakes for appends (a priority event may have arrived) and when the window opens.
         await this.sleep(Math.min(POLICY_RECHECK_MS, win.nextChangeMs ?? POLICY_RECHECK_MS), true);
         return;
       }
-      if (this.health === 'starting' || this.health === 'down') await this.probe();
-      if (!this.stopping && this.pickLane(this.checkWindow().open) === null) {
-        await this.sleep(this.health === 'down' ? this.backoff.next() : 5_000, true);
+      const health = this.link.health;
+      if (health === 'starting' || health === 'down') await this.probe();
+      if (!this.stopping && pickLane(o.log, this.checkWindow().open) === null) {
+        await this.sleep(this.link.health === 'down' ? this.backoff.next() : 5_000, true);
       }
       return;
     }
@@ -453,7 +335,7 @@ export class Forwarder {
       await this.sleep(Math.min(debtMs, POLICY_RECHECK_MS));
       return;
     }
-    const batch = o.log.readBatch(pick.cursor, this.budget.events, this.batchBytes(), pick.lane);
+    const batch = this.batches.read(o.log, pick.lane, pick.cursor);
     if (batch.length === 0) {
       // Stats said there is backlog but the read found none (e.g. a retention trim in between).
       await this.sleep(100);
@@ -472,54 +354,24 @@ export class Forwarder {
       );
     }
     this.storageFailing = true;
-    this.setHealth('degraded', `log: ${msg}`);
-  }
-
-  /** Starts the grace clock of each topic Kafka refused (if not running); true when one of them has run out. */
-  private graceOver(topics: Iterable<string>): boolean {
-    const now = performance.now();
-    let over = false;
-    for (const topic of topics) {
-      const since = this.refusedSince.get(topic);
-      if (since === undefined) this.refusedSince.set(topic, now);
-      else if (now - since >= this.o.unknownTopicGraceMs) over = true;
-    }
-    return over;
+    this.link.setHealth('degraded', `log: ${msg}`);
   }
 
   /** With nothing to send, a connect tells status whether Kafka is reachable. */
   private async probe(): Promise<void> {
     try {
       await this.withDeadline(this.o.sink.connect());
-      this.setHealth('up');
+      this.link.setHealth('up');
     } catch (e) {
-      this.setHealth('down', describeKafkaError(e));
+      this.link.setHealth('down', describeKafkaError(e));
       await this.o.sink.disconnect();
     }
   }
 
-  private toRecord(e: StoredEvent): OutRecord {
-    const headers: Record<string, string> = { ...(e.headers ?? {}) };
-    headers['kedge-id'] = `${this.o.agentId}:${e.seq}`;
-    headers['kedge-ingest-ts'] = String(e.ts);
-    return {
-      topic: this.o.topicPrefix + e.topic,
-      key: e.key,
-      value: e.value,
-      timestamp: e.ts,
-      headers,
-    };
-  }
-
+  /** A send or connect that has not finished within the deadline is abandoned (hang outage). */
   private withDeadline<T>(p: Promise<T>): Promise<T> {
     const ms = this.o.sendDeadlineMs;
-    let timer: NodeJS.Timeout;
-    return Promise.race([
-      p,
-      new Promise<never>((_, reject) => {
-        timer = setTimeout(() => reject(new SendDeadlineError(ms)), ms);
-      }),
-    ]).finally(() => clearTimeout(timer));
+    return withDeadline(p, ms, `no answer from Kafka within ${ms} ms`);
   }
 
   private async sendBatch(batch: StoredEvent[], lane: Lane): Promise<void> {
@@ -528,67 +380,28 @@ export class Forwarder {
     const wireBefore = o.wire?.total() ?? 0;
     this.sendStartedAt = performance.now();
     try {
-      await this.withDeadline(o.sink.send(batch.map((e) => this.toRecord(e))));
+      await this.withDeadline(o.sink.send(batch.map((e) => toRecord(e, o.agentId, o.topicPrefix))));
     } catch (e) {
-      if (isTimeout(e)) this.shrinkBudget(batch);
+      const c = classifySendError(e);
+      if (c.kind === 'timeout') this.batches.shrink(batch);
       // Which topic a refusal is about is not known for a batch: every topic in it
       // starts its grace, and one run out means sending one by one to find out.
       if (
-        permanentReason(e) ||
-        (graceReason(e) && this.graceOver(new Set(batch.map((ev) => ev.topic))))
+        c.kind === 'permanent' ||
+        (c.kind === 'unknown-topic' &&
+          this.deadLetters.graceOver(new Set(batch.map((ev) => ev.topic))))
       )
-        return this.isolate(batch, lane);
-      await this.onFailure(e);
+        return this.deadLetters.isolate(batch, lane);
+      await this.onFailure(e, c);
       return;
     }
     o.metrics.sendSeconds.observe(Number(process.hrtime.bigint() - started) / 1e9);
     o.metrics.batchEvents.observe(batch.length);
-    const logBytes = batch.reduce((n, e) => n + e.value.length + (e.key?.length ?? 0), 0);
+    const logBytes = eventsBytes(batch);
     o.metrics.batchBytes.observe(logBytes);
-    if (o.wire && logBytes > 0) {
-      const ratio = (o.wire.total() - wireBefore) / logBytes;
-      if (ratio > 0) this.wirePerLogByte = 0.5 * this.wirePerLogByte + 0.5 * ratio;
-    }
-    this.growBudget();
+    if (o.wire) this.batches.observeWire(logBytes, o.wire.total() - wireBefore);
+    this.batches.grow();
     this.acknowledge(batch, lane);
-  }
-
-  /**
-   * A timeout on a slow link: halve the next batch (down to one event) so that a
-   * batch fits within the request timeout. A smaller batch also makes no
-   * progress-free retries of a big one.
-   */
-  private shrinkBudget(batch: StoredEvent[]): void {
-    const bytes = batch.reduce((n, e) => n + e.value.length + (e.key?.length ?? 0), 0);
-    this.budget = {
-      events: Math.max(1, Math.ceil(Math.min(this.budget.events, batch.length) / 2)),
-      bytes: Math.max(1, Math.floor(Math.min(this.budget.bytes, bytes) / 2)),
-    };
-    // Growing straight back would time out every other batch: hold this size for a while.
-    this.budgetCeilingUntil =
-      performance.now() + (this.o.batchRegrowAfterMs ?? BATCH_REGROW_AFTER_MS);
-    this.o.logger.info(
-      { batchBytes: this.budget.bytes, batchEvents: this.budget.events },
-      'send timed out: sending smaller batches',
-    );
-  }
-
-  /** Log bytes for the next batch: the adaptive budget, and under a cap about RATE_BATCH_MS of wire bytes. */
-  private batchBytes(): number {
-    if (this.rateBatchWireBytes === null) return this.budget.bytes;
-    return Math.max(
-      1,
-      Math.min(this.budget.bytes, Math.floor(this.rateBatchWireBytes / this.wirePerLogByte)),
-    );
-  }
-
-  /** After a success, back towards the configured size (×2 per batch). */
-  private growBudget(): void {
-    if (performance.now() < this.budgetCeilingUntil) return;
-    this.budget = {
-      events: Math.min(this.o.maxBatchEvents, this.budget.events * 2),
-      bytes: Math.min(this.maxBytes, this.budget.bytes * 2),
-    };
   }
 
   /**
@@ -613,132 +426,40 @@ export class Forwarder {
     for (const e of batch) {
       const c = perTopic.get(e.topic) ?? [0, 0];
       c[0]++;
-      c[1] += e.value.length + (e.key?.length ?? 0);
+      c[1] += eventBytes(e);
       perTopic.set(e.topic, c);
     }
     for (const [topic, [n, bytes]] of perTopic) {
       o.metrics.forwardedEvents.inc({ topic }, n);
       o.metrics.forwardedBytes.inc({ topic }, bytes);
-      this.refusedSince.delete(topic);
+      this.deadLetters.accepted(topic);
     }
-    this.lastForwardAt = Date.now();
     this.backoff.reset();
-    this.setHealth('up');
+    this.link.forwarded();
     return true;
   }
 
-  private async onFailure(e: unknown): Promise<void> {
+  private async onFailure(e: unknown, c: SendErrorClass): Promise<void> {
     const reason = describeKafkaError(e);
-    this.o.metrics.sendErrors.inc({ kind: isTimeout(e) ? 'timeout' : 'error' });
+    const timeout = c.kind === 'timeout';
+    this.o.metrics.sendErrors.inc({ kind: timeout ? 'timeout' : 'error' });
     // A send that got no answer at all is a hang outage (black hole, half-open
     // connection): that is `down`, not `degraded`. The state is set before the
     // disconnect below, which can itself wait on the hung connection.
-    const recentlyUp = this.lastForwardAt !== null && Date.now() - this.lastForwardAt < 60_000;
-    this.setHealth(
-      !isTimeout(e) && recentlyUp && this.backoff.failures < 3 ? 'degraded' : 'down',
+    this.link.setHealth(
+      !timeout && this.link.recentlyUp() && this.backoff.failures < 3 ? 'degraded' : 'down',
       reason,
     );
     // A fresh producer after a failure: kafkajs' idempotent sequence state can be
     // out of step with the broker after a timeout, which would fail every later send.
     // kafkajs' disconnect waits for requests in flight; on a hung link that is another
     // request timeout, so it is bounded here (the old producer finishes on its own).
-    await boundedWait(this.o.sink.disconnect(), DISCONNECT_WAIT_MS);
+    await waitAtMost(this.o.sink.disconnect(), DISCONNECT_WAIT_MS, { ignoreErrors: true });
     const wait = this.backoff.next();
     this.o.logger.debug({ reason, retryInMs: wait }, 'send failed; will retry');
     await this.sleep(wait);
-  }
-
-  /**
-   * Kafka refused something in the batch for good. Send the records one by one,
-   * in order, so only the refused ones are dead-lettered and the rest go through.
-   */
-  private async isolate(batch: StoredEvent[], lane: Lane): Promise<void> {
-    const o = this.o;
-    // Topics whose grace ran out in this pass: their other events are not sent again one by one.
-    const deadTopics = new Map<string, { type: string; detail: string }>();
-    const dead = new Map<
-      string,
-      { topic: string; reason: string; count: number; firstSeq: number; bytes: number }
-    >();
-    const report = () => {
-      // One line per topic and reason for the pass, not one per event.
-      for (const d of dead.values()) {
-        o.logger.error(
-          {
-            topic: o.topicPrefix + d.topic,
-            reason: d.reason,
-            events: d.count,
-            firstSeq: d.firstSeq,
-            bytes: d.bytes,
-          },
-          'Kafka refused events for good; moved them to the dead-letter table (see /v1/status)',
-        );
-      }
-    };
-    for (const ev of batch) {
-      if (this.stopping) return report();
-      let refusal = deadTopics.get(ev.topic);
-      if (!refusal) {
-        try {
-          await this.withDeadline(o.sink.send([this.toRecord(ev)]));
-          if (!this.acknowledge([ev], lane)) return report(); // retried by the next turn
-          continue;
-        } catch (e) {
-          let type = permanentReason(e);
-          const grace = type ? null : graceReason(e);
-          if (grace && this.graceOver([ev.topic])) {
-            type = grace;
-            deadTopics.set(ev.topic, { type: grace, detail: describeKafkaError(e) });
-          }
-          if (!type) {
-            report();
-            await this.onFailure(e);
-            return;
-          }
-          refusal = { type, detail: describeKafkaError(e) };
-        }
-      }
-      {
-        const permanent = refusal.type;
-        const reason = `${permanent}: ${refusal.detail}`;
-        try {
-          o.log.deadLetter(ev, reason);
-        } catch (e) {
-          // Not recorded: the next pass sends it again and finds the same refusal.
-          report();
-          this.storageFailed('move a refused event to the dead-letter table', e);
-          await this.sleep(this.backoff.next());
-          return;
-        }
-        o.metrics.deadLettered.inc({ topic: ev.topic, reason: permanent });
-        const k = `${ev.topic}\u0000${permanent}`;
-        const d = dead.get(k) ?? {
-          topic: ev.topic,
-          reason: permanent,
-          count: 0,
-          firstSeq: ev.seq,
-          bytes: 0,
-        };
-        d.count++;
-        d.bytes += ev.value.length;
-        dead.set(k, d);
-      }
-    }
-    report();
   }
 }
 
 /** How long a failed send waits for the old producer to close before retrying with a new one. */
 const DISCONNECT_WAIT_MS = 5_000;
-
-/** Waits for `p` at most `ms`; its outcome is ignored either way. */
-function boundedWait(p: Promise<unknown>, ms: number): Promise<void> {
-  let t: NodeJS.Timeout;
-  return Promise.race([
-    p.then(
-      () => undefined,
-      () => undefined,
-    ),
-    new Promise<void>((r) => (t = setTimeout(r, ms))),
-  ]).finally(() => clearTimeout(t));
-}

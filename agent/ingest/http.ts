@@ -21,17 +21,21 @@ import { IngestError } from './errors.ts';
 import { eventsFromRestProxy, restFormat, restProxyAnswer } from './rest-proxy.ts';
 import type { IngestSink } from './sink.ts';
 import { tokenMatches } from './token.ts';
+import { drain, methodNotAllowed, onlyGet, sendJson } from './http-reply.ts';
 
-/** What the API needs from the rest of the agent; the HTTP layer knows nothing else. */
-export interface ApiHandlers {
-  status(): unknown;
-  metrics(): Promise<{ contentType: string; body: string }>;
-  /** True when the log is open and ingest is accepted. */
-  ready(): boolean;
-  /** `persisted: false`: in force, but not yet saved (disk full); kedge keeps trying. */
-  pause(): Promise<{ persisted: boolean }>;
-  resume(): Promise<{ persisted: boolean }>;
-}
+/**
+ * Routes another part of the agent mounts on this listener (the admin API: status,
+ * metrics, pause and resume, built in agent/status/admin.ts); ingest knows only this shape.
+ * Answers the request and returns true when `path` is one of its routes, else returns
+ * false and the request goes on to ingest. `authorize` checks the bearer token like
+ * ingest does: false when it has answered 401.
+ */
+export type MountedRoutes = (
+  req: IncomingMessage,
+  res: ServerResponse,
+  path: string,
+  authorize: () => boolean,
+) => Promise<boolean>;
 
 export interface HttpIngestOptions {
   listen: ListenAddress;
@@ -40,7 +44,8 @@ export interface HttpIngestOptions {
   tlsCert: string | null;
   tlsKey: string | null;
   sink: IngestSink;
-  api: ApiHandlers;
+  /** The admin API on the same listener, same token (none: only ingest, /healthz and /readyz). */
+  admin?: MountedRoutes;
   metrics: Metrics;
   logger: Logger;
   /** Protection against slow and idle clients; defaults in DEFAULT_HTTP_LIMITS (tests shorten them). */
@@ -169,7 +174,7 @@ export class HttpIngest {
     if (path === '/healthz') return onlyGet(req, res, () => sendJson(res, 200, { status: 'ok' }));
     if (path === '/readyz') {
       return onlyGet(req, res, () =>
-        o.api.ready()
+        o.sink.ready
           ? sendJson(res, 200, { status: 'ready' })
           : sendJson(res, 503, {
               error: 'not_ready',
@@ -177,24 +182,7 @@ export class HttpIngest {
             }),
       );
     }
-    if (path === '/metrics') {
-      return onlyGet(req, res, async () => {
-        const m = await o.api.metrics();
-        res.writeHead(200, { 'content-type': m.contentType });
-        res.end(m.body);
-      });
-    }
-    if (path === '/v1/status') return onlyGet(req, res, () => sendJson(res, 200, o.api.status()));
-    if (path === '/v1/forwarding/pause' || path === '/v1/forwarding/resume') {
-      if (method !== 'POST') return methodNotAllowed(req, res, 'POST');
-      if (!this.authorized(req, res)) return;
-      await drain(req);
-      const { persisted } = path.endsWith('pause') ? await o.api.pause() : await o.api.resume();
-      return sendJson(res, 200, {
-        forwarding: path.endsWith('pause') ? 'paused' : 'running',
-        persisted,
-      });
-    }
+    if (o.admin && (await o.admin(req, res, path, () => this.authorized(req, res)))) return;
 
     const v1 = TOPIC_PATH.exec(path);
     const rest = v1 ? null : REST_PROXY_PATH.exec(path);
@@ -364,42 +352,4 @@ function readBody(req: IncomingMessage, max: number): Promise<Buffer> {
       settled = true;
     });
   });
-}
-
-async function drain(req: IncomingMessage): Promise<void> {
-  if (req.complete) return;
-  req.resume();
-  await new Promise<void>((resolve) => {
-    req.once('end', resolve);
-    req.once('error', () => resolve());
-    req.once('close', () => resolve());
-  });
-}
-
-async function onlyGet(
-  req: IncomingMessage,
-  res: ServerResponse,
-  fn: () => void | Promise<void>,
-): Promise<void> {
-  if (req.method !== 'GET' && req.method !== 'HEAD') return methodNotAllowed(req, res, 'GET');
-  await drain(req);
-  await fn();
-}
-
-function methodNotAllowed(req: IncomingMessage, res: ServerResponse, allow: string): void {
-  req.resume();
-  res.setHeader('allow', allow);
-  sendJson(res, 405, {
-    error: 'method_not_allowed',
-    detail: `${req.method} is not allowed here; use ${allow}`,
-  });
-}
-
-function sendJson(res: ServerResponse, status: number, body: unknown): void {
-  const text = JSON.stringify(body);
-  res.writeHead(status, {
-    'content-type': 'application/json',
-    'content-length': Buffer.byteLength(text),
-  });
-  res.end(text);
 }

@@ -20,6 +20,7 @@ import { RateLimitedLog, type Logger } from '../observe/logger.ts';
 import { MqttEventMapper, mqttMetrics, type MqttMetrics, type MqttRefusal } from './mqtt-topic.ts';
 import { Backoff } from '../backoff.ts';
 import { redactUrl } from '../redact.ts';
+import { waitAtMost } from '../deadline.ts';
 
 export interface MqttClientIngestOptions {
   /** mqtt://, mqtts://, ws://, wss:// (KEDGE_MQTT_URL). */
@@ -163,17 +164,19 @@ export class MqttClientIngest {
     this.reconnectTimer = null;
     const client = this.client;
     if (client) {
-      if (this.inflight) await withTimeout(this.inflight, 5_000);
+      if (this.inflight) await waitAtMost(this.inflight, 5_000, { ignoreErrors: true });
       // Let the PUBACK of that last message reach the socket before DISCONNECT.
       await new Promise((r) => setImmediate(r));
-      await withTimeout(
+      await waitAtMost(
         new Promise<void>((resolve) => client.end(false, {}, () => resolve())),
         2_000,
+        { ignoreErrors: true },
       );
       if (!client.disconnected)
-        await withTimeout(
+        await waitAtMost(
           new Promise<void>((resolve) => client.end(true, {}, () => resolve())),
           1_000,
+          { ignoreErrors: true },
         );
     }
     this.subscribed = false;
@@ -461,15 +464,4 @@ export class MqttClientIngest {
     this.state = s;
     this.since = Date.now();
   }
-}
-
-function withTimeout(p: Promise<unknown>, ms: number): Promise<void> {
-  let t: NodeJS.Timeout;
-  return Promise.race([
-    p.then(
-      () => undefined,
-      () => undefined,
-    ),
-    new Promise<void>((r) => (t = setTimeout(r, ms))),
-  ]).finally(() => clearTimeout(t));
 }

@@ -6,6 +6,7 @@ import type { AppendResult, EventInput, EventLog, Lane } from '../log/types.ts';
 import type { Metrics } from '../observe/metrics.ts';
 import type { Logger } from '../observe/logger.ts';
 import { LogWriteError } from '../log/types.ts';
+import { eventBytes } from '../event-size.ts';
 
 /** Refusals that last until space comes back: logged once when they begin and once when they end. */
 const STORAGE_FULL = new Set(['KEDGE_QUOTA_FULL', 'KEDGE_DISK_FULL']);
@@ -79,7 +80,7 @@ export class IngestSink {
       const k = `${e.source}\u0000${e.topic}`;
       const cur = perTopic.get(k) ?? { n: 0, bytes: 0, source: e.source };
       cur.n++;
-      cur.bytes += e.value.length + (e.key?.length ?? 0);
+      cur.bytes += eventBytes(e);
       perTopic.set(k, cur);
     }
     for (const [k, v] of perTopic) {

@@ -3,6 +3,7 @@
  * Ingest only calls `append`; the forwarder only reads batches, acknowledges
  * and dead-letters. Nothing outside `agent/log/` touches SQL.
  */
+import type { StorageDriverName, SyncMode } from '../storage-modes.ts';
 
 /** Where an event came from; used in metrics and headers. */
 export type EventSource = 'http' | 'mqtt';
@@ -96,8 +97,8 @@ export interface LogStats {
   commits: number;
 }
 
-export type SyncMode = 'full' | 'normal';
-export type StorageDriverName = 'sqlite' | 'wasm';
+// Named in a base module, so config.ts can use them without importing the log.
+export type { StorageDriverName, SyncMode };
 
 export interface LogOptions {
   /** Folder that holds the database (created if missing). */

@@ -6,9 +6,13 @@ import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom
 import { LANES, type EventLog } from '../log/types.ts';
 
 export interface LinkStateSource {
-  linkState(): string;
+  linkState(): LinkState;
 }
 
+/**
+ * The Kafka link's states, as the forwarder shows them (status, logs, metrics):
+ * the one list; the kedge_link_state gauge has one series per entry.
+ */
 export const LINK_STATES = [
   'up',
   'degraded',
@@ -17,6 +21,7 @@ export const LINK_STATES = [
   'outside-window',
   'starting',
 ] as const;
+export type LinkState = (typeof LINK_STATES)[number];
 
 export class Metrics {
   readonly registry = new Registry();

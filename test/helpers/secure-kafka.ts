@@ -9,7 +9,7 @@ import {
   type ScramUser,
 } from '../../scripts/kafka/kafka.ts';
 import type { TestCerts } from './certs.ts';
-import { kafkaCompression } from '../../agent/forward/codecs.ts';
+import { kafkaCompression } from '../../agent/kafka/codecs.ts';
 
 export type SaslMech = 'plain' | 'scram-sha-256' | 'scram-sha-512';
 

@@ -12,7 +12,7 @@
 import { createRequire } from 'node:module';
 import { join } from 'node:path';
 import type { Compression } from '../../../agent/config.ts';
-import { kafkaCompression } from '../../../agent/forward/codecs.ts';
+import { kafkaCompression } from '../../../agent/kafka/codecs.ts';
 import { post } from '../../../test/helpers/agent.ts';
 import { topicLogBytes } from '../../../test/helpers/segments.ts';
 import { BenchAgent } from '../lib/agent.ts';

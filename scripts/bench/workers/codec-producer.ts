@@ -1,14 +1,14 @@
 /**
  * Baseline for the `codecs` scenario: a bare kafkajs producer with kedge's
  * producer settings (idempotent, acks=all, one request in flight) and the
- * codec under test, registered through kedge's own agent/forward/codecs.ts,
+ * codec under test, registered through kedge's own agent/kafka/codecs.ts,
  * sending the same telemetry events (same seed: same keys, values and headers,
  * plus kedge's two headers) in batches bounded like kedge's forwarder's
  * (2,000 events or 512 KiB of values), one sendBatch after another.
  * What it does not do: read SQLite, advance a cursor, delete forwarded rows.
  */
 import type kafkajs from 'kafkajs';
-import { kafkaCompression } from '../../../agent/forward/codecs.ts';
+import { kafkaCompression } from '../../../agent/kafka/codecs.ts';
 import { baselineProducer } from '../lib/baseline-producer.ts';
 import type { Compression } from '../../../agent/config.ts';
 import { TelemetryGenerator } from '../telemetry.ts';

@@ -6,7 +6,7 @@
  * one sendBatch after another, as kedge's forwarder does. What it does not do:
  * read SQLite, advance a cursor, delete forwarded rows.
  */
-import { kafkaCompression } from '../../../agent/forward/codecs.ts';
+import { kafkaCompression } from '../../../agent/kafka/codecs.ts';
 import { baselineProducer } from '../lib/baseline-producer.ts';
 import { valueBytes, keyFor, kedgeHeaders } from '../lib/records.ts';
 

@@ -8,6 +8,8 @@ import { request, type Dispatcher } from 'undici';
 import { pinnedDispatcher } from './local-tls.ts';
 import type { Config } from '../config.ts';
 import { formatBytes, formatDuration } from '../units.ts';
+import type { LinkState } from '../observe/metrics.ts';
+import type { AgentStatus } from './document.ts';
 
 export const STATUS_EXIT = { healthy: 0, degraded: 1, unreachable: 3 } as const;
 
@@ -16,7 +18,7 @@ export const STATUS_EXIT = { healthy: 0, degraded: 1, unreachable: 3 } as const;
  * (waiting by policy), starting (first connect in progress). Everything else (degraded,
  * down, a state this CLI does not know) is degraded.
  */
-export const HEALTHY_LINK_STATES: ReadonlySet<string> = new Set([
+export const HEALTHY_LINK_STATES: ReadonlySet<string> = new Set<LinkState>([
   'up',
   'paused',
   'outside-window',
@@ -32,39 +34,7 @@ export interface StatusCliOptions {
   out?: NodeJS.WriteStream;
 }
 
-/** The fields of /v1/status this CLI reads (all others are passed through by --json). */
-export interface StatusDoc {
-  agent_id: string;
-  version: string;
-  uptime_seconds: number;
-  link: {
-    state: string;
-    since: string;
-    last_error: string | null;
-    last_error_at: string | null;
-    last_forward_at: string | null;
-  };
-  backlog: {
-    events: number;
-    bytes: number;
-    oldest_age_seconds: number | null;
-    eta_seconds: number | null;
-  };
-  rates: { ingest_events_per_second: number; forward_events_per_second: number };
-  dead_letters: { events: number };
-  drops?: { events: number; by_reason?: Record<string, number> };
-  disk?: { bytes: number | null; quota_bytes: number | null };
-  heartbeat?: {
-    topic: string;
-    sent: number;
-    failures: number;
-    last_sent_at: string | null;
-    last_error: string | null;
-  } | null;
-  warnings?: string[];
-}
-
-type Fetched = { ok: true; status: StatusDoc; raw: unknown } | { ok: false; error: string };
+type Fetched = { ok: true; status: AgentStatus; raw: unknown } | { ok: false; error: string };
 
 export function statusUrl(cfg: Config): string | null {
   const l = cfg.http.listen;
@@ -80,7 +50,7 @@ export function statusUrl(cfg: Config): string | null {
   return `${cfg.http.tlsCert ? 'https' : 'http'}://${host}:${l.port}/v1/status`;
 }
 
-export function exitCodeFor(s: StatusDoc): number {
+export function exitCodeFor(s: AgentStatus): number {
   return HEALTHY_LINK_STATES.has(s.link?.state) ? STATUS_EXIT.healthy : STATUS_EXIT.degraded;
 }
 
@@ -92,7 +62,7 @@ async function fetchStatus(url: string, dispatcher?: Dispatcher): Promise<Fetche
       return { ok: false, error: `HTTP ${res.statusCode}` };
     }
     const raw = await res.body.json();
-    return { ok: true, status: raw as StatusDoc, raw };
+    return { ok: true, status: raw as AgentStatus, raw };
   } catch (e) {
     return { ok: false, error: (e as Error).message };
   }
@@ -112,12 +82,14 @@ function count(n: number): string {
   return n.toLocaleString('en-US');
 }
 
-function dropReasons(s: StatusDoc): string {
-  const r = Object.entries(s.drops?.by_reason ?? {}).filter(([, v]) => v > 0);
+function dropReasons(s: AgentStatus): string {
+  const byReason: Record<string, number> =
+    s.drops && 'by_reason' in s.drops ? s.drops.by_reason : {};
+  const r = Object.entries(byReason).filter(([, v]) => v > 0);
   return r.length ? ` (${r.map(([k, v]) => `${k} ${count(v)}`).join(', ')})` : '';
 }
 
-function eta(s: StatusDoc): string {
+function eta(s: AgentStatus): string {
   const b = s.backlog;
   if (b.events === 0) return '';
   if (b.eta_seconds === null) return ', ETA unknown (not draining)';
@@ -132,7 +104,7 @@ export function progressBar(done: number, total: number, width = 30): string {
   return `[${'#'.repeat(n)}${'-'.repeat(width - n)}] ${String(Math.floor(f * 100)).padStart(3)} %`;
 }
 
-export function formatStatus(s: StatusDoc, now = Date.now()): string {
+export function formatStatus(s: AgentStatus, now = Date.now()): string {
   const b = s.backlog;
   const since = Date.parse(s.link.since);
   const lines = [
@@ -169,7 +141,7 @@ export function formatStatus(s: StatusDoc, now = Date.now()): string {
 }
 
 /** One line for --watch on a pipe or a file. */
-function formatLine(s: StatusDoc, bar: string | null, now = Date.now()): string {
+function formatLine(s: AgentStatus, bar: string | null, now = Date.now()): string {
   const b = s.backlog;
   return `${new Date(now).toISOString()} link=${s.link.state} backlog=${b.events} (${formatBytes(b.bytes)}) eta=${b.events === 0 ? '0s' : b.eta_seconds === null ? 'unknown' : human(b.eta_seconds * 1000)} in=${rate(s.rates.ingest_events_per_second)} out=${rate(s.rates.forward_events_per_second)}${bar ? ` ${bar}` : ''}`;
 }

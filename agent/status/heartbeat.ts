@@ -8,12 +8,12 @@
  * never stored in the log, a failed send is only logged (rate-limited) and retried at
  * the next interval, and nothing waits for it.
  */
-import { describeKafkaError, type RecordSink } from '../forward/kafka-producer.ts';
-import { RateLimitedLog, type Logger } from './logger.ts';
-import type { buildStatus } from './status.ts';
-
-/** What /v1/status answers; the heartbeat is a subset of it (no config, no dead-letter listing). */
-export type AgentStatus = ReturnType<typeof buildStatus>;
+import { describeKafkaError } from '../kafka/classify.ts';
+import type { RecordSink } from '../kafka/producer.ts';
+import { RateLimitedLog, type Logger } from '../observe/logger.ts';
+import { waitAtMost, withDeadline } from '../deadline.ts';
+import type { LinkState } from '../observe/metrics.ts';
+import type { AgentStatus, HeartbeatStatus } from './document.ts';
 
 export interface LinkHistorySummary {
   /** The span the summary covers (at most the agent's uptime). */
@@ -120,9 +120,9 @@ export interface HeartbeatOptions {
   /** A producer of its own, not the forwarder's. */
   sink: RecordSink;
   /** The forwarder's link state, looked at every `pollMs`. Heartbeats go out while it is 'up' (and once when it turns paused/outside-window). */
-  link: () => { state: string; since: string };
+  link: () => { state: LinkState; since: string };
   /** Subscribes to every link state change (for the history in the record); returns an unsubscribe function. */
-  onLinkChange?: (listener: (state: string, atMs: number) => void) => () => void;
+  onLinkChange?: (listener: (state: LinkState, atMs: number) => void) => () => void;
   /** The agent's status at send time. */
   status: () => AgentStatus;
   logger: Logger;
@@ -132,22 +132,6 @@ export interface HeartbeatOptions {
   pollMs?: number;
 }
 
-export interface HeartbeatStatus {
-  topic: string;
-  interval_seconds: number;
-  sent: number;
-  failures: number;
-  last_sent_at: string | null;
-  last_error: string | null;
-}
-
-class HeartbeatTimeoutError extends Error {
-  constructor(ms: number) {
-    super(`no answer from Kafka within ${ms} ms`);
-    this.name = 'HeartbeatTimeoutError';
-  }
-}
-
 export class Heartbeat {
   readonly history = new LinkHistory();
   private readonly o: HeartbeatOptions;
@@ -155,7 +139,7 @@ export class Heartbeat {
   private unsubscribe: (() => void) | null = null;
   private inFlight: Promise<void> | null = null;
   private lastAttemptAt: number | null = null;
-  private lastAttemptState: string | null = null;
+  private lastAttemptState: LinkState | null = null;
   private lastSentAt: number | null = null;
   private lastError: string | null = null;
   private sent = 0;
@@ -182,11 +166,7 @@ export class Heartbeat {
     this.unsubscribe = null;
     if (this.timer) clearInterval(this.timer);
     this.timer = null;
-    if (this.inFlight) {
-      let t: NodeJS.Timeout | undefined;
-      await Promise.race([this.inFlight, new Promise<void>((r) => (t = setTimeout(r, graceMs)))]);
-      clearTimeout(t);
-    }
+    if (this.inFlight) await waitAtMost(this.inFlight, graceMs);
     await this.o.sink.disconnect().catch(() => {});
   }
 
@@ -221,23 +201,17 @@ export class Heartbeat {
 
   private async send(now: number): Promise<void> {
     const o = this.o;
-    let timer: NodeJS.Timeout | undefined;
     try {
       const value = Buffer.from(
         JSON.stringify(heartbeatRecord(o.status(), this.history.summary(now), now)),
       );
-      await Promise.race([
+      await withDeadline(
         o.sink.send([
           { topic: o.topic, key: Buffer.from(o.agentId), value, timestamp: now, headers: {} },
         ]),
-        new Promise<never>(
-          (_, reject) =>
-            (timer = setTimeout(
-              () => reject(new HeartbeatTimeoutError(o.sendTimeoutMs)),
-              o.sendTimeoutMs,
-            )),
-        ),
-      ]);
+        o.sendTimeoutMs,
+        `no answer from Kafka within ${o.sendTimeoutMs} ms`,
+      );
       this.sent++;
       this.lastSentAt = Date.now();
       this.lastError = null;
@@ -252,8 +226,6 @@ export class Heartbeat {
           { topic: o.topic, reason: this.lastError, suppressed: n },
           'heartbeat not sent; next try at the next interval (forwarding is not affected)',
         );
-    } finally {
-      clearTimeout(timer);
     }
   }
 }

@@ -4,8 +4,70 @@
  */
 import type { EventLog } from '../log/types.ts';
 import type { ForwarderStatus } from '../forward/forwarder.ts';
-import type { DropSummary } from './drops.ts';
-import { CounterSampler } from './sampler.ts';
+import type { LinkChange } from '../forward/link.ts';
+import type { MqttBrokerStatus } from '../ingest/mqtt-broker.ts';
+import type { MqttClientStatus } from '../ingest/mqtt-client.ts';
+import type { DropSummary } from '../observe/drops.ts';
+import type { LinkState } from '../observe/metrics.ts';
+import { CounterSampler } from '../observe/sampler.ts';
+
+/**
+ * The status document: what GET /v1/status answers (snake_case JSON), what `kedge
+ * status` reads and what a heartbeat record is cut from. The one definition of its
+ * shape: the builder below, the CLI and the heartbeat all use it.
+ */
+export interface AgentStatus {
+  agent_id: string;
+  version: string;
+  uptime_seconds: number;
+  link: {
+    state: LinkState;
+    since: string;
+    last_error: string | null;
+    last_error_at: string | null;
+    last_forward_at: string | null;
+    paused: boolean;
+    consecutive_failures: number;
+    rate_cap_bytes_per_second: number | null;
+    wire_bytes_per_second: number | null;
+    batch_bytes: number;
+    /** null when no transfer windows are configured (always open). */
+    window: { open: boolean; next_change_at: string | null } | null;
+    /** Most recent last. */
+    history: LinkChange[];
+  };
+  backlog: {
+    events: number;
+    bytes: number;
+    oldest_age_seconds: number | null;
+    /** 0: nothing to drain; null: not draining (link down, paused, or nothing forwarded lately). */
+    eta_seconds: number | null;
+  };
+  rates: { ingest_events_per_second: number; forward_events_per_second: number };
+  log: { last_seq: number; cursor: number; commits: number };
+  dead_letters: {
+    events: number;
+    /** The latest few, newest first. */
+    recent: { seq: number; topic: string; reason: string; dead_at: string; bytes: number }[];
+  };
+  /** Without a drop tracker (StatusSources.drops), only the count. */
+  drops: DropSummary | { events: number };
+  disk: { bytes: number | null; quota_bytes: number | null; used_ratio: number | null };
+  warnings: string[];
+  mqtt: { client: MqttClientStatus | null; broker: MqttBrokerStatus | null };
+  /** null when KEDGE_HEARTBEAT_TOPIC is not set. */
+  heartbeat: HeartbeatStatus | null;
+}
+
+/** The heartbeat's own counters, in the status document. */
+export interface HeartbeatStatus {
+  topic: string;
+  interval_seconds: number;
+  sent: number;
+  failures: number;
+  last_sent_at: string | null;
+  last_error: string | null;
+}
 
 export interface StatusSources {
   agentId: string;
@@ -17,6 +79,8 @@ export interface StatusSources {
   warnings: () => string[];
   /** What the log dropped (quota, retention) since start; without it only the count is shown. */
   drops?: () => DropSummary;
+  mqtt: () => AgentStatus['mqtt'];
+  heartbeat: () => HeartbeatStatus | null;
 }
 
 /** Samples the log's counters every few seconds; ingest rate = seq growth, forward rate = growth of the forwarded count. */
@@ -63,7 +127,7 @@ export class RateMeter {
 /** The ETA uses the rate of the last few seconds of the current drain (see RateMeter.drainRate). */
 export const ETA_RATE_WINDOW_MS = 10_000;
 
-export function buildStatus(src: StatusSources, rates: RateMeter) {
+export function buildStatus(src: StatusSources, rates: RateMeter): AgentStatus {
   const s = src.log.stats();
   const now = Date.now();
   const r = rates.rates();
@@ -129,6 +193,8 @@ export function buildStatus(src: StatusSources, rates: RateMeter) {
           : null,
     },
     warnings: src.warnings(),
+    mqtt: src.mqtt(),
+    heartbeat: src.heartbeat(),
   };
 }
 

@@ -1,0 +1,79 @@
+/**
+ * The shape of a loaded configuration, apart from the code that fills it: settings.ts (each
+ * variable's parser and printer) and config.ts (loading, cross-variable rules) both use it.
+ */
+import type { ListenAddress, TimeWindow } from './setting-values.ts';
+import type { StorageDriverName, SyncMode } from './storage-modes.ts';
+
+/** KEDGE_KAFKA_SASL_MECHANISM's values. */
+export const SASL_MECHANISMS = ['plain', 'scram-sha-256', 'scram-sha-512'] as const;
+
+export type LogLevel = 'debug' | 'info' | 'warn' | 'error';
+export type Compression = 'none' | 'gzip' | 'snappy' | 'lz4' | 'zstd';
+export type SaslMechanism = (typeof SASL_MECHANISMS)[number];
+
+export interface Config {
+  dataDir: string;
+  /** null: generate once and keep in the data dir. */
+  agentId: string | null;
+  sync: SyncMode;
+  storage: StorageDriverName;
+  logLevel: LogLevel;
+
+  http: {
+    /** null: HTTP disabled (KEDGE_HTTP_LISTEN empty). */
+    listen: ListenAddress | null;
+    token: string | null;
+    maxBody: number;
+    tlsCert: string | null;
+    tlsKey: string | null;
+  };
+
+  kafka: {
+    brokers: string[];
+    tls: boolean;
+    caFile: string | null;
+    certFile: string | null;
+    keyFile: string | null;
+    sasl: { mechanism: SaslMechanism; username: string; password: string } | null;
+    compression: Compression;
+    topicPrefix: string;
+  };
+
+  mqtt: {
+    url: string | null;
+    topics: string[];
+    listen: ListenAddress | null;
+    username: string | null;
+    password: string | null;
+    kafkaTopic: string | null;
+    maxPayload: number;
+    retained: 'skip' | 'ingest';
+    tlsCert: string | null;
+    tlsKey: string | null;
+  };
+
+  forward: {
+    /** bytes per second; null = unlimited */
+    rate: number | null;
+    /** empty = always */
+    windows: TimeWindow[];
+    priorityTopics: string[];
+  };
+
+  retention: {
+    diskQuota: number;
+    /** ms; null = unlimited */
+    maxAge: number | null;
+    whenFull: 'drop-oldest' | 'reject-new';
+  };
+
+  heartbeat: {
+    /** null = disabled (empty topic) */
+    topic: string | null;
+    intervalMs: number;
+  };
+
+  /** Path of the env file the config was read from, if any (for the permission warning). */
+  envFile: string | null;
+}

@@ -1,0 +1,121 @@
+/**
+ * The Kafka side of the forwarder: one idempotent kafkajs producer
+ * (acks=all, one request in flight, so order per partition holds on retries).
+ */
+import type { Config } from '../config.ts';
+import type { Logger } from '../observe/logger.ts';
+import { readFileSync } from 'node:fs';
+import type { ISocketFactory, Kafka, Producer, Message, SASLOptions } from 'kafkajs';
+// kafkajs is CommonJS: a default import works in Node ESM and bundles with esbuild.
+import kafkajs from 'kafkajs';
+
+export interface OutRecord {
+  topic: string;
+  key: Buffer | null;
+  value: Buffer;
+  timestamp: number;
+  headers: Record<string, string>;
+}
+
+/** The forwarder only needs this; tests of the loop can run it against any implementation. */
+export interface RecordSink {
+  connect(): Promise<void>;
+  send(records: OutRecord[]): Promise<void>;
+  disconnect(): Promise<void>;
+}
+
+export interface KafkaSinkOptions {
+  kafka: Config['kafka'];
+  clientId: string;
+  compression: number;
+  requestTimeoutMs: number;
+  logger: Logger;
+  /** Opens the broker connections (WireMeter.socketFactory() counts wire bytes); default: kafkajs' own. */
+  socketFactory?: ISocketFactory;
+}
+
+export class KafkaSink implements RecordSink {
+  private readonly kafka: Kafka;
+  private producer: Producer | null = null;
+  private readonly opts: KafkaSinkOptions;
+
+  constructor(opts: KafkaSinkOptions) {
+    this.opts = opts;
+    const k = opts.kafka;
+    const log = opts.logger.child({ component: 'kafkajs' });
+    let ssl: boolean | { ca?: Buffer; cert?: Buffer; key?: Buffer } = false;
+    if (k.tls) {
+      ssl = {};
+      if (k.caFile) ssl.ca = readFileSync(k.caFile);
+      if (k.certFile) ssl.cert = readFileSync(k.certFile);
+      if (k.keyFile) ssl.key = readFileSync(k.keyFile);
+    }
+    this.kafka = new kafkajs.Kafka({
+      clientId: opts.clientId,
+      brokers: k.brokers,
+      ssl,
+      ...(opts.socketFactory ? { socketFactory: opts.socketFactory } : {}),
+      sasl: k.sasl
+        ? ({
+            mechanism: k.sasl.mechanism,
+            username: k.sasl.username,
+            password: k.sasl.password,
+          } as SASLOptions)
+        : undefined,
+      connectionTimeout: 5000,
+      authenticationTimeout: 5000,
+      requestTimeout: opts.requestTimeoutMs,
+      // The forwarder retries for ever with its own backoff; kafkajs only rides out short blips.
+      retry: { retries: 3, initialRetryTime: 200, maxRetryTime: 2000 },
+      // kafkajs logs every reconnect at error level; the forwarder logs state changes itself.
+      logCreator:
+        () =>
+        ({ level, log: entry }) => {
+          const msg = `${entry.message}`;
+          if (level <= 2)
+            log.debug({ kafkajs: entry.namespace, detail: entry.log?.error ?? undefined }, msg);
+        },
+    });
+  }
+
+  async connect(): Promise<void> {
+    if (this.producer) return;
+    const p = this.kafka.producer({
+      idempotent: true,
+      maxInFlightRequests: 1,
+      allowAutoTopicCreation: true,
+      createPartitioner: kafkajs.Partitioners.DefaultPartitioner,
+      retry: { retries: 3, initialRetryTime: 200, maxRetryTime: 2000 },
+    });
+    try {
+      await p.connect();
+    } catch (e) {
+      await p.disconnect().catch(() => {});
+      throw e;
+    }
+    this.producer = p;
+  }
+
+  async send(records: OutRecord[]): Promise<void> {
+    if (!this.producer) await this.connect();
+    const byTopic = new Map<string, Message[]>();
+    for (const r of records) {
+      let list = byTopic.get(r.topic);
+      if (!list) byTopic.set(r.topic, (list = []));
+      list.push({ key: r.key, value: r.value, timestamp: String(r.timestamp), headers: r.headers });
+    }
+    await this.producer!.sendBatch({
+      acks: -1,
+      timeout: this.opts.requestTimeoutMs,
+      compression: this.opts.compression,
+      topicMessages: [...byTopic].map(([topic, messages]) => ({ topic, messages })),
+    });
+  }
+
+  /** Drops the producer; the next send makes a new one (fresh producer id and sequence numbers). */
+  async disconnect(): Promise<void> {
+    const p = this.producer;
+    this.producer = null;
+    if (p) await p.disconnect().catch(() => {});
+  }
+}

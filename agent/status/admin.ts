@@ -1,0 +1,48 @@
+/**
+ * The admin API, mounted on the HTTP ingest listener (same address, TLS and token):
+ * GET /v1/status, GET /metrics, POST /v1/forwarding/pause and /resume (these two
+ * need the token when one is set). agent.ts builds it and hands it to HttpIngest,
+ * which knows only the MountedRoutes shape: ingest sits below status.
+ */
+import type { Forwarder } from '../forward/forwarder.ts';
+import { drain, methodNotAllowed, onlyGet, sendJson } from '../ingest/http-reply.ts';
+import type { MountedRoutes } from '../ingest/http.ts';
+import type { Metrics } from '../observe/metrics.ts';
+import type { AgentStatus } from './document.ts';
+
+export interface AdminSources {
+  status(): AgentStatus;
+  metrics: Metrics;
+  /** `persisted: false` in the answer: in force, but not yet saved (disk full); kedge keeps trying. */
+  forwarder: Pick<Forwarder, 'setPaused'>;
+}
+
+export function adminRoutes(src: AdminSources): MountedRoutes {
+  return async (req, res, path, authorize) => {
+    if (path === '/metrics') {
+      await onlyGet(req, res, async () => {
+        const body = await src.metrics.registry.metrics();
+        res.writeHead(200, { 'content-type': src.metrics.registry.contentType });
+        res.end(body);
+      });
+      return true;
+    }
+    if (path === '/v1/status') {
+      await onlyGet(req, res, () => sendJson(res, 200, src.status()));
+      return true;
+    }
+    if (path === '/v1/forwarding/pause' || path === '/v1/forwarding/resume') {
+      if (req.method !== 'POST') {
+        methodNotAllowed(req, res, 'POST');
+        return true;
+      }
+      if (!authorize()) return true;
+      await drain(req);
+      const pause = path.endsWith('pause');
+      const { persisted } = await src.forwarder.setPaused(pause);
+      sendJson(res, 200, { forwarding: pause ? 'paused' : 'running', persisted });
+      return true;
+    }
+    return false;
+  };
+}
