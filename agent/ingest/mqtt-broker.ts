@@ -25,12 +25,21 @@ import { createServer as createTlsServer } from 'node:tls';
 import { readFileSync } from 'node:fs';
 import type { EventEmitter } from 'node:events';
 import { Aedes, type Client, type PublishPacket } from 'aedes';
-import { KedgeError } from '../errors.ts';
 import type { EventInput } from '../log/types.ts';
 import type { IngestSink } from './sink.ts';
 import type { Metrics } from '../observe/metrics.ts';
 import { RateLimitedLog, type Logger } from '../observe/logger.ts';
 import { tokenMatches } from './token.ts';
+import { ArrivalOrder } from './arrival-order.ts';
+import {
+  guardPacketSize,
+  MalformedTopicError,
+  OversizeError,
+  type ParserInternals,
+  PublishRefusedError,
+  protocolErrorKind,
+  remoteOf,
+} from './mqtt-guards.ts';
 import { MqttEventMapper, mqttMetrics, type MqttMetrics, type MqttRefusal } from './mqtt-topic.ts';
 
 export interface MqttBrokerIngestOptions {
@@ -78,51 +87,7 @@ export interface MqttBrokerStatus {
   last_error_at: string | null;
 }
 
-/** Largest non-PUBLISH packet we accept (CONNECT with will, SUBSCRIBE with many filters). */
-const MAX_CONTROL_PACKET = 1024 * 1024;
-/** PUBLISH overhead above the payload: topic length (2) + topic (≤ 65535) + packet id (2). */
-const PUBLISH_OVERHEAD = 2 + 65_535 + 2;
 const SYS_PREFIX = '$SYS/';
-
-class OversizeError extends KedgeError {
-  constructor(message: string) {
-    super('KEDGE_MQTT_OVERSIZE', message);
-  }
-}
-
-/** A PUBLISH kedge refused on purpose ($SYS/, shutting down): counted as a refusal, not a protocol error. */
-class PublishRefusedError extends KedgeError {
-  constructor(message: string) {
-    super('KEDGE_MQTT_REFUSED', message);
-  }
-}
-
-/** A PUBLISH whose topic is ill-formed UTF-8 or holds U+0000: MQTT 3.1.1 [MQTT-1.5.3-1/2] says close the connection. */
-class MalformedTopicError extends KedgeError {
-  constructor(message: string) {
-    super('KEDGE_MQTT_MALFORMED_TOPIC', message);
-  }
-}
-
-/** Errors the packet parser raised for a connection (an unparsable packet). */
-const parseErrors = new WeakSet<Error>();
-
-/**
- * Which protocol error an aedes connection error is, or null when it is not
- * the client breaking MQTT: socket errors (ECONNRESET), kedge's own refusals
- * (oversize, log, $SYS/, shutdown) and bad credentials are counted elsewhere.
- */
-function protocolErrorKind(err: Error & { code?: unknown; errorCode?: unknown }): string | null {
-  if (parseErrors.has(err)) return err instanceof OversizeError ? null : 'malformed';
-  if (err instanceof MalformedTopicError) return 'malformed';
-  if (typeof err.code === 'string') return null;
-  if (err.errorCode === 4 || err.errorCode === 5) return null;
-  if (err.message === 'connect did not arrive in time') return 'connect_timeout';
-  if (err.message === 'keep alive timeout') return 'keepalive_timeout';
-  // A packet before CONNECT, a second CONNECT ("Invalid protocol"), an unacceptable protocol level
-  // (CONNACK code 1..3), a wildcard or empty topic in a PUBLISH: whatever aedes refused in the packet stream.
-  return 'protocol';
-}
 
 export class MqttBrokerIngest {
   private readonly opts: MqttBrokerIngestOptions;
@@ -141,7 +106,9 @@ export class MqttBrokerIngest {
   private lastErrorAt: number | null = null;
   private readonly sockets = new Set<Socket>();
   /** Per connection, while a PUBLISH of it still waits to issue its append: settles once the latest one has. */
-  private readonly issueTails = new WeakMap<Client, Promise<void>>();
+  private readonly arrivalOrder = new ArrivalOrder((err) =>
+    this.noteError(`MQTT append could not be issued: ${(err as Error)?.message ?? String(err)}`),
+  );
   private readonly counts = { connections: 0, received: 0, ingested: 0 };
   private readonly refusedCounts: Record<MqttRefusal, number> = {
     oversize: 0,
@@ -334,43 +301,11 @@ export class MqttBrokerIngest {
     }
     this.counts.connections++;
     const client = broker.handle(socket) as Client & { _parser?: ParserInternals };
-    this.guardParser(client);
-  }
-
-  /**
-   * aedes buffers a whole packet before it parses it; a publisher announcing a
-   * 200 MB packet would make us hold 200 MB. Check the announced length as
-   * soon as the fixed header is read, and close the connection when even the
-   * largest possible topic could not bring the payload under the limit. The
-   * exact payload check happens in authorizePublish.
-   */
-  private guardParser(client: Client & { _parser?: ParserInternals }): void {
-    const parser = client._parser;
-    if (!parser) return;
-    // A parse error ends the connection (aedes closes it): count it as malformed, except our own oversize refusal.
-    // prependListener: the mark must be set before aedes' own listener reports the error as connectionError.
-    parser.prependListener('error', (err: Error) => {
-      parseErrors.add(err);
-      if (!(err instanceof OversizeError)) this.refuse('malformed');
+    guardPacketSize(client, this.opts.maxPayload, {
+      oversize: (cmd, length) =>
+        this.oversize(client, cmd === 'publish' ? '(not read)' : `(${cmd} packet)`, length),
+      malformed: () => this.refuse('malformed'),
     });
-    if (typeof parser._parseLength !== 'function' || typeof parser._emitError !== 'function')
-      return;
-    const original = parser._parseLength;
-    const maxPublish = this.opts.maxPayload + PUBLISH_OVERHEAD;
-    const onOversize = (cmd: string, length: number) =>
-      this.oversize(client, cmd === 'publish' ? '(not read)' : `(${cmd} packet)`, length);
-    parser._parseLength = function (this: ParserInternals): boolean {
-      const ok = original.call(this);
-      if (ok) {
-        const { cmd, length } = this.packet;
-        if (length > (cmd === 'publish' ? maxPublish : Math.max(MAX_CONTROL_PACKET, maxPublish))) {
-          onOversize(cmd, length);
-          this._emitError(new OversizeError(`${cmd} packet of ${length} bytes exceeds the limit`));
-          return false;
-        }
-      }
-      return ok;
-    };
   }
 
   private authenticate(
@@ -463,7 +398,7 @@ export class MqttBrokerIngest {
               () => false,
             )
         : null;
-    this.inArrivalOrder(client, stored, (duplicate) => {
+    this.arrivalOrder.issue(client, stored, (duplicate) => {
       if (!duplicate) {
         this.append(client, packet, done);
         return;
@@ -471,39 +406,6 @@ export class MqttBrokerIngest {
       this.settle();
       done(null);
     });
-  }
-
-  /**
-   * Calls `issue` once `stored` (the QoS 2 lookup) has answered and every
-   * earlier PUBLISH of the connection has issued its append. Without this a
-   * QoS 2 message would be overtaken by the QoS 0/1 ones behind it in the same
-   * socket read (they need no lookup), i.e. stored out of order per key. Only
-   * the issuing is ordered: each message is still acknowledged when its own
-   * commit is done, and with nothing waiting the append is issued at once, in
-   * the same tick as its neighbours, so they keep sharing one group commit.
-   */
-  private inArrivalOrder(
-    client: Client | null,
-    stored: Promise<boolean> | null,
-    issue: (duplicate: boolean) => void,
-  ): void {
-    const earlier = client ? this.issueTails.get(client) : undefined;
-    if (!earlier && !stored) {
-      issue(false);
-      return;
-    }
-    const tail: Promise<void> = Promise.all([stored, earlier])
-      .then(([duplicate]) => {
-        if (client && this.issueTails.get(client) === tail) this.issueTails.delete(client);
-        issue(duplicate === true);
-      })
-      // Keeps the chain alive should `issue` ever throw: every later message of the connection would wait forever, unacknowledged.
-      .catch((err: unknown) =>
-        this.noteError(
-          `MQTT append could not be issued: ${(err as Error)?.message ?? String(err)}`,
-        ),
-      );
-    if (client) this.issueTails.set(client, tail);
   }
 
   /** Called with `pending` already counted for this message. */
@@ -605,20 +507,7 @@ export class MqttBrokerIngest {
   }
 }
 
-/** The bits of mqtt-packet's parser (aedes' `client._parser`) the size guard hooks into. */
-interface ParserInternals {
-  packet: { cmd: string; length: number };
-  _parseLength(): boolean;
-  _emitError(err: Error): void;
-  prependListener(event: 'error', listener: (err: Error) => void): unknown;
-}
-
 /** aedes-persistence's QoS 2 store of packets awaiting PUBREL (untyped in aedes' declarations). */
 interface IncomingStore {
   incomingGetPacket(client: Client, packet: PublishPacket): Promise<unknown>;
-}
-
-function remoteOf(client: Client): string | undefined {
-  const c = client?.conn as Socket | undefined;
-  return c?.remoteAddress ? `${c.remoteAddress}:${c.remotePort}` : undefined;
 }
