@@ -141,11 +141,7 @@ export async function openLog(opts: LogOptions): Promise<EventLog> {
   let db: SqlDb | undefined;
   try {
     refuseEmptiedLog(dir, file);
-    db = await openDriver(opts.driver, {
-      file,
-      wasmPath: opts.wasmPath,
-      wasmBinary: opts.wasmBinary,
-    });
+    db = await openDriver(opts.driver, { file, wasmPath: opts.wasmPath });
     const plan = configure(db, file, opts);
     return new SqliteLog(db, lock, dir, file, opts, plan);
   } catch (err) {
