@@ -41,16 +41,6 @@ export interface DriverOpenOptions {
   wasmPath?: string;
 }
 
-/** Open a database with the named driver. The caller must hold the data-dir lock first (the wasm driver clears stale locks). */
-export async function openDriver(name: StorageDriverName, opts: DriverOpenOptions): Promise<SqlDb> {
-  if (name === 'wasm') {
-    const { openWasm } = await import('./driver-wasm.ts');
-    return openWasm(opts);
-  }
-  const { openNodeSqlite } = await import('./driver-node.ts');
-  return openNodeSqlite(opts);
-}
-
 /** Zero-copy view of a driver BLOB as a Buffer. */
 export function toBuffer(u8: Uint8Array): Buffer {
   return Buffer.isBuffer(u8) ? u8 : Buffer.from(u8.buffer, u8.byteOffset, u8.byteLength);

@@ -39,7 +39,8 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import type { Row, SqlDb, SqlStmt } from './driver.ts';
-import { openDriver, sqlErrorKind } from './driver.ts';
+import { sqlErrorKind } from './driver.ts';
+import { openDriver } from './open-driver.ts';
 import { acquireDirLock } from './lockfile.ts';
 import type { DirLock } from './lockfile.ts';
 import { RESERVE_FILE, SpaceReserve } from './reserve.ts';
