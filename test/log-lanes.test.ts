@@ -15,7 +15,7 @@ import type {
   StorageDriverName,
   StoredEvent,
 } from '../agent/log/index.ts';
-import { openDriver } from '../agent/log/driver.ts';
+import { openDriver } from '../agent/log/open-driver.ts';
 import { MIGRATIONS } from '../agent/log/schema.ts';
 
 const DRIVERS: StorageDriverName[] = ['sqlite', 'wasm'];

@@ -24,19 +24,16 @@
  *   private `_reset`), or, if a later version lacks it, retry that call once
  *   (the failed reset did reset the statement).
  *
- * Locating the .wasm (hook for the single-executable build): by default the
- * package's dist js reads `node-sqlite3-wasm.wasm` next to itself
- * (`locateFile` → `__dirname + '/node-sqlite3-wasm.wasm'`). The dist js
- * starts with `var Module = typeof Module != "undefined" ? Module : {}` and
- * honours `Module.wasmBinary` and `Module.locateFile`; since `var Module` is
- * local to the CommonJS wrapper, a global cannot inject them, so when an
- * override is given we compile the dist js ourselves with `Module` as an extra
- * wrapper parameter. Overrides, first match wins:
- *   1. `wasmBinary` option (bytes, e.g. from `node:sea` `getAsset()`),
- *   2. `wasmPath` option,
- * A bundled executable that has no dist js on disk must also hand over the js
- * text (see `setWasmModuleSource`). The module is one WebAssembly instance per
- * process: the first open decides where it came from.
+ * Locating the .wasm: by default the package's dist js reads
+ * `node-sqlite3-wasm.wasm` next to itself (`locateFile` →
+ * `__dirname + '/node-sqlite3-wasm.wasm'`). The dist js starts with
+ * `var Module = typeof Module != "undefined" ? Module : {}` and honours
+ * `Module.locateFile`; since `var Module` is local to the CommonJS wrapper, a
+ * global cannot inject it, so when the `wasmPath` option is given we compile
+ * the dist js ourselves with `Module` as an extra wrapper parameter. (The
+ * single executable does not come through here: scripts/build/sea-setup.ts
+ * serves the package with `Module.wasmBinary` already set.) The module is one
+ * WebAssembly instance per process: the first open decides where it came from.
  */
 import { createRequire } from 'node:module';
 import fs from 'node:fs';
@@ -72,53 +69,34 @@ const PKG = 'node-sqlite3-wasm';
 const WASM_FILE = 'node-sqlite3-wasm.wasm';
 
 let mod: WasmModule | undefined;
-let moduleSource: { code: string; filename: string } | undefined;
-
-/**
- * For the single-executable build: the text of `node-sqlite3-wasm/dist/node-sqlite3-wasm.js`
- * (e.g. bundled with esbuild's `text` loader), used when an override makes us
- * compile it ourselves and it is not on disk. Call before the first open.
- */
-export function setWasmModuleSource(code: string, filename = `${PKG}.js`): void {
-  moduleSource = { code, filename };
-}
 
 function load(opts: DriverOpenOptions): WasmModule {
   if (mod) return mod;
   const wasmPath = opts.wasmPath;
   try {
-    if (!opts.wasmBinary && !wasmPath) {
+    if (!wasmPath) {
       mod = require(PKG) as WasmModule;
       return mod;
     }
-    const overrides: Record<string, unknown> = {};
-    if (opts.wasmBinary) overrides.wasmBinary = opts.wasmBinary;
-    else {
-      const resolved = path.resolve(wasmPath!);
-      if (!fs.existsSync(resolved)) {
-        throw new LogOpenError(
-          `the SQLite WebAssembly file ${resolved} does not exist`,
-          'KEDGE_STORAGE_UNAVAILABLE',
-        );
-      }
-      overrides.locateFile = (file: string, scriptDir: string) =>
-        file === WASM_FILE ? resolved : scriptDir + file;
+    const resolved = path.resolve(wasmPath);
+    if (!fs.existsSync(resolved)) {
+      throw new LogOpenError(
+        `the SQLite WebAssembly file ${resolved} does not exist`,
+        'KEDGE_STORAGE_UNAVAILABLE',
+      );
     }
-    const src =
-      moduleSource ??
-      (() => {
-        const filename = require.resolve(PKG);
-        return { code: fs.readFileSync(filename, 'utf8'), filename };
-      })();
+    const overrides = {
+      locateFile: (file: string, scriptDir: string) =>
+        file === WASM_FILE ? resolved : scriptDir + file,
+    };
+    const filename = require.resolve(PKG);
     const fn = vm.compileFunction(
-      src.code,
+      fs.readFileSync(filename, 'utf8'),
       ['exports', 'require', 'module', '__filename', '__dirname', 'Module'],
-      {
-        filename: src.filename,
-      },
+      { filename },
     );
     const m = { exports: {} as unknown };
-    fn(m.exports, require, m, src.filename, path.dirname(src.filename), overrides);
+    fn(m.exports, require, m, filename, path.dirname(filename), overrides);
     mod = m.exports as WasmModule;
     return mod;
   } catch (err) {

@@ -37,23 +37,8 @@ export interface SqlDb {
 export interface DriverOpenOptions {
   /** Path of the database file. */
   file: string;
-  /**
-   * wasm driver only: where `node-sqlite3-wasm.wasm` is. Defaults to
-   * else the file next to the package's dist js.
-   */
+  /** wasm driver only: where `node-sqlite3-wasm.wasm` is. Default: the file next to the package's dist js. */
   wasmPath?: string;
-  /** wasm driver only: the wasm module bytes themselves (e.g. embedded in a single executable). Wins over `wasmPath`. */
-  wasmBinary?: Uint8Array;
-}
-
-/** Open a database with the named driver. The caller must hold the data-dir lock first (the wasm driver clears stale locks). */
-export async function openDriver(name: StorageDriverName, opts: DriverOpenOptions): Promise<SqlDb> {
-  if (name === 'wasm') {
-    const { openWasm } = await import('./driver-wasm.ts');
-    return openWasm(opts);
-  }
-  const { openNodeSqlite } = await import('./driver-node.ts');
-  return openNodeSqlite(opts);
 }
 
 /** Zero-copy view of a driver BLOB as a Buffer. */

@@ -138,8 +138,6 @@ export interface LogOptions {
   now?: () => number;
   /** wasm driver: path of `node-sqlite3-wasm.wasm` (default: next to the package). */
   wasmPath?: string;
-  /** wasm driver: the wasm bytes themselves (single-executable build). Wins over `wasmPath`. */
-  wasmBinary?: Uint8Array;
 }
 
 /**
