@@ -12,6 +12,7 @@
  * in low-space mode, in which appends are refused unless the disk keeps the
  * reserve's size free, until the reserve could be re-created.
  */
+import { eventBytes } from '../event-size.ts';
 import fs from 'node:fs';
 import type { SqlStmt } from './driver.ts';
 import { estimateRowBytes } from './quota.ts';
@@ -117,7 +118,7 @@ export class Space {
     for (const ev of events) {
       let hl = 0;
       if (ev.headers != null) for (const k in ev.headers) hl += k.length + ev.headers[k].length + 6;
-      n += estimateRowBytes(ev.value.length + (ev.key?.length ?? 0), ev.topic.length, hl);
+      n += estimateRowBytes(eventBytes(ev), ev.topic.length, hl);
     }
     return n;
   }
@@ -250,8 +251,7 @@ export class Space {
    */
   #roomBesideReserve(batch: readonly Queued[]): boolean {
     let bytes = 0;
-    for (const req of batch)
-      for (const ev of req.events) bytes += ev.value.length + (ev.key?.length ?? 0) + 64;
+    for (const req of batch) for (const ev of req.events) bytes += eventBytes(ev) + 64;
     try {
       const s = fs.statfsSync(this.#dir);
       return s.bavail * s.bsize >= this.#reserve.bytes + 2 * bytes + LOW_SPACE_MARGIN;

@@ -29,6 +29,7 @@
  * All SQLite calls are synchronous and each transaction begins and ends
  * within one call, so transactions never interleave.
  */
+import { eventBytes } from '../event-size.ts';
 import fs from 'node:fs';
 import path from 'node:path';
 import type { Row, SqlDb, SqlStmt } from './driver.ts';
@@ -287,7 +288,7 @@ class SqliteLog implements EventLog {
         for (let i = 0; i < evs.length; i++) {
           const ev = evs[i];
           const key = ev.key ?? null;
-          const size = ev.value.length + (key === null ? 0 : key.length);
+          const size = eventBytes(ev);
           row[0] = seq++;
           row[1] = ev.topic;
           row[2] = key;
