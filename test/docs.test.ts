@@ -7,6 +7,7 @@
  *   sh token      the same against an agent with KEDGE_HTTP_TOKEN ($TOKEN holds it)
  *   output        the expected output of the block before it (json output: the same)
  *   env           an env file; `kedge check-config --env-file` must accept it
+ *   text layout   a tree of agent/: every .ts file it names exists, every file of agent/ is named
  *   … norun       cannot run here (install, systemd, the long suites): listed and counted
  *
  * Any other block fails the test. Every relative link must point at a file that exists and a
@@ -218,6 +219,32 @@ const where = (b: Block) => `${b.file}:${b.line}`;
 const isOutput = (b: Block) =>
   b.lang === 'output' || (b.lang === 'json' && b.flags.includes('output'));
 const isNorun = (b: Block) => b.flags.includes('norun');
+const isLayout = (b: Block) => b.lang === 'text' && b.flags.includes('layout');
+
+/**
+ * The .ts files a layout tree names, as paths: a line `  name/` opens a folder at its
+ * indentation; every `*.ts` word on a line names a file of the innermost open folder.
+ */
+export function layoutFiles(tree: string): string[] {
+  const open: { indent: number; path: string }[] = [];
+  const files: string[] = [];
+  for (const line of tree.split('\n')) {
+    const m = /^( *)(\S+)/.exec(line);
+    if (!m) continue;
+    const indent = m[1].length;
+    while (open.length > 0 && open[open.length - 1].indent >= indent) open.pop();
+    const base = open.length > 0 ? open[open.length - 1].path : '';
+    if (m[2].endsWith('/')) {
+      open.push({ indent, path: base + m[2] });
+      continue;
+    }
+    for (const word of line.trim().split(/\s+/)) {
+      if (!word.endsWith('.ts')) break;
+      files.push(base + word);
+    }
+  }
+  return files;
+}
 
 t.test('links: every relative link resolves, fragments name a heading', async (tt) => {
   let n = 0;
@@ -252,6 +279,7 @@ t.test('every block is runnable, an output, or marked norun', async (tt) => {
     isNorun(b) ||
     isOutput(b) ||
     b.lang === 'env' ||
+    isLayout(b) ||
     (b.lang === 'sh' && b.flags.every((f) => f === 'token'));
   for (const b of blocks)
     tt.ok(
@@ -269,6 +297,38 @@ t.test('every block is runnable, an output, or marked norun', async (tt) => {
   const norun = blocks.filter(isNorun);
   tt.comment(`${norun.length} blocks marked norun:`);
   for (const b of norun) tt.comment(`  ${where(b)} ${b.lang}: ${b.code.split('\n')[0]}`);
+});
+
+t.test('the layout trees name every file of agent/ and nothing else', async (tt) => {
+  const trees = blocks.filter(isLayout);
+  tt.ok(trees.length > 0, 'docs/architecture.md has a layout tree');
+  const listFiles = (dir: string): string[] =>
+    readdirSync(dir, { withFileTypes: true }).flatMap((e) =>
+      e.isDirectory()
+        ? listFiles(join(dir, e.name))
+        : e.name.endsWith('.ts')
+          ? [relative(REPO, join(dir, e.name))]
+          : [],
+    );
+  const actual = listFiles(join(REPO, 'agent')).sort();
+  for (const b of trees) {
+    const named = layoutFiles(b.code).sort();
+    tt.strictSame(
+      named.filter((f) => !actual.includes(f)),
+      [],
+      `${where(b)}: every file it names exists`,
+    );
+    tt.strictSame(
+      actual.filter((f) => !named.includes(f)),
+      [],
+      `${where(b)}: every file of agent/ is in it`,
+    );
+  }
+  tt.strictSame(
+    layoutFiles('agent/\n  a.ts  b.ts\n  log/\n    c.ts   one job\n  d.ts\n'),
+    ['agent/a.ts', 'agent/b.ts', 'agent/log/c.ts', 'agent/d.ts'],
+    'the tree reader itself',
+  );
 });
 
 t.test('env blocks pass kedge check-config', async (tt) => {
