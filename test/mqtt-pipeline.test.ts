@@ -37,6 +37,20 @@ function mosquittoPubLines(port: number, topic: string, lines: string[]): Promis
   );
 }
 
+/** kedge in client mode on `mosq`, a fresh data dir, KEDGE_SYNC=full, everything to one Kafka topic. */
+function clientEnv(mosq: Mosquitto, kafkaTopic: string, agentId: string): Record<string, string> {
+  const dataDir = tempDir();
+  dirs.push(dataDir);
+  return {
+    KEDGE_DATA_DIR: dataDir,
+    KEDGE_SYNC: 'full',
+    KEDGE_KAFKA_BROKERS: kafka.bootstrap,
+    KEDGE_MQTT_URL: mosq.url,
+    KEDGE_MQTT_KAFKA_TOPIC: kafkaTopic,
+    KEDGE_AGENT_ID: agentId,
+  };
+}
+
 /** Polls kedge's status until `ingested` stops moving for `quietMs` (or reaches `want`). */
 async function waitIngestSettled(agent: AgentProc, want: number, quietMs: number) {
   let last = -1;
@@ -57,18 +71,8 @@ t.test(
   async (tt) => {
     const mosq = await Mosquitto.start({ stockQueue: true });
     tt.teardown(() => mosq.cleanup());
-    const dir = tempDir();
-    dirs.push(dir);
     const agent = await AgentProc.start({
-      env: {
-        KEDGE_DATA_DIR: dir,
-        KEDGE_SYNC: 'full',
-        KEDGE_KAFKA_BROKERS: kafka.bootstrap,
-        KEDGE_MQTT_URL: mosq.url,
-        KEDGE_MQTT_TOPICS: 'burst/#',
-        KEDGE_MQTT_KAFKA_TOPIC: 'burst-all',
-        KEDGE_AGENT_ID: 'burst-agent',
-      },
+      env: { ...clientEnv(mosq, 'burst-all', 'burst-agent'), KEDGE_MQTT_TOPICS: 'burst/#' },
     });
     tt.teardown(() => agent.stop());
     for (let i = 0; i < 100 && !(await agent.status()).mqtt.client.subscribed; i++)
@@ -102,3 +106,46 @@ t.test(
     tt.equal(drops, 0, 'Mosquitto dropped nothing');
   },
 );
+
+t.test("Mosquitto's drop counter: a metric and a warning, never an event", async (tt) => {
+  const mosq = await Mosquitto.start({ stockQueue: true, extraConfig: ['sys_interval 1'] });
+  tt.teardown(() => mosq.cleanup());
+  // The default filter, '#': it does not match $SYS/ topics, the drop counter's own subscription does.
+  const env = clientEnv(mosq, 'drops-all', 'drops-agent');
+  let agent = await AgentProc.start({ env });
+  for (let i = 0; i < 100 && !(await agent.status()).mqtt.client.subscribed; i++) await sleep(100);
+  await agent.stop();
+  // kedge is away: its session queue (max_queued_messages 1000) overflows.
+  const N = 1500;
+  await mosquittoPubLines(
+    mosq.port,
+    'drop/x',
+    Array.from({ length: N }, (_, i) => `d-${i}`),
+  );
+  agent = await AgentProc.start({ env, port: agent.port });
+  tt.teardown(() => agent.stop());
+  const metric = async () => {
+    const text = await (await fetch(`${agent.base}/metrics`)).text();
+    return Number(/^kedge_mqtt_broker_dropped_messages (\d+)/m.exec(text)?.[1] ?? -1);
+  };
+  let dropped = 0;
+  for (let i = 0; i < 50 && dropped <= 0; i++) {
+    dropped = await metric();
+    await sleep(200);
+  }
+  const ingested = await waitIngestSettled(agent, N, 3_000);
+  tt.comment(`Mosquitto dropped ${dropped}; kedge stored ${ingested} of ${N}`);
+  tt.ok(dropped > 0, 'kedge_mqtt_broker_dropped_messages shows the drops');
+  tt.equal(ingested + dropped, N, 'what was not dropped was stored (the counter is exact here)');
+  tt.ok(
+    agent.lines.some((l) => l.includes('the MQTT broker is dropping messages')),
+    'a warning was logged',
+  );
+  await agent.waitDrained(60_000);
+  const recs = await consume(kafka.bootstrap, 'drops-all', { expect: ingested, timeoutMs: 20_000 });
+  tt.equal(recs.length, ingested, 'every record in Kafka is a published message');
+  tt.ok(
+    recs.every((r) => r.headers['mqtt-topic'] === 'drop/x'),
+    'no $SYS message became an event',
+  );
+});

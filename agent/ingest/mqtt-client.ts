@@ -94,6 +94,12 @@ const DEFAULT_SESSION_EXPIRY_S = 7 * 24 * 3600;
 export const RECEIVE_MAXIMUM = 1000;
 /** Most payload bytes held between arrival and PUBACK (memory bound with large payloads). */
 export const WINDOW_BYTES = 8 * 1024 * 1024;
+/**
+ * Mosquitto publishes how many messages it dropped (queue full: max_queued_messages,
+ * max_queued_bytes), all clients together, every sys_interval. `#` does not match
+ * `$SYS/` topics, so only this subscription brings it, and it is never stored.
+ */
+export const SYS_DROPPED_TOPIC = '$SYS/broker/publish/messages/dropped';
 /** Tells MQTT.js "next packet, no PUBACK": the ack window sends it after the commit. */
 const ACK_DEFERRED = new Error('PUBACK deferred until the commit');
 /** CONNACK codes meaning "I do not speak this protocol version": 3.1.1 returnCode 1, MQTT 5 reasonCode 0x84. */
@@ -135,6 +141,8 @@ export class MqttClientIngest {
   private readonly failLog = new RateLimitedLog(10_000);
   private readonly errorLog = new RateLimitedLog(10_000);
   private subscribedWaiters: (() => void)[] = [];
+  /** The broker's drop counter as last seen (null: not seen yet). */
+  private brokerDropped: number | null = null;
 
   constructor(opts: MqttClientIngestOptions) {
     this.opts = opts;
@@ -293,11 +301,17 @@ export class MqttClientIngest {
     const client = this.client;
     // Shutting down: no append, no PUBACK; the broker redelivers after the restart.
     if (this.stopping || !this.opts.sink.ready || !client) return;
+    const topic = packet.topic.toString();
+    if (topic === SYS_DROPPED_TOPIC && packet.qos === 0) {
+      // The broker's statistics, not an event (subscribed at QoS 0: no PUBACK).
+      this.noteBrokerDropped(packet.payload.toString());
+      cb();
+      return;
+    }
     const window = this.windowFor(client);
     // A message before this one was refused: the connection is being dropped.
     if (window.refused) return;
     const qos = packet.qos;
-    const topic = packet.topic.toString();
     const payload = packet.payload;
     const size = typeof payload === 'string' ? Buffer.byteLength(payload) : payload.length;
     const slot = window.add(packet.messageId ?? 0, qos, size);
@@ -410,6 +424,7 @@ export class MqttClientIngest {
     if (!client) return;
     // rh 1 (MQTT 5): replay retained messages only when the subscription is new.
     const map = Object.fromEntries(this.opts.topics.map((t) => [t, { qos: 1 as const, rh: 1 }]));
+    this.subscribeSys(client);
     client.subscribe(map, (err, granted) => {
       if (err) {
         this.noteError(`subscribe failed: ${err.message}`);
@@ -433,6 +448,32 @@ export class MqttClientIngest {
       this.firstSubscribe = false;
       this.markSubscribed();
     });
+  }
+
+  /** Asks for the broker's drop counter; a broker without it refuses or never publishes: both fine. */
+  private subscribeSys(client: MqttClient): void {
+    client.subscribe(SYS_DROPPED_TOPIC, { qos: 0 }, (err, granted) => {
+      const ok = !err && (granted ?? []).every((g) => g.qos === 0);
+      this.logger.debug(
+        { topic: SYS_DROPPED_TOPIC, ok, err: err?.message },
+        'subscribed to the broker drop counter',
+      );
+    });
+  }
+
+  private noteBrokerDropped(text: string): void {
+    const n = Number(text.trim());
+    if (!Number.isFinite(n) || n < 0) return;
+    const was = this.brokerDropped;
+    this.brokerDropped = n;
+    this.m.brokerDropped.set(n);
+    // First value: drops since the broker started (perhaps while kedge was down); then only growth.
+    if (n > (was ?? 0))
+      this.logger.warn(
+        { dropped: n, new: n - (was ?? 0), since: was === null ? 'broker start' : 'last report' },
+        'the MQTT broker is dropping messages (all its clients, kedge possibly among them): ' +
+          'raise its max_queued_messages / max_queued_bytes (see docs/mqtt.md)',
+      );
   }
 
   private markSubscribed(): void {
