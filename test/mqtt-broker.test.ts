@@ -12,6 +12,7 @@ import { harness, startBroker, type Harness } from './fixtures/mqtt-harness.ts';
 import { MqttBrokerIngest } from '../agent/ingest/mqtt-broker.ts';
 import { LogWriteError } from '../agent/log/index.ts';
 import type { StoredEvent } from '../agent/log/index.ts';
+import { rawPublish, varint } from './helpers/mqtt-raw.ts';
 
 function pubClient(url: string, opts: mqtt.IClientOptions = {}): Promise<MqttClient> {
   return mqtt.connectAsync(url, {
@@ -47,36 +48,6 @@ function rawConnect(clientId: string): Buffer {
     id,
   ]);
   return Buffer.concat([Buffer.from([0x10]), varint(body.length), body]);
-}
-
-function rawPublish(
-  topic: string,
-  payload: Buffer,
-  qos: 0 | 1 | 2,
-  messageId = 1,
-  dup = false,
-): Buffer {
-  const t = Buffer.from(topic);
-  const parts: Buffer[] = [Buffer.from([t.length >> 8, t.length & 255]), t];
-  if (qos > 0) parts.push(Buffer.from([messageId >> 8, messageId & 255]));
-  parts.push(payload);
-  const body = Buffer.concat(parts);
-  return Buffer.concat([
-    Buffer.from([0x30 | (qos << 1) | (dup ? 8 : 0)]),
-    varint(body.length),
-    body,
-  ]);
-}
-
-function varint(n: number): Buffer {
-  const out: number[] = [];
-  do {
-    let b = n % 128;
-    n = Math.floor(n / 128);
-    if (n > 0) b |= 128;
-    out.push(b);
-  } while (n > 0);
-  return Buffer.from(out);
 }
 
 /** A raw socket that collects what the broker sends; `ended` resolves when the broker closes it. */

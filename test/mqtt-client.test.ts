@@ -10,8 +10,12 @@ import { randomBytes } from 'node:crypto';
 import mqtt, { type MqttClient, type Packet } from 'mqtt';
 import { Mosquitto } from './helpers/mosquitto.ts';
 import { spawnProc, waitFor, type Proc } from './helpers/proc.ts';
-import { harness, startBroker, type Harness } from './fixtures/mqtt-harness.ts';
-import { MqttClientIngest, type MqttClientIngestOptions } from '../agent/ingest/mqtt-client.ts';
+import { clientIngest, harness, startBroker, type Harness } from './fixtures/mqtt-harness.ts';
+import {
+  type MqttClientIngest,
+  RECEIVE_MAXIMUM,
+  type MqttClientIngestOptions,
+} from '../agent/ingest/mqtt-client.ts';
 import { kafkaTopicName } from '../agent/ingest/mqtt-topic.ts';
 import { LogWriteError } from '../agent/log/index.ts';
 import type { StoredEvent } from '../agent/log/index.ts';
@@ -21,19 +25,9 @@ t.teardown(() => mosq.cleanup());
 
 let idn = 0;
 function ingest(h: Harness, over: Partial<MqttClientIngestOptions> = {}): MqttClientIngest {
-  return new MqttClientIngest({
+  return clientIngest(h, {
     url: mosq.url,
-    topics: ['dev/#'],
     agentId: `test-${process.pid}-${++idn}`,
-    username: null,
-    password: null,
-    kafkaTopic: null,
-    topicPrefixLength: 0,
-    maxPayload: 256 * 1024,
-    retained: 'skip',
-    sink: h.sink,
-    metrics: h.metrics,
-    logger: h.logger,
     reconnectMinMs: 100,
     reconnectMaxMs: 1_000,
     ...over,
@@ -262,10 +256,10 @@ t.test('PUBACK is sent only after the commit', async (tt) => {
   const pub = await publisher();
   await publishAll(pub, makeMessages(5, ['dev/slow'], 'slow'));
   await waitFor(() => checks.length >= 5, { timeoutMs: 10_000, what: '5 PUBACKs' });
-  tt.same(
-    checks.map((c) => c.logHad),
-    [1, 2, 3, 4, 5],
-    'the n-th PUBACK goes out when n messages are durable in the log',
+  // Pipelined: the five may share one commit, so the n-th PUBACK goes out once at least n are durable.
+  tt.ok(
+    checks.every((c, i) => c.logHad >= i + 1),
+    `the n-th PUBACK goes out only when n messages are durable in the log (${checks.map((c) => c.logHad).join(',')})`,
   );
   tt.ok(checks.every((c) => c.afterCommit));
   await pub.endAsync();
@@ -455,9 +449,10 @@ t.test(
     const evs = h.events();
     tt.ok(evs.length >= sent.length, `${evs.length} events for ${sent.length} messages`);
     checkExactAndOrdered(tt, evs, sent, true);
+    // Committed but not yet PUBACKed at the kill (or PUBACKs lost with the socket): at most the window.
     tt.ok(
-      evs.length - sent.length <= 20,
-      `duplicates only for the inflight window at the kill (${evs.length - sent.length})`,
+      evs.length - sent.length <= RECEIVE_MAXIMUM,
+      `duplicates only for the ack window at the kill (${evs.length - sent.length} ≤ ${RECEIVE_MAXIMUM})`,
     );
     await pub.endAsync();
     await h.cleanup();

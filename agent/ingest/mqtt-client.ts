@@ -3,14 +3,16 @@
  * with a persistent session, and acknowledges a message (PUBACK) only once
  * the event is committed to the log.
  *
- * How the PUBACK is held back: MQTT.js calls `client.handleMessage(packet, cb)`
- * for every incoming PUBLISH and writes the PUBACK when `cb` is called. We
- * append, wait for the commit, then call back. When the append fails we never
- * call back and drop the connection: the broker keeps the unacknowledged
- * message in the session and redelivers it (with everything after it, in
- * order) on the next connection. MQTT.js handles one packet at a time per
- * connection, so per-topic order is preserved and throughput is about one
- * message per commit.
+ * Pipelining: MQTT.js hands us one PUBLISH at a time (`client.handleMessage`)
+ * and would send the PUBACK when we call back. We append, call back at once
+ * without letting MQTT.js acknowledge, and take the next message, up to a
+ * window (RECEIVE_MAXIMUM); the appends of one socket read share one group
+ * commit. The window (ack-window.ts) sends the PUBACKs itself, in arrival
+ * order, each only after its commit. When an append fails, neither that
+ * message nor any after it is acknowledged and the connection is dropped: the
+ * broker keeps the unacknowledged messages in the session and redelivers them,
+ * in order, on the next connection. Messages are appended in arrival order, so
+ * per-topic order is preserved.
  */
 import mqtt, { type IClientOptions, type IPublishPacket, type MqttClient } from 'mqtt';
 import type { EventInput } from '../log/types.ts';
@@ -21,6 +23,7 @@ import { MqttEventMapper, mqttMetrics, type MqttMetrics, type MqttRefusal } from
 import { Backoff } from '../backoff.ts';
 import { redactUrl } from '../redact.ts';
 import { waitAtMost } from '../deadline.ts';
+import { AckWindow, type AckSlot } from './ack-window.ts';
 
 export interface MqttClientIngestOptions {
   /** mqtt://, mqtts://, ws://, wss:// (KEDGE_MQTT_URL). */
@@ -81,6 +84,24 @@ export interface MqttClientStatus {
 }
 
 const DEFAULT_SESSION_EXPIRY_S = 7 * 24 * 3600;
+/**
+ * Most QoS 1/2 messages kedge holds between arrival and PUBACK: sent to an
+ * MQTT 5 broker as Receive Maximum (the broker sends no more unacknowledged
+ * messages than that); with MQTT 3.1.1 the broker's own limit applies
+ * (Mosquitto: max_inflight_messages, default 20) and kedge stops reading the
+ * socket when it has this many. Up to this many messages share one commit.
+ */
+export const RECEIVE_MAXIMUM = 1000;
+/** Most payload bytes held between arrival and PUBACK (memory bound with large payloads). */
+export const WINDOW_BYTES = 8 * 1024 * 1024;
+/**
+ * Mosquitto publishes how many messages it dropped (queue full: max_queued_messages,
+ * max_queued_bytes), all clients together, every sys_interval. `#` does not match
+ * `$SYS/` topics, so only this subscription brings it, and it is never stored.
+ */
+export const SYS_DROPPED_TOPIC = '$SYS/broker/publish/messages/dropped';
+/** Tells MQTT.js "next packet, no PUBACK": the ack window sends it after the commit. */
+const ACK_DEFERRED = new Error('PUBACK deferred until the commit');
 /** CONNACK codes meaning "I do not speak this protocol version": 3.1.1 returnCode 1, MQTT 5 reasonCode 0x84. */
 const UNSUPPORTED_PROTOCOL = new Set([1, 0x84]);
 
@@ -100,10 +121,10 @@ export class MqttClientIngest {
   private firstSubscribe = true;
   private backoff: Backoff | null = null;
   private reconnectTimer: NodeJS.Timeout | null = null;
-  /** The append of the message MQTT.js is handling right now (at most one per connection). */
+  /** The last append issued; commits finish in order, so when it settled every earlier one did. */
   private inflight: Promise<unknown> | null = null;
-  /** Bumped when a connection closes: a commit that finishes after its connection is gone must not PUBACK on the next one. */
-  private generation = 0;
+  /** The current connection's messages between arrival and PUBACK; closed with its connection. */
+  private window: AckWindow | null = null;
   /** Set while appends fail: a successful connect does not reset the backoff then, a commit does. */
   private appendFailing = false;
   private lastError: string | null = null;
@@ -120,6 +141,8 @@ export class MqttClientIngest {
   private readonly failLog = new RateLimitedLog(10_000);
   private readonly errorLog = new RateLimitedLog(10_000);
   private subscribedWaiters: (() => void)[] = [];
+  /** The broker's drop counter as last seen (null: not seen yet). */
+  private brokerDropped: number | null = null;
 
   constructor(opts: MqttClientIngestOptions) {
     this.opts = opts;
@@ -238,25 +261,70 @@ export class MqttClientIngest {
     if (this.protocol === 5)
       o.properties = {
         sessionExpiryInterval: this.opts.sessionExpirySeconds ?? DEFAULT_SESSION_EXPIRY_S,
+        receiveMaximum: RECEIVE_MAXIMUM,
       };
     return o;
   }
 
+  /** The window of the connection MQTT.js is reading from; a new one for each connection. */
+  private windowFor(client: MqttClient): AckWindow {
+    const stream = client.stream;
+    if (this.window?.stream !== stream) {
+      this.window?.close();
+      this.window = new AckWindow({
+        stream,
+        maxCount: RECEIVE_MAXIMUM,
+        maxBytes: WINDOW_BYTES,
+        // MQTT.js documents 'packetsend' for every packet it sends; these go past its writer.
+        onPubacks: (ids) => {
+          for (const messageId of ids) client.emit('packetsend', { cmd: 'puback', messageId });
+        },
+        // Everything before the refused message is acknowledged: now drop the
+        // connection so the broker redelivers the rest (see appendFailed).
+        onRefusal: () => stream.destroy(),
+      });
+    }
+    return this.window;
+  }
+
+  /**
+   * MQTT.js calls this for each PUBLISH, one at a time, and reads the next
+   * packet only when `cb` is called; called without an error it also sends
+   * the PUBACK. So for QoS 0 and 1 we call back at once with ACK_DEFERRED
+   * (no PUBACK, next packet please) while the window has room, and the window
+   * writes the PUBACKs itself, in arrival order, after the commits. QoS 2
+   * (which a broker does not send to a QoS 1 subscription) keeps MQTT.js's
+   * path: its PUBCOMP goes out when `cb` is called, in the message's turn.
+   */
   private onMessage(packet: IPublishPacket, cb: (err?: Error) => void): void {
     this.counts.received++;
+    const client = this.client;
     // Shutting down: no append, no PUBACK; the broker redelivers after the restart.
-    if (this.stopping || !this.opts.sink.ready) return;
+    if (this.stopping || !this.opts.sink.ready || !client) return;
     const topic = packet.topic.toString();
+    if (topic === SYS_DROPPED_TOPIC && packet.qos === 0) {
+      // The broker's statistics, not an event (subscribed at QoS 0: no PUBACK).
+      this.noteBrokerDropped(packet.payload.toString());
+      cb();
+      return;
+    }
+    const window = this.windowFor(client);
+    // A message before this one was refused: the connection is being dropped.
+    if (window.refused) return;
+    const qos = packet.qos;
     const payload = packet.payload;
+    const size = typeof payload === 'string' ? Buffer.byteLength(payload) : payload.length;
+    const slot = window.add(packet.messageId ?? 0, qos, size);
+    if (qos === 2) slot.release = () => cb();
+    else window.admit(() => cb(ACK_DEFERRED));
     if (packet.retain && this.opts.retained === 'skip') {
       // With Retain As Published off (both protocol versions), the broker sets
       // RETAIN only on messages it replays because of a (re)subscription.
       this.counts.retainedSkipped++;
       this.m.retainedSkipped.inc();
-      cb();
+      window.done(slot);
       return;
     }
-    const size = typeof payload === 'string' ? Buffer.byteLength(payload) : payload.length;
     if (size > this.opts.maxPayload) {
       // It will never fit: acknowledging drops it for good (counted, logged)
       // instead of having the broker redeliver it forever and block the session.
@@ -273,7 +341,7 @@ export class MqttClientIngest {
           },
           'MQTT payload larger than KEDGE_MQTT_MAX_PAYLOAD dropped (acknowledged, not stored)',
         );
-      cb();
+      window.done(slot);
       return;
     }
     let event: EventInput;
@@ -281,11 +349,10 @@ export class MqttClientIngest {
       event = this.mapper.event(topic, payload);
     } catch (err) {
       // Cannot happen with a parsed packet; never let it reach MQTT.js's parser loop.
-      this.appendFailed(err, packet.qos, this.client?.stream);
+      this.appendFailed(err, window, slot);
       return;
     }
-    const generation = this.generation;
-    const stream = this.client?.stream;
+    // Appends issued in the same tick share one transaction and one fsync (the log's group commit).
     const p = this.opts.sink.submit([event]).then(
       () => {
         this.counts.ingested++;
@@ -293,15 +360,11 @@ export class MqttClientIngest {
           this.appendFailing = false;
           this.backoff?.reset();
         }
-        // The connection this message came on is gone: MQTT.js would send the
-        // PUBACK on the next one, where the broker may have reused the packet id
-        // for a message not yet stored. The broker redelivers this one instead
-        // (stored twice: at-least-once).
-        if (generation === this.generation) cb();
+        window.done(slot);
       },
-      (err: unknown) =>
-        this.appendFailed(err, packet.qos, generation === this.generation ? stream : undefined, cb),
+      (err: unknown) => this.appendFailed(err, window, slot),
     );
+    // Commits finish in submit order: the last append is the one stop() waits for.
     this.inflight = p;
     void p.finally(() => {
       if (this.inflight === p) this.inflight = null;
@@ -309,15 +372,12 @@ export class MqttClientIngest {
   }
 
   /**
-   * QoS 1/2: no PUBACK, and drop the connection so the broker redelivers (MQTT.js
-   * has no way to ask for one message again). QoS 0 has no ack: counted, gone.
+   * QoS 1/2: no PUBACK for it or anything after it on this connection, and drop
+   * the connection so the broker redelivers them in order (MQTT.js has no way
+   * to ask for one message again). QoS 0 has no ack: counted, gone.
    */
-  private appendFailed(
-    err: unknown,
-    qos: number,
-    stream: { destroy(): void } | undefined,
-    cb?: (err?: Error) => void,
-  ): void {
+  private appendFailed(err: unknown, window: AckWindow, slot: AckSlot): void {
+    const qos = slot.qos;
     this.counts.appendFailures++;
     this.refuse('log');
     const code = (err as { code?: string })?.code;
@@ -333,12 +393,14 @@ export class MqttClientIngest {
           : 'log append failed: QoS 0 MQTT message lost',
       );
     if (qos === 0) {
-      cb?.();
+      window.done(slot);
       return;
     }
     this.appendFailing = true;
+    // Nothing from it on is acknowledged on this connection; once what came
+    // before it is (after its commit), the window drops the connection.
     // Backoff grows while appends keep failing (disk full, reject-new); see scheduleReconnect.
-    stream?.destroy();
+    window.refuse(slot);
   }
 
   private onConnect(sessionPresent: boolean): void {
@@ -362,6 +424,7 @@ export class MqttClientIngest {
     if (!client) return;
     // rh 1 (MQTT 5): replay retained messages only when the subscription is new.
     const map = Object.fromEntries(this.opts.topics.map((t) => [t, { qos: 1 as const, rh: 1 }]));
+    this.subscribeSys(client);
     client.subscribe(map, (err, granted) => {
       if (err) {
         this.noteError(`subscribe failed: ${err.message}`);
@@ -385,6 +448,32 @@ export class MqttClientIngest {
       this.firstSubscribe = false;
       this.markSubscribed();
     });
+  }
+
+  /** Asks for the broker's drop counter; a broker without it refuses or never publishes: both fine. */
+  private subscribeSys(client: MqttClient): void {
+    client.subscribe(SYS_DROPPED_TOPIC, { qos: 0 }, (err, granted) => {
+      const ok = !err && (granted ?? []).every((g) => g.qos === 0);
+      this.logger.debug(
+        { topic: SYS_DROPPED_TOPIC, ok, err: err?.message },
+        'subscribed to the broker drop counter',
+      );
+    });
+  }
+
+  private noteBrokerDropped(text: string): void {
+    const n = Number(text.trim());
+    if (!Number.isFinite(n) || n < 0) return;
+    const was = this.brokerDropped;
+    this.brokerDropped = n;
+    this.m.brokerDropped.set(n);
+    // First value: drops since the broker started (perhaps while kedge was down); then only growth.
+    if (n > (was ?? 0))
+      this.logger.warn(
+        { dropped: n, new: n - (was ?? 0), since: was === null ? 'broker start' : 'last report' },
+        'the MQTT broker is dropping messages (all its clients, kedge possibly among them): ' +
+          'raise its max_queued_messages / max_queued_bytes (see docs/mqtt.md)',
+      );
   }
 
   private markSubscribed(): void {
@@ -416,7 +505,10 @@ export class MqttClientIngest {
   }
 
   private onClose(): void {
-    this.generation++;
+    // A commit that finishes after its connection is gone must not PUBACK on the
+    // next one, where the broker may have reused the packet id for a message not
+    // yet stored: the broker redelivers it instead (stored twice: at-least-once).
+    this.window?.close();
     const wasUp = this.state === 'up';
     this.subscribed = false;
     this.m.linkUp.set(0);

@@ -105,6 +105,7 @@ export interface MqttMetrics {
   linkUp: Gauge;
   reconnects: Counter;
   clients: Gauge;
+  brokerDropped: Gauge;
 }
 
 /** The kedge_mqtt_* metrics on `registry`, created on first use. */
@@ -156,6 +157,15 @@ export function mqttMetrics(registry: Registry): MqttMetrics {
         new Gauge({
           name: 'kedge_mqtt_clients',
           help: 'Embedded broker: connected MQTT clients',
+          registers,
+        }),
+    ),
+    brokerDropped: get(
+      'kedge_mqtt_broker_dropped_messages',
+      () =>
+        new Gauge({
+          name: 'kedge_mqtt_broker_dropped_messages',
+          help: "Client mode: messages the broker says it dropped since it started, all clients (Mosquitto's $SYS/broker/publish/messages/dropped); 0 until the broker publishes it",
           registers,
         }),
     ),

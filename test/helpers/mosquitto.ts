@@ -18,6 +18,8 @@ export interface MosquittoOptions {
   port?: number;
   /** Mosquitto binary; default `mosquitto` from PATH, else /usr/sbin/mosquitto. */
   bin?: string;
+  /** Keep Mosquitto's own queue limits (max_queued_messages 1000) instead of raising them. */
+  stockQueue?: boolean;
 }
 
 // Folders removed when the test process exits (the process itself is SIGKILLed by proc.ts then).
@@ -56,8 +58,7 @@ export class Mosquitto {
       `persistence_location ${dir}/`,
       'autosave_interval 1',
       // Room for the messages queued for kedge's session while kedge is down (default 1000).
-      'max_queued_messages 1000000',
-      'max_queued_bytes 0',
+      ...(opts.stockQueue ? [] : ['max_queued_messages 1000000', 'max_queued_bytes 0']),
       // As root, Mosquitto 2 drops to user "mosquitto", which cannot write our temp dir.
       `user ${userInfo().username}`,
       'log_dest stderr',
