@@ -75,6 +75,15 @@ async function fakeBroker(n: number, h: Harness): Promise<FakeBroker> {
           v5 = body[6] === 5;
           sock.write(Buffer.from(v5 ? [0x20, 3, 0, 0, 0] : [0x20, 2, 0, 0]));
         } else if (type === 8) {
+          if (body.includes('$SYS/')) {
+            // kedge also asks for Mosquitto's drop counter: refused here (SUBACK 0x80), no burst.
+            sock.write(
+              Buffer.from(
+                v5 ? [0x90, 4, body[0], body[1], 0, 0x80] : [0x90, 3, body[0], body[1], 0x80],
+              ),
+            );
+            return;
+          }
           sock.write(
             Buffer.from(v5 ? [0x90, 4, body[0], body[1], 0, 1] : [0x90, 3, body[0], body[1], 1]),
           );

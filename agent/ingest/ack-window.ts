@@ -20,6 +20,8 @@
  * where the broker may have reused its packet id.
  */
 
+import type { MqttClient } from 'mqtt';
+
 /** What the window needs of the socket: write, and whether it is still usable. */
 export interface AckStream {
   write(chunk: Buffer): unknown;
@@ -168,4 +170,35 @@ export class AckWindow {
       held();
     }
   }
+}
+
+/**
+ * Most QoS 1/2 messages kedge holds between arrival and PUBACK: sent to an
+ * MQTT 5 broker as Receive Maximum (the broker sends no more unacknowledged
+ * messages than that); with MQTT 3.1.1 the broker's own limit applies
+ * (Mosquitto: max_inflight_messages, default 20) and kedge stops reading the
+ * socket when it has this many. Up to this many messages share one commit.
+ */
+export const RECEIVE_MAXIMUM = 1000;
+/** Most payload bytes held between arrival and PUBACK (memory bound with large payloads). */
+export const WINDOW_BYTES = 8 * 1024 * 1024;
+
+/**
+ * The window of one MQTT.js connection (its current socket): PUBACKs go out on that
+ * socket; a refusal drops it so the broker redelivers the rest.
+ */
+export function connectionWindow(client: MqttClient): AckWindow {
+  const stream = client.stream;
+  return new AckWindow({
+    stream,
+    maxCount: RECEIVE_MAXIMUM,
+    maxBytes: WINDOW_BYTES,
+    // MQTT.js documents 'packetsend' for every packet it sends; these go past its writer.
+    onPubacks: (ids) => {
+      for (const messageId of ids) client.emit('packetsend', { cmd: 'puback', messageId });
+    },
+    // Everything before the refused message is acknowledged: now drop the
+    // connection so the broker redelivers the rest (see MqttClientIngest.appendFailed).
+    onRefusal: () => stream.destroy(),
+  });
 }

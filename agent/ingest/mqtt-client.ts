@@ -23,7 +23,10 @@ import { MqttEventMapper, mqttMetrics, type MqttMetrics, type MqttRefusal } from
 import { Backoff } from '../backoff.ts';
 import { redactUrl } from '../redact.ts';
 import { waitAtMost } from '../deadline.ts';
-import { AckWindow, type AckSlot } from './ack-window.ts';
+import { type AckSlot, type AckWindow, connectionWindow, RECEIVE_MAXIMUM } from './ack-window.ts';
+import { BrokerDropWatch, SYS_DROPPED_TOPIC } from './mqtt-sys.ts';
+
+export { RECEIVE_MAXIMUM };
 
 export interface MqttClientIngestOptions {
   /** mqtt://, mqtts://, ws://, wss:// (KEDGE_MQTT_URL). */
@@ -84,22 +87,6 @@ export interface MqttClientStatus {
 }
 
 const DEFAULT_SESSION_EXPIRY_S = 7 * 24 * 3600;
-/**
- * Most QoS 1/2 messages kedge holds between arrival and PUBACK: sent to an
- * MQTT 5 broker as Receive Maximum (the broker sends no more unacknowledged
- * messages than that); with MQTT 3.1.1 the broker's own limit applies
- * (Mosquitto: max_inflight_messages, default 20) and kedge stops reading the
- * socket when it has this many. Up to this many messages share one commit.
- */
-export const RECEIVE_MAXIMUM = 1000;
-/** Most payload bytes held between arrival and PUBACK (memory bound with large payloads). */
-export const WINDOW_BYTES = 8 * 1024 * 1024;
-/**
- * Mosquitto publishes how many messages it dropped (queue full: max_queued_messages,
- * max_queued_bytes), all clients together, every sys_interval. `#` does not match
- * `$SYS/` topics, so only this subscription brings it, and it is never stored.
- */
-export const SYS_DROPPED_TOPIC = '$SYS/broker/publish/messages/dropped';
 /** Tells MQTT.js "next packet, no PUBACK": the ack window sends it after the commit. */
 const ACK_DEFERRED = new Error('PUBACK deferred until the commit');
 /** CONNACK codes meaning "I do not speak this protocol version": 3.1.1 returnCode 1, MQTT 5 reasonCode 0x84. */
@@ -141,8 +128,7 @@ export class MqttClientIngest {
   private readonly failLog = new RateLimitedLog(10_000);
   private readonly errorLog = new RateLimitedLog(10_000);
   private subscribedWaiters: (() => void)[] = [];
-  /** The broker's drop counter as last seen (null: not seen yet). */
-  private brokerDropped: number | null = null;
+  private readonly brokerDrops: BrokerDropWatch;
 
   constructor(opts: MqttClientIngestOptions) {
     this.opts = opts;
@@ -154,6 +140,7 @@ export class MqttClientIngest {
     this.m = mqttMetrics(opts.metrics.registry);
     this.clientId = opts.clientId ?? `kedge-${opts.agentId}`;
     this.protocol = opts.protocolVersion ?? 5;
+    this.brokerDrops = new BrokerDropWatch(this.logger, this.m.brokerDropped);
     this.m.linkUp.set(0);
   }
 
@@ -271,18 +258,7 @@ export class MqttClientIngest {
     const stream = client.stream;
     if (this.window?.stream !== stream) {
       this.window?.close();
-      this.window = new AckWindow({
-        stream,
-        maxCount: RECEIVE_MAXIMUM,
-        maxBytes: WINDOW_BYTES,
-        // MQTT.js documents 'packetsend' for every packet it sends; these go past its writer.
-        onPubacks: (ids) => {
-          for (const messageId of ids) client.emit('packetsend', { cmd: 'puback', messageId });
-        },
-        // Everything before the refused message is acknowledged: now drop the
-        // connection so the broker redelivers the rest (see appendFailed).
-        onRefusal: () => stream.destroy(),
-      });
+      this.window = connectionWindow(client);
     }
     return this.window;
   }
@@ -297,17 +273,18 @@ export class MqttClientIngest {
    * path: its PUBCOMP goes out when `cb` is called, in the message's turn.
    */
   private onMessage(packet: IPublishPacket, cb: (err?: Error) => void): void {
+    const topic = packet.topic.toString();
+    if (topic === SYS_DROPPED_TOPIC && packet.qos === 0) {
+      // The broker's statistics, not an event (subscribed at QoS 0: no PUBACK), not counted
+      // as received: `received` counts the device's messages.
+      this.brokerDrops.note(packet.payload.toString());
+      cb();
+      return;
+    }
     this.counts.received++;
     const client = this.client;
     // Shutting down: no append, no PUBACK; the broker redelivers after the restart.
     if (this.stopping || !this.opts.sink.ready || !client) return;
-    const topic = packet.topic.toString();
-    if (topic === SYS_DROPPED_TOPIC && packet.qos === 0) {
-      // The broker's statistics, not an event (subscribed at QoS 0: no PUBACK).
-      this.noteBrokerDropped(packet.payload.toString());
-      cb();
-      return;
-    }
     const window = this.windowFor(client);
     // A message before this one was refused: the connection is being dropped.
     if (window.refused) return;
@@ -424,7 +401,7 @@ export class MqttClientIngest {
     if (!client) return;
     // rh 1 (MQTT 5): replay retained messages only when the subscription is new.
     const map = Object.fromEntries(this.opts.topics.map((t) => [t, { qos: 1 as const, rh: 1 }]));
-    this.subscribeSys(client);
+    this.brokerDrops.subscribe(client);
     client.subscribe(map, (err, granted) => {
       if (err) {
         this.noteError(`subscribe failed: ${err.message}`);
@@ -448,32 +425,6 @@ export class MqttClientIngest {
       this.firstSubscribe = false;
       this.markSubscribed();
     });
-  }
-
-  /** Asks for the broker's drop counter; a broker without it refuses or never publishes: both fine. */
-  private subscribeSys(client: MqttClient): void {
-    client.subscribe(SYS_DROPPED_TOPIC, { qos: 0 }, (err, granted) => {
-      const ok = !err && (granted ?? []).every((g) => g.qos === 0);
-      this.logger.debug(
-        { topic: SYS_DROPPED_TOPIC, ok, err: err?.message },
-        'subscribed to the broker drop counter',
-      );
-    });
-  }
-
-  private noteBrokerDropped(text: string): void {
-    const n = Number(text.trim());
-    if (!Number.isFinite(n) || n < 0) return;
-    const was = this.brokerDropped;
-    this.brokerDropped = n;
-    this.m.brokerDropped.set(n);
-    // First value: drops since the broker started (perhaps while kedge was down); then only growth.
-    if (n > (was ?? 0))
-      this.logger.warn(
-        { dropped: n, new: n - (was ?? 0), since: was === null ? 'broker start' : 'last report' },
-        'the MQTT broker is dropping messages (all its clients, kedge possibly among them): ' +
-          'raise its max_queued_messages / max_queued_bytes (see docs/mqtt.md)',
-      );
   }
 
   private markSubscribed(): void {
