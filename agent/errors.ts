@@ -36,6 +36,7 @@ export const KEDGE_ERROR_CODES = [
   // forwarding
   'KEDGE_CORRUPT_COMPRESSED',
   'KEDGE_CODEC_UNAVAILABLE',
+  'KEDGE_KAFKA_INCOMPLETE_SEND',
   // `kedge status`
   'KEDGE_PIN_MISMATCH',
 ] as const;
@@ -128,6 +129,21 @@ export class CodecUnavailableError extends KedgeError {
       `KEDGE_COMPRESSION=${codec} is not a codec kedge knows (use none, gzip, snappy, lz4 or zstd)`,
     );
     this.name = 'CodecUnavailableError';
+  }
+}
+
+/**
+ * kafkajs resolved a send without an answer for every partition it wrote to (its
+ * retry skips a partition whose new leader already answered for others): the batch
+ * is not acknowledged and is sent again.
+ */
+export class IncompleteSendError extends KedgeError {
+  constructor(topic: string, partition: number) {
+    super(
+      'KEDGE_KAFKA_INCOMPLETE_SEND',
+      `Kafka's answer to a send has no result for ${topic} partition ${partition}; sending the batch again`,
+    );
+    this.name = 'IncompleteSendError';
   }
 }
 

@@ -3,6 +3,7 @@
  * (acks=all, one request in flight, so order per partition holds on retries).
  */
 import type { Config } from '../config.ts';
+import { IncompleteSendError } from '../errors.ts';
 import type { Logger } from '../observe/logger.ts';
 import { readFileSync } from 'node:fs';
 import type { ISocketFactory, Kafka, Producer, Message, SASLOptions } from 'kafkajs';
@@ -38,6 +39,11 @@ export class KafkaSink implements RecordSink {
   private readonly kafka: Kafka;
   private producer: Producer | null = null;
   private readonly opts: KafkaSinkOptions;
+  /**
+   * The partition each message of a send went to, kept across kafkajs' own retries
+   * of that send (see send()). Keyed by the message object, so it lives as long as the send.
+   */
+  private readonly partitionOf = new WeakMap<Message, number>();
 
   constructor(opts: KafkaSinkOptions) {
     this.opts = opts;
@@ -84,7 +90,18 @@ export class KafkaSink implements RecordSink {
       idempotent: true,
       maxInFlightRequests: 1,
       allowAutoTopicCreation: true,
-      createPartitioner: kafkajs.Partitioners.DefaultPartitioner,
+      createPartitioner: () => {
+        const partition = kafkajs.Partitioners.DefaultPartitioner();
+        // A retry must not move a keyless message to another partition (round robin):
+        // send() checks that every partition a message went to was answered for.
+        return (args) => {
+          const pinned = this.partitionOf.get(args.message);
+          if (pinned !== undefined && pinned < args.partitionMetadata.length) return pinned;
+          const p = partition(args);
+          this.partitionOf.set(args.message, p);
+          return p;
+        };
+      },
       retry: { retries: 3, initialRetryTime: 200, maxRetryTime: 2000 },
     });
     try {
@@ -104,12 +121,26 @@ export class KafkaSink implements RecordSink {
       if (!list) byTopic.set(r.topic, (list = []));
       list.push({ key: r.key, value: r.value, timestamp: String(r.timestamp), headers: r.headers });
     }
-    await this.producer!.sendBatch({
+    const answered = await this.producer!.sendBatch({
       acks: -1,
       timeout: this.opts.requestTimeoutMs,
       compression: this.opts.compression,
       topicMessages: [...byTopic].map(([topic, messages]) => ({ topic, messages })),
     });
+    // kafkajs 2.2.4 (producer/sendMessages.js) keeps each broker's answer across its
+    // retries of one send and only asks brokers without one. When a partition's leader
+    // dies and the new leader already answered for other partitions of this send, the
+    // retry never sends that partition, yet send() resolves: those records are not in
+    // Kafka. So every partition written to must have an answer, or the batch is
+    // refused (the forwarder sends it again with a new producer).
+    const got = new Set(answered.map((r) => `${r.topicName}\u0000${r.partition}`));
+    for (const [topic, messages] of byTopic) {
+      for (const m of messages) {
+        const p = this.partitionOf.get(m);
+        if (p === undefined || !got.has(`${topic}\u0000${p}`))
+          throw new IncompleteSendError(topic, p ?? -1);
+      }
+    }
   }
 
   /** Drops the producer; the next send makes a new one (fresh producer id and sequence numbers). */
