@@ -46,7 +46,10 @@ const SASL: Record<string, SASLOptions['mechanism']> = {
 
 /** The events the client emits for its broker connections. */
 interface ConnectionEvent {
-  connection?: { socket?: Socket };
+  connection?: {
+    socket?: Socket;
+    on?(event: 'error', listener: (e: Error) => void): unknown;
+  };
 }
 
 export class PlatformaticSink implements RecordSink {
@@ -54,6 +57,13 @@ export class PlatformaticSink implements RecordSink {
   private producer: KedgeProducer | null = null;
   /** Round-robin counter for records without a key. */
   private next = 0;
+  /**
+   * The last error a broker connection reported since the operation in flight began. The
+   * client fails the requests of a connection that broke with a bare "Connection closed";
+   * the reason (a TLS alert: Kafka refused the client certificate) is only in the
+   * connection's own error event, so it is added to the operation's error here.
+   */
+  private connectionError: Error | null = null;
 
   constructor(opts: KafkaSinkOptions) {
     this.opts = opts;
@@ -100,26 +110,26 @@ export class PlatformaticSink implements RecordSink {
         : {}),
     });
     const wire = opts.wire;
-    if (wire) {
-      const watch = (e: ConnectionEvent) => {
-        const s = e?.connection?.socket;
-        if (s) wire.watch(s);
-      };
-      p.on('client:broker:connect', watch);
-      p.on('client:broker:failed', watch);
-    }
+    const watch = (e: ConnectionEvent, up: boolean) => {
+      const s = e?.connection?.socket;
+      if (s && wire) wire.watch(s);
+      if (up) e?.connection?.on?.('error', (err) => (this.connectionError = err));
+    };
+    p.on('client:broker:connect', (e: ConnectionEvent) => watch(e, true));
+    p.on('client:broker:failed', (e: ConnectionEvent) => watch(e, false));
     return p;
   }
 
   async connect(): Promise<void> {
     if (this.producer) return;
     const p = this.make();
+    this.connectionError = null;
     try {
       // Bootstrap connection, cluster metadata and a producer id: what kafkajs' connect() does.
       await p.initIdempotentProducer({});
     } catch (e) {
       await p.close(true).catch(() => {});
-      throw e;
+      throw this.explained(e);
     }
     this.producer = p;
   }
@@ -137,7 +147,20 @@ export class PlatformaticSink implements RecordSink {
         headers: r.headers,
       };
     }
-    await this.producer!.send({ messages });
+    this.connectionError = null;
+    try {
+      await this.producer!.send({ messages });
+    } catch (e) {
+      throw this.explained(e);
+    }
+  }
+
+  /** `e`, with the connection error behind it if one came up meanwhile (classify.ts reads both). */
+  private explained(e: unknown): unknown {
+    const cause = this.connectionError;
+    this.connectionError = null;
+    if (!cause) return e;
+    return new AggregateError([e, cause], e instanceof Error ? e.message : String(e));
   }
 
   /** Drops the producer; the next send makes a new one (fresh producer id and sequence numbers). */
