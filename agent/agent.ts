@@ -13,9 +13,8 @@ import { DEFAULT_HTTP_LIMITS, HttpIngest, type HttpLimits } from './ingest/http.
 import { MqttClientIngest } from './ingest/mqtt-client.ts';
 import { MqttBrokerIngest } from './ingest/mqtt-broker.ts';
 import { Forwarder } from './forward/forwarder.ts';
-import { KafkaSink } from './kafka/producer.ts';
+import { createRecordSink } from './kafka/producer.ts';
 import { WireMeter } from './kafka/wire-meter.ts';
-import { kafkaCompression } from './kafka/codecs.ts';
 import { Metrics } from './observe/metrics.ts';
 import type { Logger } from './observe/logger.ts';
 import { buildStatus, RateMeter } from './status/document.ts';
@@ -84,7 +83,6 @@ export class Agent {
 
   async start(): Promise<void> {
     const cfg = this.cfg;
-    const compression = kafkaCompression(cfg.kafka.compression);
     const log = await openLog({
       dir: cfg.dataDir,
       driver: cfg.storage,
@@ -118,13 +116,12 @@ export class Agent {
     const wire = new WireMeter();
     this.forwarder = new Forwarder({
       log,
-      sink: new KafkaSink({
+      sink: await createRecordSink({
         kafka: cfg.kafka,
         clientId: `kedge-${this.agentId}`,
-        compression,
         requestTimeoutMs: this.tuning.requestTimeoutMs,
         logger: this.logger,
-        socketFactory: wire.socketFactory(),
+        wire,
       }),
       agentId: this.agentId,
       topicPrefix: cfg.kafka.topicPrefix,
@@ -231,6 +228,14 @@ export class Agent {
       // Waits at most a few seconds: a broker that is down does not block startup.
       await this.mqttClient.start();
     }
+    this.logger.info(
+      {
+        brokers: cfg.kafka.brokers.join(','),
+        client: cfg.kafka.client,
+        compression: cfg.kafka.compression,
+      },
+      'forwarding to Kafka',
+    );
     fwd.start();
     if (cfg.heartbeat.topic) {
       this.heartbeat = new Heartbeat({
@@ -239,13 +244,12 @@ export class Agent {
         intervalMs: cfg.heartbeat.intervalMs,
         agentId: this.agentId,
         // Its own producer and connections: a heartbeat never queues behind a forwarder batch.
-        sink: new KafkaSink({
+        sink: await createRecordSink({
           kafka: cfg.kafka,
           clientId: `kedge-${this.agentId}-heartbeat`,
-          compression,
           requestTimeoutMs: 10_000,
           logger: this.logger,
-          socketFactory: wire.socketFactory(),
+          wire,
         }),
         link: () => fwd.status(),
         onLinkChange: (listener) => fwd.onStateChange(listener),

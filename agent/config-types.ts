@@ -8,6 +8,10 @@ import type { StorageDriverName, SyncMode } from './storage-modes.ts';
 /** KEDGE_KAFKA_SASL_MECHANISM's values. */
 export const SASL_MECHANISMS = ['plain', 'scram-sha-256', 'scram-sha-512'] as const;
 
+/** KEDGE_KAFKA_CLIENT's values: the Kafka client library behind the producer interface. */
+export const KAFKA_CLIENTS = ['kafkajs', 'platformatic'] as const;
+export type KafkaClientName = (typeof KAFKA_CLIENTS)[number];
+
 export type LogLevel = 'debug' | 'info' | 'warn' | 'error';
 export type Compression = 'none' | 'gzip' | 'snappy' | 'lz4' | 'zstd';
 export type SaslMechanism = (typeof SASL_MECHANISMS)[number];
@@ -30,6 +34,7 @@ export interface Config {
   };
 
   kafka: {
+    client: KafkaClientName;
     brokers: string[];
     tls: boolean;
     caFile: string | null;

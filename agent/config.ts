@@ -11,6 +11,7 @@ import { Field, type ListenAddress, orList, type TimeWindow } from './setting-va
 import {
   type Compression,
   type Config,
+  type KafkaClientName,
   type LogLevel,
   SASL_MECHANISMS,
   type SaslMechanism,
@@ -30,7 +31,7 @@ export type { ListenAddress, TimeWindow };
 
 const KNOWN = new Set<string>(ENV_VARS);
 
-export type { Compression, Config, LogLevel, SaslMechanism };
+export type { Compression, Config, KafkaClientName, LogLevel, SaslMechanism };
 
 export interface LoadConfigOptions {
   /** systemd EnvironmentFile to read; the process environment wins over it. */
@@ -135,6 +136,7 @@ function toConfig(v: SettingValues, given: Given, envFile: string | null): Confi
       tlsKey: v.KEDGE_HTTP_TLS_KEY,
     },
     kafka: {
+      client: v.KEDGE_KAFKA_CLIENT,
       brokers: v.KEDGE_KAFKA_BROKERS,
       tls: v.KEDGE_KAFKA_TLS ?? KAFKA_TLS_FILES.some((n) => given(n)),
       caFile: v.KEDGE_KAFKA_CA_FILE,

@@ -6,7 +6,7 @@
  * (`npm run docs:settings` writes the last two; test/settings.test.ts keeps them in step).
  * Rules that span several settings live in config.ts's validate().
  */
-import { type Config, SASL_MECHANISMS } from './config-types.ts';
+import { type Config, KAFKA_CLIENTS, SASL_MECHANISMS } from './config-types.ts';
 import { REDACTED, redactIfUrl, redactUrl } from './redact.ts';
 import {
   type Field,
@@ -275,6 +275,13 @@ export const SETTINGS = {
     parse: (f) => f.secret(),
     show: (c) => c.kafka.sasl?.password ?? '',
   }),
+  KEDGE_KAFKA_CLIENT: choice(
+    'kafka',
+    KAFKA_CLIENTS,
+    'kafkajs',
+    'The Kafka client library: `kafkajs` or `platformatic` (@platformatic/kafka, less CPU per event). Both are idempotent with acks=all, one request in flight and the Java partitioner, so a key lands in the same partition with either.',
+    (c) => c.kafka.client,
+  ),
   KEDGE_COMPRESSION: choice(
     'kafka',
     ['none', 'gzip', 'snappy', 'lz4', 'zstd'] as const,

@@ -176,144 +176,160 @@ t.test('end to end against a real broker', async (tt) => {
   const kafka: KafkaCluster = await startKafka({ brokers: 1 });
   tt.teardown(() => kafka.stop());
 
-  for (const storage of ['sqlite', 'wasm'] as const) {
-    await tt.test(`HTTP → log → Kafka, byte for byte, storage=${storage}`, async (st) => {
-      const data = join(dir, `data-${storage}`);
-      const prefix = `exe-${storage}.`;
-      const agent = await AgentProc.start({
-        command: [exe],
-        env: {
-          KEDGE_DATA_DIR: data,
-          KEDGE_KAFKA_BROKERS: kafka.bootstrap,
-          KEDGE_TOPIC_PREFIX: prefix,
-          KEDGE_AGENT_ID: `exe-${storage}`,
-          KEDGE_STORAGE: storage,
-        },
-      });
-      st.teardown(() => agent.stop());
-      const n = storage === 'sqlite' ? 1000 : 250; // events per body form
-      const expected = new Map<
-        number,
-        { topic: string; key: string; value: Buffer; headers: Record<string, string> }
-      >();
-      const url = (p: string) => `${agent.base}${p}`;
+  // Both storage drivers with the default client, and @platformatic/kafka (its WebAssembly
+  // codecs and CRC32C bundled, its native CRC32C add-on left out: scripts/build/bundle.ts).
+  const cases = [
+    { storage: 'sqlite', client: 'kafkajs' },
+    { storage: 'wasm', client: 'kafkajs' },
+    { storage: 'sqlite', client: 'platformatic' },
+  ] as const;
+  for (const { storage, client } of cases) {
+    await tt.test(
+      `HTTP → log → Kafka, byte for byte, storage=${storage}, client=${client}`,
+      async (st) => {
+        const id = `exe-${storage}-${client}`;
+        const data = join(dir, `data-${storage}-${client}`);
+        const prefix = `${id}.`;
+        const agent = await AgentProc.start({
+          command: [exe],
+          env: {
+            KEDGE_DATA_DIR: data,
+            KEDGE_KAFKA_BROKERS: kafka.bootstrap,
+            KEDGE_TOPIC_PREFIX: prefix,
+            KEDGE_AGENT_ID: id,
+            KEDGE_STORAGE: storage,
+            KEDGE_KAFKA_CLIENT: client,
+          },
+        });
+        st.teardown(() => agent.stop());
+        const n = storage === 'sqlite' ? 1000 : 250; // events per body form
+        const expected = new Map<
+          number,
+          { topic: string; key: string; value: Buffer; headers: Record<string, string> }
+        >();
+        const url = (p: string) => `${agent.base}${p}`;
 
-      // 1. NDJSON batches of 50, keyed
-      for (let r = 0; r < n / 50; r++) {
-        const lines = Array.from({ length: 50 }, (_, i) =>
-          JSON.stringify({ r, i, dev: `d${r % 4}`, note: 'ünïcødé ✓' }),
-        );
-        const res = await post(
-          url(`/v1/topics/nd?key=d${r % 4}`),
-          lines.join('\n') + '\n',
-          'application/x-ndjson',
-        );
-        st.equal(res.status, 200);
-        for (const [i, l] of lines.entries())
-          expected.set(res.body.first_seq + i, {
-            topic: `${prefix}nd`,
-            key: `d${r % 4}`,
-            value: Buffer.from(l),
-            headers: {},
-          });
-      }
-      // 2. single JSON values and 3. raw binary bodies, 8 requests in flight
-      const singles = Array.from({ length: 2 * n }, (_, i) => i);
-      let next = 0;
-      await Promise.all(
-        Array.from({ length: 8 }, async () => {
-          while (next < singles.length) {
-            const i = singles[next++];
-            const raw = i % 2 === 1;
-            const key = raw ? `r${i % 3}` : `j${i % 5}`;
-            const body = raw ? randomBytes(1 + (i % 200)) : Buffer.from(` {"i":${i}} `);
-            const res = await post(
-              url(`/v1/topics/${raw ? 'raw' : 'js'}?key=${key}`),
-              body,
-              raw ? 'application/octet-stream' : 'application/json',
-            );
-            if (res.status !== 200)
-              throw new Error(`status ${res.status}: ${JSON.stringify(res.body)}`);
-            expected.set(res.body.first_seq, {
-              topic: `${prefix}${raw ? 'raw' : 'js'}`,
-              key,
-              value: body,
+        // 1. NDJSON batches of 50, keyed
+        for (let r = 0; r < n / 50; r++) {
+          const lines = Array.from({ length: 50 }, (_, i) =>
+            JSON.stringify({ r, i, dev: `d${r % 4}`, note: 'ünïcødé ✓' }),
+          );
+          const res = await post(
+            url(`/v1/topics/nd?key=d${r % 4}`),
+            lines.join('\n') + '\n',
+            'application/x-ndjson',
+          );
+          st.equal(res.status, 200);
+          for (const [i, l] of lines.entries())
+            expected.set(res.body.first_seq + i, {
+              topic: `${prefix}nd`,
+              key: `d${r % 4}`,
+              value: Buffer.from(l),
               headers: {},
             });
-          }
-        }),
-      );
-      // 4. the records envelope with headers
-      for (let r = 0; r < n / 50; r++) {
-        const recs = Array.from({ length: 50 }, (_, i) => ({
-          key: `e${i % 3}`,
-          value: { r, i },
-          headers: { src: 'envelope', batch: String(r) },
-        }));
-        const res = await post(
-          url('/v1/topics/env'),
-          JSON.stringify({ records: recs }),
-          'application/json',
+        }
+        // 2. single JSON values and 3. raw binary bodies, 8 requests in flight
+        const singles = Array.from({ length: 2 * n }, (_, i) => i);
+        let next = 0;
+        await Promise.all(
+          Array.from({ length: 8 }, async () => {
+            while (next < singles.length) {
+              const i = singles[next++];
+              const raw = i % 2 === 1;
+              const key = raw ? `r${i % 3}` : `j${i % 5}`;
+              const body = raw ? randomBytes(1 + (i % 200)) : Buffer.from(` {"i":${i}} `);
+              const res = await post(
+                url(`/v1/topics/${raw ? 'raw' : 'js'}?key=${key}`),
+                body,
+                raw ? 'application/octet-stream' : 'application/json',
+              );
+              if (res.status !== 200)
+                throw new Error(`status ${res.status}: ${JSON.stringify(res.body)}`);
+              expected.set(res.body.first_seq, {
+                topic: `${prefix}${raw ? 'raw' : 'js'}`,
+                key,
+                value: body,
+                headers: {},
+              });
+            }
+          }),
         );
-        st.equal(res.status, 200);
-        for (const [i, x] of recs.entries())
-          expected.set(res.body.first_seq + i, {
-            topic: `${prefix}env`,
-            key: x.key,
-            value: Buffer.from(JSON.stringify(x.value)),
-            headers: x.headers,
-          });
-      }
-      st.equal(expected.size, 4 * n);
+        // 4. the records envelope with headers
+        for (let r = 0; r < n / 50; r++) {
+          const recs = Array.from({ length: 50 }, (_, i) => ({
+            key: `e${i % 3}`,
+            value: { r, i },
+            headers: { src: 'envelope', batch: String(r) },
+          }));
+          const res = await post(
+            url('/v1/topics/env'),
+            JSON.stringify({ records: recs }),
+            'application/json',
+          );
+          st.equal(res.status, 200);
+          for (const [i, x] of recs.entries())
+            expected.set(res.body.first_seq + i, {
+              topic: `${prefix}env`,
+              key: x.key,
+              value: Buffer.from(JSON.stringify(x.value)),
+              headers: x.headers,
+            });
+        }
+        st.equal(expected.size, 4 * n);
 
-      const status = await agent.waitDrained(180_000);
-      st.equal(status.backlog.events, 0, 'drained');
-      const got = [];
-      for (const topic of ['nd', 'js', 'raw', 'env']) {
-        const recs = await consume(kafka.bootstrap, `${prefix}${topic}`, {
-          expect: n,
-          timeoutMs: 60_000,
-        });
-        st.equal(recs.length, n, `${prefix}${topic}: ${n} records read by kcat`);
-        got.push(...recs);
-      }
-      let mismatches = 0;
-      for (const r of got) {
-        const kid = r.headers['kedge-id'] ?? '';
-        const seq = Number(kid.slice(kid.lastIndexOf(':') + 1));
-        const e = expected.get(seq);
-        const ok =
-          kid.startsWith(`exe-${storage}:`) &&
-          e !== undefined &&
-          e.topic === r.topic &&
-          e.value.equals(r.value) &&
-          r.key !== null &&
-          r.key.toString() === e.key &&
-          Object.entries(e.headers).every(([k, v]) => r.headers[k] === v) &&
-          Number(r.headers['kedge-ingest-ts']) === r.timestamp;
-        if (!ok && mismatches++ < 3)
-          st.fail(`record ${kid} differs: ${r.topic} ${r.value.toString('hex').slice(0, 60)}`);
-      }
-      st.equal(
-        mismatches,
-        0,
-        'every record byte-identical, with key, headers and ingest timestamp',
-      );
-      const rep = checkDelivery(
-        got,
-        [...expected.keys()].map(String),
-        (r) => r.headers['kedge-id'].split(':').pop()!,
-      );
-      st.same(rep.missing, [], 'nothing missing');
-      st.same(rep.orderViolations, [], 'order per key holds');
-      st.equal(rep.duplicates, 0, 'no duplicates on a clean run');
-      st.ok(
-        agent.lines.some((l) => l.includes(`"storage":"${storage}"`)),
-        `the log was opened with the ${storage} driver`,
-      );
-      const stop = await agent.stop();
-      st.equal(stop.code, 0, 'clean exit on SIGTERM');
-    });
+        const status = await agent.waitDrained(180_000);
+        st.equal(status.backlog.events, 0, 'drained');
+        const got = [];
+        for (const topic of ['nd', 'js', 'raw', 'env']) {
+          const recs = await consume(kafka.bootstrap, `${prefix}${topic}`, {
+            expect: n,
+            timeoutMs: 60_000,
+          });
+          st.equal(recs.length, n, `${prefix}${topic}: ${n} records read by kcat`);
+          got.push(...recs);
+        }
+        let mismatches = 0;
+        for (const r of got) {
+          const kid = r.headers['kedge-id'] ?? '';
+          const seq = Number(kid.slice(kid.lastIndexOf(':') + 1));
+          const e = expected.get(seq);
+          const ok =
+            kid.startsWith(`${id}:`) &&
+            e !== undefined &&
+            e.topic === r.topic &&
+            e.value.equals(r.value) &&
+            r.key !== null &&
+            r.key.toString() === e.key &&
+            Object.entries(e.headers).every(([k, v]) => r.headers[k] === v) &&
+            Number(r.headers['kedge-ingest-ts']) === r.timestamp;
+          if (!ok && mismatches++ < 3)
+            st.fail(`record ${kid} differs: ${r.topic} ${r.value.toString('hex').slice(0, 60)}`);
+        }
+        st.equal(
+          mismatches,
+          0,
+          'every record byte-identical, with key, headers and ingest timestamp',
+        );
+        const rep = checkDelivery(
+          got,
+          [...expected.keys()].map(String),
+          (r) => r.headers['kedge-id'].split(':').pop()!,
+        );
+        st.same(rep.missing, [], 'nothing missing');
+        st.same(rep.orderViolations, [], 'order per key holds');
+        st.equal(rep.duplicates, 0, 'no duplicates on a clean run');
+        st.ok(
+          agent.lines.some((l) => l.includes(`"storage":"${storage}"`)),
+          `the log was opened with the ${storage} driver`,
+        );
+        st.ok(
+          agent.lines.some((l) => l.includes('"forwarding to Kafka"') && l.includes(`"${client}"`)),
+          `forwarding with ${client}`,
+        );
+        const stop = await agent.stop();
+        st.equal(stop.code, 0, 'clean exit on SIGTERM');
+      },
+    );
   }
 });
 

@@ -167,6 +167,7 @@ t.test('defaults', async (t) => {
       tlsKey: null,
     },
     kafka: {
+      client: 'kafkajs',
       brokers: ['localhost:9092'],
       tls: false,
       caFile: null,
@@ -236,6 +237,7 @@ t.test('a full valid configuration', async (t) => {
     KEDGE_KAFKA_SASL_MECHANISM: 'SCRAM-SHA-512',
     KEDGE_KAFKA_USERNAME: 'edge',
     KEDGE_KAFKA_PASSWORD: ' pass word ',
+    KEDGE_KAFKA_CLIENT: 'platformatic',
     KEDGE_COMPRESSION: 'lz4',
     KEDGE_TOPIC_PREFIX: 'site-3.',
     KEDGE_MQTT_URL: 'mqtts://broker.local:8883',
@@ -270,6 +272,7 @@ t.test('a full valid configuration', async (t) => {
     tlsKey: keyFile,
   });
   t.strictSame(cfg.kafka, {
+    client: 'platformatic',
     brokers: ['kafka1:9092', 'kafka2.example.com:9093', '[fd00::1]:9094'],
     tls: true,
     caFile,

@@ -11,7 +11,14 @@ import { loadConfig } from '../agent/config.ts';
 import { Agent } from '../agent/agent.ts';
 import { createLogger } from '../agent/observe/logger.ts';
 import { consume } from './helpers/kcat.ts';
-import { cleanup, freeLoopbackPort, post, sleep, tempDir } from './helpers/agent.ts';
+import {
+  cleanup,
+  freeLoopbackPort,
+  post,
+  sleep,
+  TEST_KAFKA_CLIENT,
+  tempDir,
+} from './helpers/agent.ts';
 
 const kafka = await startKafka({
   brokers: 1,
@@ -32,6 +39,7 @@ const cfg = loadConfig({
   KEDGE_KAFKA_BROKERS: kafka.bootstrap,
   KEDGE_HTTP_LISTEN: `127.0.0.1:${port}`,
   KEDGE_HEARTBEAT_TOPIC: '',
+  ...TEST_KAFKA_CLIENT,
 });
 const agent = new Agent(cfg, createLogger('info', sink), {
   unknownTopicGraceMs: 3_000,

@@ -205,6 +205,7 @@ const VALUES: Record<EnvVarName, fc.Arbitrary<string>> = {
     fc.constantFrom('user name', 'ü', '"q"'),
   ),
   KEDGE_KAFKA_PASSWORD: secret,
+  KEDGE_KAFKA_CLIENT: oneOfCase('kafkajs', 'platformatic', 'librdkafka'),
   KEDGE_COMPRESSION: oneOfCase('none', 'gzip', 'snappy', 'lz4', 'zstd', 'brotli'),
   KEDGE_TOPIC_PREFIX: fc.oneof(
     fc.stringMatching(/^[a-z._-]{1,10}$/),

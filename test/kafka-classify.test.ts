@@ -1,11 +1,12 @@
 /**
- * classifySendError over errors built the way kafkajs builds them: its own error
+ * classifySendError over errors built the way kafkajs (and, at the end, @platformatic/kafka) builds them: its own error
  * classes and constructors, protocol errors made from the broker's error codes by
  * kafkajs' createErrorFromCode, wrapped by its retrier (pure, no broker).
  */
 import { createRequire } from 'node:module';
 import t from 'tap';
 import kafkajs from 'kafkajs';
+import * as plt from '@platformatic/kafka';
 import { DeadlineError } from '../agent/deadline.ts';
 import { classifySendError, describeKafkaError } from '../agent/kafka/classify.ts';
 
@@ -33,6 +34,15 @@ const CODE = {
   INVALID_RECORD: 87,
 } as const;
 
+/** Refusals retrying will not fix. */
+const PERMANENT = [
+  'MESSAGE_TOO_LARGE',
+  'RECORD_LIST_TOO_LARGE',
+  'INVALID_TOPIC_EXCEPTION',
+  'POLICY_VIOLATION',
+  'INVALID_RECORD',
+] as const;
+
 /** As kafkajs' retrier rejects: retriable errors after the last retry, others at once. */
 function afterRetrier(e: KafkaError): Error {
   return e.retriable
@@ -49,13 +59,7 @@ t.test('the broker error codes are real kafkajs protocol errors', async (tt) => 
 });
 
 t.test('permanent refusals: dead-lettered with the Kafka error type', async (tt) => {
-  for (const type of [
-    'MESSAGE_TOO_LARGE',
-    'RECORD_LIST_TOO_LARGE',
-    'INVALID_TOPIC_EXCEPTION',
-    'POLICY_VIOLATION',
-    'INVALID_RECORD',
-  ] as const) {
+  for (const type of PERMANENT) {
     const bare = createErrorFromCode(CODE[type]);
     tt.same(classifySendError(bare), { kind: 'permanent', type }, `${type} bare`);
     tt.same(classifySendError(afterRetrier(bare)), { kind: 'permanent', type }, `${type} wrapped`);
@@ -150,3 +154,64 @@ t.test(
     );
   },
 );
+
+// @platformatic/kafka (KEDGE_KAFKA_CLIENT=platformatic): its own error classes, built the
+// way its producer builds them (ResponseError from a produce answer's error codes,
+// MultipleErrors from its retry loop).
+t.test('@platformatic/kafka errors classify like kafkajs ones', async (tt) => {
+  const retried = (...errors: Error[]) => new plt.MultipleErrors('produce failed 4 times.', errors);
+  const answer = (code: number) =>
+    new plt.ResponseError(0, 11, { '/responses/0/partitionResponses/0': [code, null] }, {});
+  for (const type of PERMANENT) {
+    tt.same(classifySendError(answer(CODE[type])), { kind: 'permanent', type }, `${type}`);
+    tt.same(classifySendError(retried(answer(CODE[type]))), { kind: 'permanent', type });
+  }
+  tt.same(
+    classifySendError(retried(answer(CODE.TOPIC_AUTHORIZATION_FAILED))),
+    { kind: 'unknown-topic', type: 'TOPIC_AUTHORIZATION_FAILED' },
+    'a missing ACL: a grace',
+  );
+  // What its metadata call makes of UNKNOWN_TOPIC_OR_PARTITION (the protocol error is dropped).
+  tt.same(
+    classifySendError(new plt.UserError('Unknown topic site.nope.')),
+    { kind: 'unknown-topic', type: 'UNKNOWN_TOPIC_OR_PARTITION' },
+    'an unknown topic: a grace',
+  );
+  tt.same(
+    classifySendError(new plt.UserError('Failed to serialize a message.')),
+    { kind: 'transient', type: null },
+    'any other UserError is no refusal',
+  );
+  const requestTimeout = new plt.TimeoutError('Request timed out', { canRetry: true });
+  tt.same(classifySendError(retried(requestTimeout, requestTimeout)), {
+    kind: 'timeout',
+    type: null,
+  });
+  tt.same(
+    classifySendError(retried(new plt.TimeoutError('Connection to 10.0.0.1:9092 timed out.'))),
+    { kind: 'transient', type: null },
+    'a connection attempt that timed out is a connection error, as with kafkajs',
+  );
+  tt.same(
+    classifySendError(retried(answer(CODE.NOT_LEADER_FOR_PARTITION))),
+    { kind: 'transient', type: null },
+    'leader moved',
+  );
+  tt.same(classifySendError(new plt.NetworkError('Connection closed')), {
+    kind: 'transient',
+    type: null,
+  });
+  tt.same(classifySendError(retried(requestTimeout, answer(CODE.MESSAGE_TOO_LARGE))), {
+    kind: 'permanent',
+    type: 'MESSAGE_TOO_LARGE',
+  });
+  tt.match(describeKafkaError(answer(CODE.MESSAGE_TOO_LARGE)), /MESSAGE_TOO_LARGE: /);
+  tt.match(
+    describeKafkaError(retried(answer(58))), // SASL_AUTHENTICATION_FAILED
+    /^authentication failed: Kafka refused the SASL/,
+  );
+  tt.match(
+    describeKafkaError(retried(answer(33))), // UNSUPPORTED_SASL_MECHANISM
+    /^authentication failed: Kafka does not offer KEDGE_KAFKA_SASL_MECHANISM/,
+  );
+});

@@ -86,9 +86,8 @@ function sinkWithFailover() {
   const noop = () => {};
   const logger: any = { debug: noop, info: noop, warn: noop, error: noop, child: () => logger };
   const sink = new KafkaSink({
-    kafka: { brokers: ['127.0.0.1:1'], tls: false } as any,
+    kafka: { brokers: ['127.0.0.1:1'], tls: false, compression: 'none' } as any,
     clientId: 't',
-    compression: 0,
     requestTimeoutMs: 1000,
     logger,
   });

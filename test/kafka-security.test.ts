@@ -6,6 +6,7 @@
  * naming the cause, in status and in the log, the events stay in the log, and after the
  * operator fixes the config (restart, same data dir) they are delivered.
  */
+import { KAFKA_CLIENTS, type KafkaClientName } from '../agent/config-types.ts';
 import t, { type Test } from 'tap';
 import { makeTestCerts } from './helpers/certs.ts';
 import { AgentProc, cleanup, post, tempDir } from './helpers/agent.ts';
@@ -56,9 +57,19 @@ const scram512: Access = {
   sasl: { mechanism: 'scram-sha-512', username: 'edge-512', password: 'scram512-pass' },
 };
 
-function startAgent(dir: string, access: Access, id: string): Promise<AgentProc> {
+function startAgent(
+  dir: string,
+  access: Access,
+  id: string,
+  client?: KafkaClientName,
+): Promise<AgentProc> {
   return AgentProc.start({
-    env: { KEDGE_DATA_DIR: dir, KEDGE_AGENT_ID: id, ...kedgeKafkaEnv(kafka, access) },
+    env: {
+      KEDGE_DATA_DIR: dir,
+      KEDGE_AGENT_ID: id,
+      ...kedgeKafkaEnv(kafka, access),
+      ...(client ? { KEDGE_KAFKA_CLIENT: client } : {}),
+    },
   });
 }
 
@@ -98,21 +109,26 @@ for (const [name, access] of [
   ['SCRAM-SHA-256 over TLS', scram256],
   ['SCRAM-SHA-512 over TLS', scram512],
 ] as const) {
-  t.test(`${name}: events forwarded and read back with the same credentials`, async (t) => {
-    const dir = tempDir();
-    dirs.push(dir);
-    const topic = `sec.${access.listener.toLowerCase()}.${access.sasl?.mechanism ?? (access.cert ? 'cert' : 'ca')}`;
-    const id = `sec-${access.sasl?.mechanism ?? (access.cert ? 'mtls' : 'tls')}`;
-    const agent = await startAgent(dir, access, id);
-    try {
-      const values = await ingest(t, agent, topic, 5);
-      const s = await agent.waitDrained(90_000);
-      t.equal(s.link.state, 'up', 'link up');
-      await checkDelivered(t, access, topic, values, id);
-    } finally {
-      await agent.stop();
-    }
-  });
+  // Every Kafka client (KEDGE_KAFKA_CLIENT); the failure cases below run with the test run's.
+  for (const client of KAFKA_CLIENTS)
+    t.test(
+      `${name}, ${client}: events forwarded and read back with the same credentials`,
+      async (t) => {
+        const dir = tempDir();
+        dirs.push(dir);
+        const topic = `sec.${access.listener.toLowerCase()}.${access.sasl?.mechanism ?? (access.cert ? 'cert' : 'ca')}.${client}`;
+        const id = `sec-${access.sasl?.mechanism ?? (access.cert ? 'mtls' : 'tls')}-${client}`;
+        const agent = await startAgent(dir, access, id, client);
+        try {
+          const values = await ingest(t, agent, topic, 5);
+          const s = await agent.waitDrained(90_000);
+          t.equal(s.link.state, 'up', 'link up');
+          await checkDelivered(t, access, topic, values, id);
+        } finally {
+          await agent.stop();
+        }
+      },
+    );
 }
 
 /**

@@ -1,5 +1,5 @@
 /**
- * What a kafkajs error means: `classifySendError` tells the forwarder what to do
+ * What a Kafka client error means (kafkajs' or @platformatic/kafka's): `classifySendError` tells the forwarder what to do
  * about a failed send (retry, shrink the batch, dead-letter after a grace, dead-letter
  * now), `describeKafkaError` tells the operator what happened, in one line.
  */
@@ -44,9 +44,12 @@ const PERMANENT_ERRORS: ReadonlySet<string> = new Set([
   'UNSUPPORTED_FOR_MESSAGE_FORMAT',
 ]);
 
-/** One link of an error's `cause` chain, as kafkajs and Node build them. */
+/** One link of an error's `cause` chain, as kafkajs, @platformatic/kafka and Node build them. */
 interface ErrorLink {
+  /** kafkajs: the Kafka error type (e.g. MESSAGE_TOO_LARGE). */
   type?: unknown;
+  /** @platformatic/kafka's ProtocolError: the Kafka error type. */
+  apiId?: unknown;
   name?: unknown;
   code?: unknown;
   message?: unknown;
@@ -54,14 +57,34 @@ interface ErrorLink {
   errors?: unknown;
 }
 
-/** `e`, its cause, the cause's cause…, at most `depth` links. */
-function* causeChain(e: unknown, depth = 8): Generator<ErrorLink> {
-  let cur = e as ErrorLink | null | undefined;
-  for (let i = 0; cur && i < depth; cur = cur.cause as ErrorLink | null | undefined, i++) yield cur;
+/**
+ * The Kafka error type a link carries (kafkajs `type`, @platformatic/kafka `apiId`).
+ * @platformatic/kafka turns a metadata answer of UNKNOWN_TOPIC_OR_PARTITION into a
+ * UserError "Unknown topic <name>." without the protocol error: that message is all
+ * there is to know it by (test/dead-letter-topic.test.ts runs it against a broker).
+ */
+function kafkaType(cur: ErrorLink): string | null {
+  if (typeof cur.type === 'string') return cur.type;
+  if (typeof cur.apiId === 'string') return cur.apiId;
+  if (cur.code === 'PLT_KFK_USER' && /^Unknown topic .+\.$/.test(String(cur.message)))
+    return 'UNKNOWN_TOPIC_OR_PARTITION';
+  return null;
 }
 
 /**
- * Every link of a kafkajs error: the error, the members of an aggregate (`errors`),
+ * No answer to a request in time. kafkajs: KafkaJSRequestTimeoutError. @platformatic/kafka:
+ * its TimeoutError (class code PLT_KFK_TIMEOUT; the instance's `code` says NETWORK), but
+ * not a connection attempt that timed out, which kafkajs reports as a connection error
+ * (transient: a smaller batch would not help).
+ */
+function isRequestTimeout(cur: ErrorLink): boolean {
+  if (cur instanceof DeadlineError || cur.name === 'KafkaJSRequestTimeoutError') return true;
+  const ctor = (cur as { constructor?: { code?: unknown } }).constructor;
+  return ctor?.code === 'PLT_KFK_TIMEOUT' && !/^Connection\b/.test(String(cur.message));
+}
+
+/**
+ * Every link of a client error: the error, the members of an aggregate (`errors`),
  * then its cause, depth first, at most `depth` levels down.
  */
 function* errorTree(e: unknown, depth = 8): Generator<ErrorLink> {
@@ -81,24 +104,28 @@ export function classifySendError(e: unknown): SendErrorClass {
   let grace: string | null = null;
   let timeout = false;
   for (const cur of errorTree(e)) {
-    if (typeof cur.type === 'string') {
-      if (PERMANENT_ERRORS.has(cur.type)) return { kind: 'permanent', type: cur.type };
-      if (grace === null && GRACE_ERRORS.has(cur.type)) grace = cur.type;
+    const type = kafkaType(cur);
+    if (type !== null) {
+      if (PERMANENT_ERRORS.has(type)) return { kind: 'permanent', type };
+      if (grace === null && GRACE_ERRORS.has(type)) grace = type;
     }
-    if (cur instanceof DeadlineError || cur.name === 'KafkaJSRequestTimeoutError') timeout = true;
+    if (isRequestTimeout(cur)) timeout = true;
   }
   if (grace !== null) return { kind: 'unknown-topic', type: grace };
   return { kind: timeout ? 'timeout' : 'transient', type: null };
 }
 
 /**
- * The kafkajs error chain for status and logs, led by what an operator should check when
+ * The client error chain for status and logs, led by what an operator should check when
  * the cause is a TLS or SASL failure (those never heal by retrying).
  */
 export function describeKafkaError(e: unknown): string {
   const parts: string[] = [];
   const seen = new Set<string>();
-  for (const cur of causeChain(e, 6)) {
+  // The members of an aggregate too: @platformatic/kafka's retry loop and produce
+  // answers (MultipleErrors, ResponseError) keep the broker's error there.
+  for (const cur of errorTree(e, 6)) {
+    if (parts.length >= 6) break;
     // Node suggests a Node flag for untrusted certificates; the fix for kedge is KEDGE_KAFKA_CA_FILE.
     const msg = String(cur.message ?? String(cur)).replace(
       /; if the root CA is installed locally, try running Node\.js with --use-system-ca/,
@@ -106,8 +133,9 @@ export function describeKafkaError(e: unknown): string {
     );
     if (seen.has(msg)) continue;
     seen.add(msg);
-    parts.push(`${cur.type ?? cur.name ?? 'Error'}: ${msg}`);
+    parts.push(`${kafkaType(cur) ?? cur.name ?? 'Error'}: ${msg}`);
   }
+  if (parts.length === 0) parts.push(`Error: ${String(e)}`);
   const hint = securityHint(e);
   return (hint ? `${hint} [${parts.join(' <- ')}]` : parts.join(' <- ')).slice(0, 600);
 }
@@ -135,16 +163,14 @@ const TLS_HINTS: [RegExp, string][] = [
   ],
 ];
 
-/** One line naming the thing to fix, for TLS and SASL failures anywhere in a kafkajs error chain; null otherwise. */
+/** One line naming the thing to fix, for TLS and SASL failures anywhere in a client's error chain; null otherwise. */
 export function securityHint(e: unknown): string | null {
   for (const cur of errorTree(e)) {
-    if (cur.type === 'UNSUPPORTED_SASL_MECHANISM') {
+    const type = kafkaType(cur);
+    if (type === 'UNSUPPORTED_SASL_MECHANISM') {
       return 'authentication failed: Kafka does not offer KEDGE_KAFKA_SASL_MECHANISM on this listener (check the mechanism and KEDGE_KAFKA_BROKERS)';
     }
-    if (
-      cur.name === 'KafkaJSSASLAuthenticationError' ||
-      cur.type === 'SASL_AUTHENTICATION_FAILED'
-    ) {
+    if (cur.name === 'KafkaJSSASLAuthenticationError' || type === 'SASL_AUTHENTICATION_FAILED') {
       return 'authentication failed: Kafka refused the SASL username or password (check KEDGE_KAFKA_USERNAME, KEDGE_KAFKA_PASSWORD and KEDGE_KAFKA_SASL_MECHANISM)';
     }
     const text = `${String(cur.code ?? '')} ${String(cur.message ?? '')}`;

@@ -1,40 +1,33 @@
 /**
- * The Kafka side of the forwarder: one idempotent kafkajs producer
- * (acks=all, one request in flight, so order per partition holds on retries).
+ * The Kafka side of the forwarder: the producer interface (`RecordSink`) and its
+ * kafkajs implementation. Every client behind it is idempotent with acks=all, one
+ * request in flight (so order per partition holds on retries) and the Java client's
+ * murmur2 partitioner (so a key lands in the same partition whichever client sent
+ * it). `createRecordSink` picks the client (KEDGE_KAFKA_CLIENT); @platformatic/kafka
+ * is in platformatic.ts, loaded only when chosen.
  */
-import type { Config } from '../config.ts';
+import type { KafkaClientName } from '../config.ts';
 import { IncompleteSendError } from '../errors.ts';
-import type { Logger } from '../observe/logger.ts';
 import { readFileSync } from 'node:fs';
-import type { ISocketFactory, Kafka, Producer, Message, SASLOptions } from 'kafkajs';
+import type { Kafka, Producer, Message, SASLOptions } from 'kafkajs';
 // kafkajs is CommonJS: a default import works in Node ESM and bundles with esbuild.
 import kafkajs from 'kafkajs';
+import { kafkaCompression } from './codecs.ts';
+import type { KafkaSinkOptions, OutRecord, RecordSink } from './record-sink.ts';
 
-export interface OutRecord {
-  topic: string;
-  key: Buffer | null;
-  value: Buffer;
-  timestamp: number;
-  headers: Record<string, string>;
+export type { KafkaSinkOptions, OutRecord, RecordSink } from './record-sink.ts';
+
+/** The producer of the configured client (`opts.kafka.client`). */
+export async function createRecordSink(opts: KafkaSinkOptions): Promise<RecordSink> {
+  const client: KafkaClientName = opts.kafka.client;
+  if (client === 'platformatic') {
+    const { PlatformaticSink } = await import('./platformatic.ts');
+    return new PlatformaticSink(opts);
+  }
+  return new KafkaSink(opts);
 }
 
-/** The forwarder only needs this; tests of the loop can run it against any implementation. */
-export interface RecordSink {
-  connect(): Promise<void>;
-  send(records: OutRecord[]): Promise<void>;
-  disconnect(): Promise<void>;
-}
-
-export interface KafkaSinkOptions {
-  kafka: Config['kafka'];
-  clientId: string;
-  compression: number;
-  requestTimeoutMs: number;
-  logger: Logger;
-  /** Opens the broker connections (WireMeter.socketFactory() counts wire bytes); default: kafkajs' own. */
-  socketFactory?: ISocketFactory;
-}
-
+/** The kafkajs producer. */
 export class KafkaSink implements RecordSink {
   private readonly kafka: Kafka;
   private producer: Producer | null = null;
@@ -44,9 +37,12 @@ export class KafkaSink implements RecordSink {
    * of that send (see send()). Keyed by the message object, so it lives as long as the send.
    */
   private readonly partitionOf = new WeakMap<Message, number>();
+  /** kafkajs' codec id of KEDGE_COMPRESSION (its codec registered). */
+  private readonly compression: number;
 
   constructor(opts: KafkaSinkOptions) {
     this.opts = opts;
+    this.compression = kafkaCompression(opts.kafka.compression);
     const k = opts.kafka;
     const log = opts.logger.child({ component: 'kafkajs' });
     let ssl: boolean | { ca?: Buffer; cert?: Buffer; key?: Buffer } = false;
@@ -60,7 +56,7 @@ export class KafkaSink implements RecordSink {
       clientId: opts.clientId,
       brokers: k.brokers,
       ssl,
-      ...(opts.socketFactory ? { socketFactory: opts.socketFactory } : {}),
+      ...(opts.wire ? { socketFactory: opts.wire.socketFactory() } : {}),
       sasl: k.sasl
         ? ({
             mechanism: k.sasl.mechanism,
@@ -124,7 +120,7 @@ export class KafkaSink implements RecordSink {
     const answered = await this.producer!.sendBatch({
       acks: -1,
       timeout: this.opts.requestTimeoutMs,
-      compression: this.opts.compression,
+      compression: this.compression,
       topicMessages: [...byTopic].map(([topic, messages]) => ({ topic, messages })),
     });
     // kafkajs 2.2.4 (producer/sendMessages.js) keeps each broker's answer across its

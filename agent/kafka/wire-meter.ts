@@ -3,10 +3,13 @@
  * Kafka protocol framing, metadata requests and TLS records included — what a
  * metered uplink bills and what KEDGE_FORWARD_RATE caps.
  *
- * It works by owning the sockets: kafkajs takes a `socketFactory`, and every
- * connection of the producers is opened through `WireMeter.socketFactory()`.
- * TLS is layered over a plain socket opened here, so the plain socket's
- * `bytesWritten` counts encrypted bytes, handshakes included.
+ * kafkajs takes a `socketFactory`: every connection of its producers is opened
+ * through `WireMeter.socketFactory()`, TLS layered over a plain socket opened
+ * here, so the plain socket's `bytesWritten` counts encrypted bytes, handshakes
+ * included. @platformatic/kafka opens its own sockets (it has no socket factory):
+ * `watch()` is handed each one when its connection is up (see platformatic.ts);
+ * `bytesWritten` is cumulative, so the handshake and SASL bytes written before
+ * that still count.
  */
 import net from 'node:net';
 import tls from 'node:tls';
@@ -16,8 +19,15 @@ import { CounterSampler } from '../observe/sampler.ts';
 // kafkajs' default (network/socketFactory.js) uses the same keep-alive delay.
 const KEEP_ALIVE_DELAY_MS = 60_000;
 
+/** What the meter reads of a socket. */
+interface Written {
+  readonly bytesWritten: number;
+}
+
 export class WireMeter {
-  private readonly live = new Set<net.Socket>();
+  private readonly live = new Set<Written>();
+  /** Sockets handed to watch(), so a socket reported twice counts once. */
+  private readonly watched = new WeakSet<net.Socket>();
   private closedBytes = 0;
 
   /** Bytes written by every socket opened through this meter, closed ones included. */
@@ -48,10 +58,39 @@ export class WireMeter {
     };
   }
 
-  private track(s: net.Socket): void {
-    this.live.add(s);
-    s.once('close', () => {
-      if (this.live.delete(s)) this.closedBytes += s.bytesWritten;
+  /**
+   * Counts a socket opened elsewhere. For a TLS socket that Node connected itself
+   * (no plain socket of ours underneath) `bytesWritten` counts plaintext: the
+   * encrypted bytes are those of its TCP handle (Node's `_handle._parent`), read
+   * while the socket lives and once more in its 'close' event, where the handle is
+   * still readable. Without that handle (a Node that moved it) the plaintext count
+   * is the fallback: it misses only TLS framing and handshakes.
+   */
+  watch(s: net.Socket): void {
+    if (s.destroyed || this.watched.has(s)) return;
+    this.watched.add(s);
+    const tcp = (s as unknown as { _handle?: { _parent?: { bytesWritten?: unknown } } })._handle
+      ?._parent;
+    if (!(s instanceof tls.TLSSocket) || typeof tcp?.bytesWritten !== 'number') {
+      this.track(s);
+      return;
+    }
+    let last = 0;
+    const counted: Written = {
+      get bytesWritten() {
+        const n = tcp.bytesWritten;
+        if (typeof n === 'number' && n > last) last = n;
+        return last;
+      },
+    };
+    this.track(counted, s);
+  }
+
+  /** `counted` gives the bytes, `socket` says when it closed. */
+  private track(counted: Written, socket: net.Socket = counted as net.Socket): void {
+    this.live.add(counted);
+    socket.once('close', () => {
+      if (this.live.delete(counted)) this.closedBytes += counted.bytesWritten;
     });
   }
 }

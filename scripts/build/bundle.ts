@@ -50,6 +50,72 @@ export const OPTIONAL_REQUIRES: Record<string, string> = {
 };
 
 /**
+ * Package modules whose `createRequire` + require of an optional package is replaced,
+ * at bundle time, by a throw: their own try/catch (or the never-called code path) then
+ * takes the fallback in the executable whatever happens to be on the device's disk.
+ * A file that no longer holds the require fails the build (the package changed).
+ */
+export const STUBBED_REQUIRES: { file: string; require: string; why: string }[] = [
+  {
+    file: 'node_modules/@platformatic/kafka/dist/protocol/crc32c.js',
+    require: "require('@node-rs/crc32')",
+    why: "@platformatic/kafka's optional native CRC32C add-on; without it the client uses the CRC32C of its bundled WebAssembly module (@platformatic/wasm-utils)",
+  },
+  {
+    file: 'node_modules/@platformatic/kafka/dist/registries/confluent-schema-registry.js',
+    require: "require('protobufjs')",
+    why: "protobuf schemas of @platformatic/kafka's schema-registry support, which kedge does not use",
+  },
+];
+
+/**
+ * `require(...)` text in the bundle that is a string, not a call: ajv (under
+ * @platformatic/kafka, which validates its options with it) keeps the source text of
+ * its runtime helpers for its standalone code generator; compiled validators refer to
+ * the helpers themselves (scopeRefs), never to this text.
+ */
+export const REQUIRE_TEXT_ONLY: { prefix: string; why: string }[] = [
+  {
+    prefix: 'ajv/dist/runtime/',
+    why: 'ajv: source text for standalone validation code, never run',
+  },
+];
+
+/**
+ * Module aliases: @platformatic/wasm-utils loads its .wasm file from beside its js,
+ * which a single executable does not have; its `bundled` entry carries the module inline.
+ */
+export const ALIASES: Record<string, string> = {
+  '@platformatic/wasm-utils': '@platformatic/wasm-utils/bundled',
+};
+
+/** Applies STUBBED_REQUIRES; `applied` collects the files it changed. */
+export function stubbedRequirePlugin(applied: string[]): Plugin {
+  return {
+    name: 'kedge-stubbed-require',
+    setup(b) {
+      for (const stub of STUBBED_REQUIRES) {
+        // Matched by its path below node_modules: node_modules may be a symlink esbuild resolves.
+        const tail = `/${stub.file}`.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
+        b.onLoad({ filter: new RegExp(`${tail}$`) }, (args) => {
+          const src = readFileSync(args.path, 'utf8');
+          if (!src.includes(stub.require)) return undefined;
+          applied.push(stub.file);
+          return {
+            contents: src.replace(
+              stub.require,
+              `(() => { throw new Error(${JSON.stringify(`not in the kedge executable: ${stub.why}`)}); })()`,
+            ),
+            loader: 'js',
+            resolveDir: dirname(args.path),
+          };
+        });
+      }
+    },
+  };
+}
+
+/**
  * Agent files allowed to keep a file-based require of a computed name, and why
  * that works in the executable. Any other one fails the build: its package
  * would be missing on the device.
@@ -199,6 +265,7 @@ export interface BundleResult {
 export async function bundle(outfile: string): Promise<BundleResult> {
   const wasm = wasmSqlite();
   const patched: string[] = [];
+  const stubbed: string[] = [];
   const result = await build({
     entryPoints: [ENTRY],
     outfile,
@@ -211,13 +278,14 @@ export async function bundle(outfile: string): Promise<BundleResult> {
     keepNames: true,
     legalComments: 'none', // the licences ship in THIRD_PARTY_NOTICES
     external: [...EXTERNAL_PACKAGES],
+    alias: ALIASES,
     define: {
       'import.meta.url': META_URL,
       'import.meta.filename': '__filename',
       'import.meta.dirname': '__dirname',
     },
     banner: { js: `var ${META_URL}=require("node:url").pathToFileURL(__filename).href;` },
-    plugins: [staticRequirePlugin(patched)],
+    plugins: [staticRequirePlugin(patched), stubbedRequirePlugin(stubbed)],
     metafile: true,
     logLevel: 'silent',
     absWorkingDir: ROOT,
@@ -231,13 +299,21 @@ export async function bundle(outfile: string): Promise<BundleResult> {
     );
   }
 
+  const unstubbed = STUBBED_REQUIRES.filter((s) => !stubbed.includes(s.file));
+  if (unstubbed.length) {
+    throw new BuildError(
+      `expected to stub ${unstubbed.map((s) => `${s.require} in ${s.file}`).join('; ')} (STUBBED_REQUIRES in scripts/build/bundle.ts): the package changed, check how it loads that optional module now`,
+    );
+  }
+
   const code = readFileSync(outfile, 'utf8');
   const runtimeRequires = new Set<string>();
   for (const m of code.matchAll(/\brequire\(\s*(['"`])([^'"`]+)\1\s*\)/g)) {
     if (
       !isBuiltin(m[2]) &&
       !(EXTERNAL_PACKAGES as readonly string[]).includes(m[2]) &&
-      !(m[2] in OPTIONAL_REQUIRES)
+      !(m[2] in OPTIONAL_REQUIRES) &&
+      !REQUIRE_TEXT_ONLY.some((t) => m[2].startsWith(t.prefix))
     )
       runtimeRequires.add(m[2]);
   }

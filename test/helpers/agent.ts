@@ -15,6 +15,15 @@ export const REPO = resolve(import.meta.dirname, '../..');
 /** A free port on 127.0.0.1 (the shared helper in ports.ts). */
 export const freeLoopbackPort = (): Promise<number> => freePort('127.0.0.1');
 
+/**
+ * The Kafka client the agents of a test run use: KEDGE_KAFKA_CLIENT of the test run
+ * (`KEDGE_KAFKA_CLIENT=platformatic npx tap test/e2e-kafka.test.ts`), passed on to
+ * every agent a test starts unless the test sets it itself; unset, the agent's default.
+ */
+export const TEST_KAFKA_CLIENT: Record<string, string> = process.env.KEDGE_KAFKA_CLIENT
+  ? { KEDGE_KAFKA_CLIENT: process.env.KEDGE_KAFKA_CLIENT }
+  : {};
+
 export function tempDir(prefix = 'kedge-test-'): string {
   return mkdtempSync(join(tmpdir(), prefix));
 }
@@ -60,6 +69,7 @@ export class AgentProc {
         KEDGE_HTTP_LISTEN: `127.0.0.1:${port}`,
         KEDGE_LOG_LEVEL: 'info',
         KEDGE_HEARTBEAT_TOPIC: '',
+        ...TEST_KAFKA_CLIENT,
         ...o.env,
       },
       stdio: ['ignore', 'pipe', 'pipe'],

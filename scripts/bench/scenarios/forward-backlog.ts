@@ -4,7 +4,9 @@
  * and the time until the backlog is 0 is measured, with the cursor sampled
  * for a throughput-over-time chart. Baselines on the same broker, same
  * records, same batch size and codec: a bare kafkajs producer with kedge's
- * settings, and kcat (librdkafka) producing from a file.
+ * settings, and kcat (librdkafka) producing from a file. The Kafka client is a
+ * dimension: one agent per KEDGE_KAFKA_CLIENT, each with the same backlog, drained
+ * one after the other.
  */
 import { join } from 'node:path';
 import { rmSync } from 'node:fs';
@@ -25,11 +27,15 @@ import { kcatProduceFile, writeKcatFile } from '../lib/kcat.ts';
 import { rateSeries } from '../lib/stats.ts';
 import { BenchAgent } from '../lib/agent.ts';
 import type { BenchContext } from '../lib/context.ts';
+import type { BenchAgent as Agent } from '../lib/agent.ts';
+import { KAFKA_CLIENTS, type KafkaClientName } from '../../../agent/config-types.ts';
 
 const PER_REQUEST = 1_000;
 const BATCH = 2_000;
 const TARGET = 50_000;
 const TARGET_RATIO = 0.8;
+/** Issue 13: drain ≥ 0.35× kcat with the same events and guarantees. */
+const KCAT_TARGET_RATIO = 0.35;
 
 /** What the rss scenario reads: the drain window and its progress. */
 export interface DrainShare {
@@ -79,6 +85,8 @@ export const forwardBacklog: Scenario = {
     'same values, keys and header names, each into its own empty 3-partition topic: a bare kafkajs producer with the same settings ' +
     'and codec sending batches of 2,000 one after another (no SQLite, no cursor), and `kcat -P -l file` (librdkafka) with acks=all, ' +
     "idempotence, zstd and batch.num.messages=2000 (kcat -P puts the same two headers on every record; their sizes match kedge's). " +
+    'The drain runs once per Kafka client (KEDGE_KAFKA_CLIENT=kafkajs, platformatic): one agent each, the same backlog built into each, ' +
+    'drained one after the other (the other agent idle, paused). ' +
     'When kedge runs with extra V8 flags (agent/runtime-flags.ts), the kafkajs baseline also runs a second time under those flags, to separate ' +
     "the cost of the flags from the cost of kedge's own work. The broker is warmed up with a short kafkajs run first.",
   needsKafka: true,
@@ -90,6 +98,7 @@ export const forwardBacklog: Scenario = {
     const kafka = await ctx.kafka();
     const topics = {
       kedge: 'bench.fwd.kedge',
+      kedgePlatformatic: 'bench.fwd.kedge-platformatic',
       kafkajs: 'bench.fwd.kafkajs',
       kafkajsFlags: 'bench.fwd.kafkajs-flags',
       kcat: 'bench.fwd.kcat',
@@ -97,33 +106,58 @@ export const forwardBacklog: Scenario = {
     };
     for (const t of Object.values(topics)) await ctx.topic(t, 3);
 
-    // 1. The backlog, over HTTP, forwarding paused.
-    const agent = await ctx.startAgent('forward-backlog', { paused: true });
+    // 1. The backlog, over HTTP, forwarding paused: the same events into one agent per client.
+    const topicOf: Record<KafkaClientName, string> = {
+      kafkajs: topics.kedge,
+      platformatic: topics.kedgePlatformatic,
+    };
+    const agents = {} as Record<KafkaClientName, Agent>;
+    let build: LoadResult | null = null;
+    for (const client of KAFKA_CLIENTS) {
+      const a = await ctx.startAgent(
+        client === 'kafkajs' ? 'forward-backlog' : `forward-backlog-${client}`,
+        {
+          paused: true,
+          env: { KEDGE_KAFKA_CLIENT: client },
+        },
+      );
+      agents[client] = a;
+      const b = await buildBacklog(a, topicOf[client]);
+      build ??= b;
+    }
+    const agent = agents.kafkajs;
     agent.startHeapSampling(1000);
     const agentId = (await agent.status()).agent_id as string;
-    ctx.log(`building a backlog of ${fmt(total)} events (forwarding paused)...`);
-    const tBuild = performance.now();
-    const build: LoadResult = await ctx.load({
-      origin: agent.base,
-      path: `/v1/topics/${topics.kedge}`,
-      body: 'ndjson',
-      eventsPerRequest: PER_REQUEST,
-      connections: 8,
-      warmupMs: 0,
-      durationMs: null,
-      totalEvents: total,
-      keyPerRequest: true,
-      requestTimeoutMs: 60_000,
-    }).result;
-    ctx.phase(agent, 'build', tBuild, performance.now());
-    const st = await agent.status();
-    if (st.backlog.events !== total)
-      throw new Error(
-        `backlog is ${st.backlog.events} events after ingesting ${total} (${build.errors} errors, ${JSON.stringify(build.statuses)})`,
+    if (!build) throw new Error('no backlog built');
+
+    async function buildBacklog(agent: Agent, topic: string): Promise<LoadResult> {
+      ctx.log(
+        `building a backlog of ${fmt(total)} events for ${agent.label} (forwarding paused)...`,
       );
-    ctx.log(
-      `backlog built: ${fmt(total)} events, ${(st.backlog.bytes / 1048576).toFixed(0)} MiB, in ${build.totalSeconds.toFixed(1)} s (${fmt(build.totalEventsAcked / build.totalSeconds)} events/s)`,
-    );
+      const tBuild = performance.now();
+      const build: LoadResult = await ctx.load({
+        origin: agent.base,
+        path: `/v1/topics/${topic}`,
+        body: 'ndjson',
+        eventsPerRequest: PER_REQUEST,
+        connections: 8,
+        warmupMs: 0,
+        durationMs: null,
+        totalEvents: total,
+        keyPerRequest: true,
+        requestTimeoutMs: 60_000,
+      }).result;
+      ctx.phase(agent, 'build', tBuild, performance.now());
+      const st = await agent.status();
+      if (st.backlog.events !== total)
+        throw new Error(
+          `backlog is ${st.backlog.events} events after ingesting ${total} (${build.errors} errors, ${JSON.stringify(build.statuses)})`,
+        );
+      ctx.log(
+        `backlog built: ${fmt(total)} events, ${(st.backlog.bytes / 1048576).toFixed(0)} MiB, in ${build.totalSeconds.toFixed(1)} s (${fmt(build.totalEventsAcked / build.totalSeconds)} events/s)`,
+      );
+      return build;
+    }
 
     // 2. Warm the broker (JIT, page cache) so the first measured producer is not penalised.
     const warmCount = ctx.n(100_000, 20_000);
@@ -212,67 +246,92 @@ export const forwardBacklog: Scenario = {
     cpu.push(cpuKcat);
     rmSync(file, { force: true });
 
-    // 5. kedge drains.
-    const m0 = await agent.metricsText();
-    const c0 = (await agent.status()).log.cursor as number;
-    const progress: { t: number; c: number }[] = [];
-    const dcpu = ctx.cpu('kedge draining', { kedge: agent.pid });
-    const tResume = performance.now();
-    await agent.resume();
-    const deadline = tResume + ctx.ms(420, 120);
-    let tEnd: number | null = null;
-    let last = 0;
-    while (performance.now() < deadline) {
-      const s = await agent.status();
-      const t = performance.now();
-      progress.push({ t: t - tResume, c: s.log.cursor - c0 });
-      if (s.backlog.events === 0) {
-        tEnd = t;
-        break;
-      }
-      if (t - last > 5000) {
-        last = t;
-        ctx.log(`draining: ${fmt(s.backlog.events)} left`);
-      }
-      await new Promise((r) => setTimeout(r, 250));
+    // 5. kedge drains, once per client.
+    interface Drain {
+      client: KafkaClientName;
+      rate: number | null;
+      drained: number;
+      drainSeconds: number;
+      progress: { t: number; c: number }[];
+      cpu: CpuReport;
+      m0: string;
+      m1: string;
     }
-    const cpuDrain = dcpu.stop();
-    cpu.push(cpuDrain);
-    const m1 = await agent.metricsText();
-    const drained = progress.at(-1)?.c ?? 0;
-    const drainSeconds = ((tEnd ?? performance.now()) - tResume) / 1000;
-    const rate = tEnd === null ? null : total / drainSeconds;
-    if (tEnd === null)
-      notes.push(
-        `the backlog was not drained within the time limit: ${fmt(drained)} of ${fmt(total)} forwarded in ${drainSeconds.toFixed(0)} s (${fmt(drained / drainSeconds)} events/s)`,
+    async function drain(client: KafkaClientName): Promise<Drain> {
+      const agent = agents[client];
+      const m0 = await agent.metricsText();
+      const c0 = (await agent.status()).log.cursor as number;
+      const progress: { t: number; c: number }[] = [];
+      const dcpu = ctx.cpu(`kedge draining (${client})`, { kedge: agent.pid });
+      const tResume = performance.now();
+      await agent.resume();
+      const deadline = tResume + ctx.ms(420, 120);
+      let tEnd: number | null = null;
+      let last = 0;
+      while (performance.now() < deadline) {
+        const s = await agent.status();
+        const t = performance.now();
+        progress.push({ t: t - tResume, c: s.log.cursor - c0 });
+        if (s.backlog.events === 0) {
+          tEnd = t;
+          break;
+        }
+        if (t - last > 5000) {
+          last = t;
+          ctx.log(`draining (${client}): ${fmt(s.backlog.events)} left`);
+        }
+        await new Promise((r) => setTimeout(r, 250));
+      }
+      const cpuDrain = dcpu.stop();
+      cpu.push(cpuDrain);
+      const m1 = await agent.metricsText();
+      const drained = progress.at(-1)?.c ?? 0;
+      const drainSeconds = ((tEnd ?? performance.now()) - tResume) / 1000;
+      const rate = tEnd === null ? null : total / drainSeconds;
+      if (tEnd === null)
+        notes.push(
+          `${client}: the backlog was not drained within the time limit: ${fmt(drained)} of ${fmt(total)} forwarded in ${drainSeconds.toFixed(0)} s (${fmt(drained / drainSeconds)} events/s)`,
+        );
+      ctx.log(
+        `kedge (${client}) drained ${fmt(drained)} events in ${drainSeconds.toFixed(1)} s: ${fmt(rate ?? drained / drainSeconds)} events/s`,
       );
-    ctx.log(
-      `kedge drained ${fmt(drained)} events in ${drainSeconds.toFixed(1)} s: ${fmt(rate ?? drained / drainSeconds)} events/s`,
-    );
-    const share: DrainShare = {
-      agentLabel: agent.label,
-      total,
-      tResume,
-      tEnd: tEnd ?? performance.now(),
-      progress: progress.map((p) => ({ t: p.t + tResume, c: p.c })),
-    };
-    ctx.shared.set('forward-backlog', share);
-    ctx.phase(agent, 'drain', tResume, share.tEnd);
+      if (client === 'kafkajs') {
+        const share: DrainShare = {
+          agentLabel: agent.label,
+          total,
+          tResume,
+          tEnd: tEnd ?? performance.now(),
+          progress: progress.map((p) => ({ t: p.t + tResume, c: p.c })),
+        };
+        ctx.shared.set('forward-backlog', share);
+      }
+      ctx.phase(agent, 'drain', tResume, tEnd ?? performance.now());
+      return { client, rate, drained, drainSeconds, progress, cpu: cpuDrain, m0, m1 };
+    }
+    const drains = {} as Record<KafkaClientName, Drain>;
+    for (const client of KAFKA_CLIENTS) drains[client] = await drain(client);
+    const { rate, drained, drainSeconds, progress, cpu: cpuDrain } = drains.kafkajs;
 
     // What the forwarder spent its time on.
-    const d = (name: string) =>
-      (BenchAgent.metric(m1, name) ?? 0) - (BenchAgent.metric(m0, name) ?? 0);
-    const sendS = d('kedge_send_duration_seconds_sum');
-    const sends = d('kedge_send_duration_seconds_count');
-    const batchEvents =
-      d('kedge_send_batch_events_sum') / Math.max(1, d('kedge_send_batch_events_count'));
-    if (sends > 0) {
-      notes.push(
-        `kedge sent ${fmt(sends)} batches of ${fmt(batchEvents)} events on average; time inside kafkajs send (until acks=all) ` +
-          `${sendS.toFixed(1)} s of the ${drainSeconds.toFixed(1)} s drain (${fmt((100 * sendS) / drainSeconds)} %), ${((1000 * sendS) / sends).toFixed(1)} ms per batch. ` +
-          `The rest, ${((1000 * (drainSeconds - sendS)) / sends).toFixed(1)} ms per batch, is kedge's own work between sends ` +
-          `(SQLite read of the batch, record building, cursor update and trim) while nothing is in flight.`,
-      );
+    let sends = 0;
+    let sendS = 0;
+    let batchEvents = 0;
+    for (const dr of Object.values(drains)) {
+      const d = (name: string) =>
+        (BenchAgent.metric(dr.m1, name) ?? 0) - (BenchAgent.metric(dr.m0, name) ?? 0);
+      const n = d('kedge_send_duration_seconds_count');
+      const secs = d('kedge_send_duration_seconds_sum');
+      const per =
+        d('kedge_send_batch_events_sum') / Math.max(1, d('kedge_send_batch_events_count'));
+      if (dr.client === 'kafkajs') [sends, sendS, batchEvents] = [n, secs, per];
+      if (n > 0) {
+        notes.push(
+          `${dr.client}: kedge sent ${fmt(n)} batches of ${fmt(per)} events on average; time inside the client's send (until acks=all) ` +
+            `${secs.toFixed(1)} s of the ${dr.drainSeconds.toFixed(1)} s drain (${fmt((100 * secs) / dr.drainSeconds)} %), ${((1000 * secs) / n).toFixed(1)} ms per batch. ` +
+            `The rest, ${((1000 * (dr.drainSeconds - secs)) / n).toFixed(1)} ms per batch, is kedge's own work between sends ` +
+            `(SQLite read of the batch, record building, cursor update and trim) while nothing is in flight.`,
+        );
+      }
     }
     notes.push(
       `Backlog build over HTTP (NDJSON, ${fmt(PER_REQUEST)} events/request, 8 connections): ${fmt(build.totalEventsAcked / build.totalSeconds)} events/s.`,
@@ -325,6 +384,44 @@ export const forwardBacklog: Scenario = {
           ),
         ],
       }),
+      ...KAFKA_CLIENTS.filter((c) => c !== 'kafkajs').map((c) =>
+        figure({
+          id: `drain_${c}_events_per_s`,
+          label: `drain ${fmt(total)}-event backlog, KEDGE_KAFKA_CLIENT=${c}`,
+          value: drains[c].rate,
+          unit: 'ev/s',
+          target: atLeast(drains[c].rate, TARGET, `≥ ${fmt(TARGET)} ev/s`),
+          baselines: [
+            baselineHigher('kedge with kafkajs, same run', drains[c].rate, rate, 'ev/s'),
+            baselineHigher(
+              'kcat -P (librdkafka), zstd, acks=all',
+              drains[c].rate,
+              kc?.eventsPerS ?? null,
+              'ev/s',
+            ),
+          ],
+        }),
+      ),
+      ...KAFKA_CLIENTS.map((c) => {
+        const r = drains[c].rate === null || !kc ? null : drains[c].rate! / kc.eventsPerS;
+        return figure({
+          id: `drain_${c}_vs_kcat`,
+          label: `drain rate (${c}) ÷ kcat`,
+          value: r,
+          unit: '×',
+          digits: 2,
+          target: atLeast(r, KCAT_TARGET_RATIO, `≥ ${KCAT_TARGET_RATIO} ×`),
+        });
+      }),
+      ...KAFKA_CLIENTS.filter((c) => c !== 'kafkajs').map((c) =>
+        figure({
+          id: `cpu_us_per_event_${c}`,
+          label: `CPU per forwarded event, ${c} (lower is better)`,
+          value: usPerEvent(cpuSecondsOf(drains[c].cpu, 'kedge'), drains[c].drained),
+          unit: 'µs/ev',
+          digits: 1,
+        }),
+      ),
       figure({
         id: 'drain_vs_kafkajs',
         label: 'drain rate ÷ bare kafkajs',
@@ -380,7 +477,11 @@ export const forwardBacklog: Scenario = {
         xLabel: 's since start',
         yLabel: 'events/s',
         series: [
-          { label: 'kedge (log → Kafka)', points: kedgeSeries },
+          { label: 'kedge, kafkajs (log → Kafka)', points: kedgeSeries },
+          ...KAFKA_CLIENTS.filter((c) => c !== 'kafkajs').map((c) => ({
+            label: `kedge, ${c}`,
+            points: rateSeries([{ t: 0, c: 0 }, ...drains[c].progress], 1000),
+          })),
           { label: 'bare kafkajs', points: kjSeries, dashed: true },
           ...(kc
             ? [
@@ -411,6 +512,12 @@ export const forwardBacklog: Scenario = {
         kcat: kc,
         drainSeconds,
         rate,
+        drains: Object.fromEntries(
+          Object.values(drains).map((d) => [
+            d.client,
+            { rate: d.rate, drained: d.drained, seconds: d.drainSeconds, progress: d.progress },
+          ]),
+        ),
         progress,
         kafkajsProgress: kjProgress,
         counts,
