@@ -13,8 +13,8 @@ import { DEFAULT_HTTP_LIMITS, HttpIngest, type HttpLimits } from './ingest/http.
 import { MqttClientIngest } from './ingest/mqtt-client.ts';
 import { MqttBrokerIngest } from './ingest/mqtt-broker.ts';
 import { Forwarder } from './forward/forwarder.ts';
-import { createRecordSink } from './kafka/producer.ts';
-import { WireMeter } from './kafka/wire-meter.ts';
+import { KafkaThread } from './kafka/kafka-thread.ts';
+import { KAFKA_THREAD_LIMITS } from './runtime-flags.ts';
 import { Metrics } from './observe/metrics.ts';
 import type { Logger } from './observe/logger.ts';
 import { buildStatus, RateMeter } from './status/document.ts';
@@ -63,6 +63,7 @@ export class Agent {
   private log: EventLog | null = null;
   private http: HttpIngest | null = null;
   private forwarder: Forwarder | null = null;
+  private kafka: KafkaThread | null = null;
   private sink: IngestSink | null = null;
   private rates: RateMeter | null = null;
   private drops: DropTracker | null = null;
@@ -113,15 +114,17 @@ export class Agent {
     );
 
     this.sink = new IngestSink(log, this.metrics, cfg.forward.priorityTopics, this.logger);
-    const wire = new WireMeter();
+    // Every producer runs in the Kafka thread: encoding, compression and waiting on
+    // Kafka never hold up HTTP, MQTT or the log's commits on this thread.
+    const kafka = new KafkaThread({ logger: this.logger, resourceLimits: KAFKA_THREAD_LIMITS });
+    this.kafka = kafka;
+    const wire = kafka.wire;
     this.forwarder = new Forwarder({
       log,
-      sink: await createRecordSink({
+      sink: kafka.sink({
         kafka: cfg.kafka,
         clientId: `kedge-${this.agentId}`,
         requestTimeoutMs: this.tuning.requestTimeoutMs,
-        logger: this.logger,
-        wire,
       }),
       agentId: this.agentId,
       topicPrefix: cfg.kafka.topicPrefix,
@@ -244,12 +247,10 @@ export class Agent {
         intervalMs: cfg.heartbeat.intervalMs,
         agentId: this.agentId,
         // Its own producer and connections: a heartbeat never queues behind a forwarder batch.
-        sink: await createRecordSink({
+        sink: kafka.sink({
           kafka: cfg.kafka,
           clientId: `kedge-${this.agentId}-heartbeat`,
           requestTimeoutMs: 10_000,
-          logger: this.logger,
-          wire,
         }),
         link: () => fwd.status(),
         onLinkChange: (listener) => fwd.onStateChange(listener),
@@ -278,6 +279,7 @@ export class Agent {
       this.forwarder?.stop() ?? Promise.resolve(),
       Math.max(500, deadline - Date.now() - 1_500),
     );
+    await waitAtMost(this.kafka?.close() ?? Promise.resolve(), 1_000);
     this.rates?.stop();
     await this.log?.close();
     this.drops?.stop();

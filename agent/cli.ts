@@ -8,8 +8,7 @@ import { ConfigError, formatConfig, loadConfig, type Config } from './config.ts'
 import { mergeEnv, readEnvFile } from './env-file.ts';
 import { Agent } from './agent.ts';
 import { createLogger } from './observe/logger.ts';
-import { LogOpenError } from './log/types.ts';
-import { CodecUnavailableError } from './kafka/codecs.ts';
+import { CodecUnavailableError, LogOpenError } from './errors.ts';
 import { KEDGE_VERSION } from './version.ts';
 import { runStatus } from './status/cli.ts';
 

@@ -11,3 +11,14 @@ export const NODE_FLAGS: readonly string[] = [
   '--max-semi-space-size=1',
   '--max-old-space-size=256',
 ];
+
+/**
+ * V8 heap limits of the Kafka thread (agent/kafka/kafka-thread.ts), which encodes and
+ * compresses every batch: its garbage is short-lived record objects, so a young
+ * generation larger than the main thread's 1 MB semi-space keeps scavenges rare
+ * (see docs/operations.md for the measurements).
+ */
+export const KAFKA_THREAD_LIMITS = {
+  maxYoungGenerationSizeMb: 24,
+  maxOldGenerationSizeMb: 128,
+} as const;

@@ -17,7 +17,8 @@ import { createHash } from 'node:crypto';
 import { basename, join, relative } from 'node:path';
 import { parseArgs } from 'node:util';
 import { gzipSync } from 'node:zlib';
-import { bundle } from './build/bundle.ts';
+import { bundle, WORKER_ENTRY } from './build/bundle.ts';
+import { KAFKA_WORKER_ASSET } from '../agent/kafka/kafka-thread.ts';
 import { BuildError } from './build/exec.ts';
 import { newestFile, staleness } from './build/freshness.ts';
 import { ARCHES, DIST, ROOT, WORK, artifacts, packageInfo, type Arch } from './build/layout.ts';
@@ -68,8 +69,10 @@ async function main(): Promise<void> {
   const mtime = Number(process.env.SOURCE_DATE_EPOCH) || Math.floor(newestFile().mtimeMs / 1000);
 
   const bundleFile = join(WORK, 'kedge.cjs');
-  const [b, ...nodes] = await Promise.all([
+  const workerFile = join(WORK, KAFKA_WORKER_ASSET);
+  const [b, wb, ...nodes] = await Promise.all([
     bundle(bundleFile),
+    bundle(workerFile, WORKER_ENTRY),
     ...arches.map((a) => officialNode(a, info.nodeVersion, log)),
   ]);
   const nodeOf = new Map<Arch, OfficialNode>(nodes.map((n) => [n.arch, n]));
@@ -81,6 +84,7 @@ async function main(): Promise<void> {
   const blobBytes = await writeBlob(
     {
       bundle: bundleFile,
+      kafkaWorker: workerFile,
       wasmJs: b.wasm.js,
       wasmBinary: b.wasm.wasm,
       configFile: join(WORK, 'sea-config.json'),
@@ -90,7 +94,10 @@ async function main(): Promise<void> {
   );
   log(`SEA blob ${MiB(blobBytes)} (bundle + node-sqlite3-wasm@${b.wasm.version} assets)`);
 
-  const packages = new Map(b.packages);
+  log(
+    `bundled the Kafka thread ${relative(ROOT, workerFile)}: ${MiB(wb.bytes)}, ${wb.packages.size} packages`,
+  );
+  const packages = new Map([...b.packages, ...wb.packages]);
   packages.set('node-sqlite3-wasm', join(ROOT, 'node_modules/node-sqlite3-wasm'));
   const noticeText = notices({
     version: info.version,

@@ -18,7 +18,7 @@ import { waitAtMost, withDeadline } from '../deadline.ts';
 import { eventBytes, eventsBytes } from '../event-size.ts';
 import type { RecordSink } from '../kafka/producer.ts';
 import { classifySendError, describeKafkaError, type SendErrorClass } from '../kafka/classify.ts';
-import { WireRate, type WireMeter } from '../kafka/wire-meter.ts';
+import { WireRate, type WireTotal } from '../kafka/wire-meter.ts';
 import { BatchBudget, pickLane, toRecord } from './batch.ts';
 import { DeadLetters } from './dead-letters.ts';
 import { Link, type LinkStatus } from './link.ts';
@@ -50,7 +50,7 @@ export interface ForwarderOptions {
   /** KEDGE_FORWARD_RATE in wire bytes per second; null/absent: unlimited. Needs `wire`. */
   rateBytesPerSecond?: number | null;
   /** Counts the bytes the sink's sockets write (rate cap, status, metrics). */
-  wire?: WireMeter;
+  wire?: WireTotal;
   /**
    * Wall clock in ms since the epoch, for transfer windows only (tests inject a
    * fake one). Timeouts, backoff and the rate cap use the real monotonic clock.

@@ -101,6 +101,7 @@ function* errorTree(e: unknown, depth = 8): Generator<ErrorLink> {
  * that may heal.
  */
 export function classifySendError(e: unknown): SendErrorClass {
+  if (e instanceof RemoteKafkaError) return e.sendClass;
   let grace: string | null = null;
   let timeout = false;
   for (const cur of errorTree(e)) {
@@ -116,10 +117,32 @@ export function classifySendError(e: unknown): SendErrorClass {
 }
 
 /**
+ * A client error from the Kafka thread (kafka-thread.ts), already classified and
+ * described there: the client's error objects do not survive the copy between threads.
+ */
+export class RemoteKafkaError extends Error {
+  readonly sendClass: SendErrorClass;
+  readonly description: string;
+
+  constructor(f: {
+    sendClass: SendErrorClass;
+    description: string;
+    message: string;
+    name: string;
+  }) {
+    super(f.message);
+    this.name = f.name;
+    this.sendClass = f.sendClass;
+    this.description = f.description;
+  }
+}
+
+/**
  * The client error chain for status and logs, led by what an operator should check when
  * the cause is a TLS or SASL failure (those never heal by retrying).
  */
 export function describeKafkaError(e: unknown): string {
+  if (e instanceof RemoteKafkaError) return e.description;
   const parts: string[] = [];
   const seen = new Set<string>();
   // The members of an aggregate too: @platformatic/kafka's retry loop and produce

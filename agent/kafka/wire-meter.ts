@@ -24,7 +24,12 @@ interface Written {
   readonly bytesWritten: number;
 }
 
-export class WireMeter {
+/** What a consumer of the wire count needs: a monotonic byte total. */
+export interface WireTotal {
+  total(): number;
+}
+
+export class WireMeter implements WireTotal {
   private readonly live = new Set<Written>();
   /** Sockets handed to watch(), so a socket reported twice counts once. */
   private readonly watched = new WeakSet<net.Socket>();
@@ -99,7 +104,7 @@ export class WireMeter {
 export class WireRate {
   private readonly sampler: CounterSampler<'bytes'>;
 
-  constructor(meter: WireMeter, windowMs = 60_000) {
+  constructor(meter: WireTotal, windowMs = 60_000) {
     this.sampler = new CounterSampler(
       () => ({ bytes: meter.total() }),
       windowMs,

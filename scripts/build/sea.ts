@@ -15,6 +15,7 @@ import { BuildError, exec } from './exec.ts';
 import { assertElf, occurrences } from './node-dist.ts';
 import { SEA_FUSE, SEA_RESOURCE, WASM_SQLITE_ASSETS, type Arch } from './layout.ts';
 import { NODE_FLAGS } from '../../agent/runtime-flags.ts';
+import { KAFKA_WORKER_ASSET } from '../../agent/kafka/kafka-thread.ts';
 
 const require = createRequire(import.meta.url);
 /** postject's CLI, run as a child: its ELF library prints harmless warnings we only want to see on failure. */
@@ -33,6 +34,8 @@ export interface SeaConfig {
 
 export interface BlobInput {
   bundle: string;
+  /** The Kafka thread's bundle (asset KAFKA_WORKER_ASSET). */
+  kafkaWorker: string;
   wasmJs: string;
   wasmBinary: string;
   /** Where to write sea-config.json and the blob. */
@@ -57,7 +60,11 @@ export async function writeBlob(i: BlobInput, nodeVersion: string): Promise<numb
     // NODE_OPTIONS set on a device for other Node programs must not change
     // kedge; runtime flags can still be given as `kedge --node-options="..." run`.
     execArgvExtension: 'cli',
-    assets: { [WASM_SQLITE_ASSETS.js]: i.wasmJs, [WASM_SQLITE_ASSETS.wasm]: i.wasmBinary },
+    assets: {
+      [WASM_SQLITE_ASSETS.js]: i.wasmJs,
+      [WASM_SQLITE_ASSETS.wasm]: i.wasmBinary,
+      [KAFKA_WORKER_ASSET]: i.kafkaWorker,
+    },
   };
   writeFileSync(i.configFile, JSON.stringify(config, null, 2) + '\n');
   rmSync(i.blobFile, { force: true });
