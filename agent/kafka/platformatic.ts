@@ -23,7 +23,7 @@
  *   classify.ts reads them beside kafkajs' ones.
  */
 import { readFileSync } from 'node:fs';
-import type { Socket } from 'node:net';
+import { isIP, type Socket } from 'node:net';
 import type { ConnectionOptions as TlsOptions } from 'node:tls';
 import {
   compatibilityPartitioner,
@@ -43,6 +43,17 @@ const SASL: Record<string, SASLOptions['mechanism']> = {
   'scram-sha-256': 'SCRAM-SHA-256',
   'scram-sha-512': 'SCRAM-SHA-512',
 };
+
+/**
+ * Whether to name the broker in TLS SNI. The client sends no SNI unless told to, and a
+ * Kafka behind an SNI-routing proxy (most hosted services) then cannot route the
+ * connection; kafkajs names the host by default. `tlsServerName: true` names each
+ * connection's host, so it is set only when the bootstrap brokers are names: an address
+ * must not be sent in SNI (RFC 6066), and Node warns when it is.
+ */
+function sniByName(brokers: readonly string[]): boolean {
+  return brokers.every((b) => isIP(b.replace(/:\d+$/, '').replace(/^\[|\]$/g, '')) === 0);
+}
 
 /** The events the client emits for its broker connections. */
 interface ConnectionEvent {
@@ -98,7 +109,7 @@ export class PlatformaticSink implements RecordSink {
       partitioner: (message, key) =>
         key ? compatibilityPartitioner(message, key) : this.next++ & 0x7fffffff,
       serializers: { headerKey: stringSerializer, headerValue: stringSerializer },
-      ...(tls ? { tls } : {}),
+      ...(tls ? { tls, ...(sniByName(k.brokers) ? { tlsServerName: true } : {}) } : {}),
       ...(k.sasl
         ? {
             sasl: {
