@@ -19,6 +19,6 @@ export const NODE_FLAGS: readonly string[] = [
  * (see docs/operations.md for the measurements).
  */
 export const KAFKA_THREAD_LIMITS = {
-  maxYoungGenerationSizeMb: 24,
+  maxYoungGenerationSizeMb: 12,
   maxOldGenerationSizeMb: 128,
 } as const;

@@ -278,8 +278,8 @@ export const SETTINGS = {
   KEDGE_KAFKA_CLIENT: choice(
     'kafka',
     KAFKA_CLIENTS,
-    'kafkajs',
-    'The Kafka client library: `kafkajs` or `platformatic` (@platformatic/kafka, less CPU per event). Both are idempotent with acks=all, one request in flight and the Java partitioner, so a key lands in the same partition with either.',
+    'platformatic',
+    'The Kafka client library: `platformatic` (@platformatic/kafka, the default: less CPU per event) or `kafkajs`. Both are idempotent with acks=all, one request in flight and the Java partitioner, so a key lands in the same partition with either.',
     (c) => c.kafka.client,
   ),
   KEDGE_COMPRESSION: choice(

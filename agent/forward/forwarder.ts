@@ -102,6 +102,12 @@ export class Forwarder {
   private pendingAck: { batch: StoredEvent[]; lane: Lane } | null = null;
   /** A log read or write is failing; logged once per streak. */
   private storageFailing = false;
+  /**
+   * The next batch of a lane, read while the previous one was with Kafka (the Kafka
+   * thread encodes and sends; this thread reads meanwhile). Used only if the next turn
+   * serves the same lane from the same cursor; dropped after any failure.
+   */
+  private prefetched: { lane: Lane; after: number; batch: StoredEvent[] } | null = null;
 
   constructor(o: ForwarderOptions) {
     this.o = o;
@@ -335,7 +341,9 @@ export class Forwarder {
       await this.sleep(Math.min(debtMs, POLICY_RECHECK_MS));
       return;
     }
-    const batch = this.batches.read(o.log, pick.lane, pick.cursor);
+    const batch =
+      this.takePrefetched(pick.lane, pick.cursor) ??
+      this.batches.read(o.log, pick.lane, pick.cursor);
     if (batch.length === 0) {
       // Stats said there is backlog but the read found none (e.g. a retention trim in between).
       await this.sleep(100);
@@ -380,8 +388,13 @@ export class Forwarder {
     const wireBefore = o.wire?.total() ?? 0;
     this.sendStartedAt = performance.now();
     try {
-      await this.withDeadline(o.sink.send(batch.map((e) => toRecord(e, o.agentId, o.topicPrefix))));
+      const sending = this.withDeadline(
+        o.sink.send(batch.map((e) => toRecord(e, o.agentId, o.topicPrefix))),
+      );
+      this.prefetch(lane, batch[batch.length - 1].seq);
+      await sending;
     } catch (e) {
+      this.prefetched = null;
       const c = classifySendError(e);
       if (c.kind === 'timeout') this.batches.shrink(batch);
       // Which topic a refusal is about is not known for a batch: every topic in it
@@ -402,6 +415,23 @@ export class Forwarder {
     if (o.wire) this.batches.observeWire(logBytes, o.wire.total() - wireBefore);
     this.batches.grow();
     this.acknowledge(batch, lane);
+  }
+
+  /** Reads the batch after `after` while the one before it is with Kafka; a failed read is simply not used. */
+  private prefetch(lane: Lane, after: number): void {
+    try {
+      const next = this.batches.read(this.o.log, lane, after);
+      this.prefetched = next.length > 0 ? { lane, after, batch: next } : null;
+    } catch {
+      // The turn that needs it reads again and reports a failing log there.
+      this.prefetched = null;
+    }
+  }
+
+  private takePrefetched(lane: Lane, cursor: number): StoredEvent[] | null {
+    const p = this.prefetched;
+    this.prefetched = null;
+    return p && p.lane === lane && p.after === cursor ? p.batch : null;
   }
 
   /**
