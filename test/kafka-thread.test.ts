@@ -97,8 +97,8 @@ for (const client of ['platformatic', 'kafkajs'] as const) {
       let exact = 0;
       for (const s of sent) {
         const r = byId.get(s.headers['kedge-id']);
+        if (!r) continue;
         if (
-          r &&
           r.value.equals(s.value) &&
           (s.key === null ? r.key === null : r.key?.equals(s.key)) &&
           r.timestamp === s.timestamp
