@@ -167,7 +167,7 @@ t.test('defaults', async (t) => {
       tlsKey: null,
     },
     kafka: {
-      client: 'kafkajs',
+      client: 'platformatic',
       brokers: ['localhost:9092'],
       tls: false,
       caFile: null,

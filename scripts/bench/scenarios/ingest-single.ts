@@ -17,6 +17,9 @@ import {
 
 const CONNECTIONS = 64;
 const TARGET = 8_000;
+/** Issue 13: with forwarding live, at least this share of the rate with forwarding paused. */
+const LIVE_TARGET_RATIO = 0.7;
+const TOPIC = 'bench.single';
 
 export const ingestSingle: Scenario = {
   name: 'ingest-single',
@@ -25,7 +28,9 @@ export const ingestSingle: Scenario = {
     `The same load generator sends one 200-byte JSON event per request (\`application/json\`) over ${CONNECTIONS} keep-alive connections, closed loop; ` +
     'kedge answers each after its commit (group commit shares one fsync among the requests that arrive together). Forwarding paused. ' +
     'Baseline: a bare `node:http` server in its own process that reads the body and answers 200 with a small JSON body, storing nothing: ' +
-    'the HTTP ceiling of Node plus this load generator on this machine.',
+    'the HTTP ceiling of Node plus this load generator on this machine. ' +
+    'When a broker runs (any scenario of the run needs one), the same load runs again with forwarding on ' +
+    '(the backlog of the first run still in the log, so the forwarder never idles) and is compared with the paused run.',
   needsKafka: false,
   estimateSeconds: (q) => (q ? 15 : 45),
   async run(ctx): Promise<ScenarioResult> {
@@ -71,7 +76,7 @@ export const ingestSingle: Scenario = {
     const s0 = await agent.status();
     ctx.log(`kedge: ${CONNECTIONS} connections, single events, ${durationMs / 1000} s`);
     const tLoad = performance.now();
-    const w = ctx.load(base(agent.base, '/v1/topics/bench.single'));
+    const w = ctx.load(base(agent.base, `/v1/topics/${TOPIC}`));
     const win = ctx.cpuAfter(warmupMs, 'kedge single-event ingest', {
       kedge: agent.pid,
       loadgen: w.pid,
@@ -143,6 +148,49 @@ export const ingestSingle: Scenario = {
         baselines: [baselineCost('bare node:http', kedgeUs, bareUs, 'µs/req')],
       }),
     );
+    let live: LoadResult | null = null;
+    if (ctx.kafkaRunning) {
+      await ctx.topic(TOPIC);
+      await agent.resume();
+      ctx.log(`kedge with forwarding on: ${CONNECTIONS} connections, ${durationMs / 1000} s`);
+      const c0 = (await agent.status()).log.cursor;
+      const tLoad2 = performance.now();
+      const w2 = ctx.load(base(agent.base, `/v1/topics/${TOPIC}`));
+      const win2 = ctx.cpuAfter(warmupMs, 'kedge single-event ingest, forwarding on', {
+        kedge: agent.pid,
+        loadgen: w2.pid,
+      });
+      live = await w2.result;
+      ctx.phase(agent, 'ingest-with-forwarding', tLoad2 + warmupMs, performance.now());
+      cpu.push(await win2.stop());
+      const st = await agent.status();
+      const fwdRate = (st.log.cursor - c0) / ((warmupMs + durationMs) / 1000);
+      ctx.log(
+        `kedge with forwarding on: ${fmt(live.eventsPerS)} events/s, ~${fmt(fwdRate)} events/s forwarded meanwhile`,
+      );
+      const ratio = live.eventsPerS / Math.max(1, r.eventsPerS);
+      figures.push(
+        figure({
+          id: 'events_per_s_forwarding',
+          label: 'same load, forwarding on',
+          value: live.eventsPerS,
+          unit: 'ev/s',
+          note: `~${fmt(fwdRate)} ev/s forwarded meanwhile`,
+        }),
+        figure({
+          id: 'forwarding_on_vs_paused',
+          label: 'forwarding on ÷ forwarding paused',
+          value: ratio,
+          unit: '×',
+          digits: 2,
+          target: atLeast(ratio, LIVE_TARGET_RATIO, `≥ ${LIVE_TARGET_RATIO} ×`),
+        }),
+      );
+      notes.push(
+        `With forwarding on, the forwarder shipped ~${fmt(fwdRate)} events/s while ingest reached ${fmt(live.eventsPerS)} requests/s (p99 ${fmt(live.latencyMs.p99, 1)} ms); backlog at the end ${fmt(st.backlog.events)} events.`,
+      );
+    }
+
     const charts: ChartSpec[] = [
       {
         kind: 'bars',
@@ -151,6 +199,7 @@ export const ingestSingle: Scenario = {
         unit: 'requests/s',
         bars: [
           { label: 'kedge (commit per answer)', value: r.eventsPerS },
+          ...(live ? [{ label: 'kedge, forwarding on', value: live.eventsPerS }] : []),
           { label: 'bare node:http (no storage)', value: bare.eventsPerS },
         ],
         refs: [{ label: 'target 8,000', y: TARGET }],
@@ -172,6 +221,6 @@ export const ingestSingle: Scenario = {
         refs: [{ label: 'target', y: TARGET }],
       },
     ];
-    return { figures, charts, cpu, notes, data: { load: r, bare, commits, stored } };
+    return { figures, charts, cpu, notes, data: { load: r, live, bare, commits, stored } };
   },
 };
