@@ -57,6 +57,7 @@ function sniByName(brokers: readonly string[]): boolean {
 
 /** The events the client emits for its broker connections. */
 interface ConnectionEvent {
+  broker?: { host: string; port: number };
   connection?: {
     socket?: Socket;
     on?(event: 'error', listener: (e: Error) => void): unknown;
@@ -126,8 +127,21 @@ export class PlatformaticSink implements RecordSink {
       if (s && wire) wire.watch(s);
       if (up) e?.connection?.on?.('error', (err) => (this.connectionError = err));
     };
-    p.on('client:broker:connect', (e: ConnectionEvent) => watch(e, true));
-    p.on('client:broker:failed', (e: ConnectionEvent) => watch(e, false));
+    // Connections at debug level, as kafkajs logs them: what an operator chasing a
+    // flapping link wants to see (never the SASL exchange, which carries the secret).
+    const log = opts.logger.child({ component: 'platformatic-kafka' });
+    const broker = (e: ConnectionEvent) => (e?.broker ? `${e.broker.host}:${e.broker.port}` : null);
+    p.on('client:broker:connect', (e: ConnectionEvent) => {
+      watch(e, true);
+      log.debug({ broker: broker(e) }, 'kafka connection open');
+    });
+    p.on('client:broker:failed', (e: ConnectionEvent) => {
+      watch(e, false);
+      log.debug({ broker: broker(e) }, 'kafka connection failed');
+    });
+    p.on('client:broker:disconnect', (e: ConnectionEvent) =>
+      log.debug({ broker: broker(e) }, 'kafka connection closed'),
+    );
     return p;
   }
 
