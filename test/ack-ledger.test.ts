@@ -70,3 +70,30 @@ t.test('records without a kedge-id or with unknown ids are counted', async (tt) 
   tt.equal(r.malformed, 1);
   tt.equal(r.unknownIds, 1);
 });
+
+t.test('a kedge-id naming two different events is a reused seq', async (tt) => {
+  // The seq 4 went out for event 0, then (a log rolled back by a lost write) for event 1.
+  const c = new LedgerChecker(ledgerOf(3, [0, 1, 2]));
+  c.line('t', line(0, 0, 'a', 'x:4', 0));
+  c.line('t', line(0, 1, 'b', 'x:4', 1));
+  c.line('t', line(1, 0, 'c', 'y:4', 2)); // another agent's seq 4: not a reuse
+  const r = c.finish();
+  tt.equal(r.reusedKedgeIds, 1);
+  tt.same([r.seqMin, r.seqMax], [4, 4]);
+});
+
+t.test("an event before one its key's sender sent earlier is an order violation", async (tt) => {
+  // kedge seqs in order, but the sender sent event 1 before event 2.
+  const c = new LedgerChecker(ledgerOf(3, [0, 1, 2]));
+  c.line('t', line(0, 0, 'a', 'x:1', 0));
+  c.line('t', line(0, 1, 'a', 'x:2', 2));
+  c.line('t', line(0, 2, 'a', 'x:3', 1));
+  tt.equal(c.finish().orderViolations.length, 1);
+});
+
+t.test('a key in two partitions is an order violation', async (tt) => {
+  const c = new LedgerChecker(ledgerOf(2, [0, 1]));
+  c.line('t', line(0, 0, 'a', 'x:1', 0));
+  c.line('t', line(1, 0, 'a', 'x:2', 1));
+  tt.match(c.finish().orderViolations, [/in partitions 0 and 1/]);
+});

@@ -60,6 +60,11 @@ for (const driver of ['sqlite', 'wasm'] as const) {
         `every duplicate (${rep.duplicates}) carries an already-seen kedge-id`,
       );
       tt.same(rep.orderViolations, [], 'order per key holds');
+      tt.equal(
+        rep.reusedKedgeIds,
+        0,
+        'no kedge-id names two different events (no seq reused across restarts)',
+      );
     },
   );
 }

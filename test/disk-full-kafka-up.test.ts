@@ -159,6 +159,7 @@ for (const driver of ['sqlite', 'wasm'] as const) {
         `every acknowledged event in Kafka (${rep.missing.length} missing of ${acked.length})`,
       );
       t.same(rep.orderViolations, [], 'in ingest order');
+      t.equal(rep.reusedKedgeIds, 0, 'no kedge-id names two different events');
       t.equal(
         rep.foreignDuplicates,
         0,

@@ -69,7 +69,16 @@ t.test('broker down: 20,000 events acknowledged, then all delivered in order', a
   await agent.waitDrained(10_000);
   const recs = await consume(kafka.bootstrap, 'spool', { timeoutMs: 60_000 });
   tt.ok(recs.length >= 20_000, `${recs.length} records read`);
-  const rep = checkDelivery(recs, acked, (r) => JSON.parse(r.value.toString()).id);
+  // Sent one request after another: request r, line i is the sender's (r * 100 + i)th event.
+  const rep = checkDelivery(
+    recs,
+    acked,
+    (r) => JSON.parse(r.value.toString()).id,
+    (id) => {
+      const [r, i] = id.split('-').map(Number);
+      return r * 100 + i;
+    },
+  );
   tt.same(rep.missing.length, 0, 'nothing missing');
   tt.same(rep.orderViolations, [], 'order per key holds');
   tt.equal(rep.foreignDuplicates, 0);

@@ -105,6 +105,11 @@ export interface LedgerReport {
   malformed: number;
   /** Ids read that the ledger never handed out (must be 0). */
   unknownIds: number;
+  /** Records whose kedge-id (agent:seq) an earlier record of a DIFFERENT event already carried: a seq reused (must be 0). */
+  reusedKedgeIds: number;
+  /** Lowest and highest kedge seq of the events read (first copies), and how many distinct seqs; null when none. */
+  seqMin: number | null;
+  seqMax: number | null;
 }
 
 export class KafkaReadError extends Error {
@@ -132,6 +137,9 @@ export class LedgerChecker {
   private readonly firstAgent: Uint8Array;
   private readonly agents: string[] = [];
   private readonly lastSeqByKey = new Map<string, number>();
+  /** Per topic and key: its partition, and the sender's id of its latest first copy. */
+  private readonly partitionByKey = new Map<string, string>();
+  private readonly lastIdByKey = new Map<string, number>();
   readonly report: LedgerReport;
 
   constructor(ledger: AckLedger) {
@@ -150,7 +158,27 @@ export class LedgerChecker {
       orderViolations: [],
       malformed: 0,
       unknownIds: 0,
+      reusedKedgeIds: 0,
+      seqMin: null,
+      seqMax: null,
     };
+  }
+
+  /** Event id + 1 per kedge seq, one array per agent id (seqs are dense from 1). */
+  private readonly idBySeq: Float64Array[] = [];
+
+  /** Remembers which event `agent:seq` names; counts a second, different event under it. */
+  private checkKedgeId(ai: number, seq: number, id: number): void {
+    if (!Number.isSafeInteger(seq) || seq < 0) return;
+    let arr = this.idBySeq[ai] ?? new Float64Array(1024);
+    if (seq >= arr.length) {
+      const grown = new Float64Array(Math.max(seq + 1, arr.length * 2));
+      grown.set(arr);
+      arr = grown;
+    }
+    this.idBySeq[ai] = arr;
+    if (arr[seq] === 0) arr[seq] = id + 1;
+    else if (arr[seq] !== id + 1) this.report.reusedKedgeIds++;
   }
 
   line(topic: string, line: string): void {
@@ -177,6 +205,7 @@ export class LedgerChecker {
         throw new KafkaReadError('more than 255 distinct agent ids in kedge-id headers');
       ai = this.agents.push(agent) - 1;
     }
+    this.checkKedgeId(ai, seq, id);
     if (this.seen.has(id)) {
       r.duplicates++;
       if (this.firstSeqArr[id] !== seq || this.firstAgent[id] !== ai) r.foreignDuplicates++;
@@ -186,7 +215,21 @@ export class LedgerChecker {
     this.firstSeqArr[id] = seq;
     this.firstAgent[id] = ai;
     r.unique++;
+    if (r.seqMin === null || seq < r.seqMin) r.seqMin = seq;
+    if (r.seqMax === null || seq > r.seqMax) r.seqMax = seq;
     if (this.ledger.acked.has(id)) r.deliveredAcked++;
+    // Order per key, across all partitions: a key lives in one partition, and there its
+    // events come in the order its one sequential sender sent them (event ids grow per
+    // sender: PacedLoad gives each loop its own key), and in kedge's seq order.
+    const key = `${topic}/${f[2]}`;
+    const part = this.partitionByKey.get(key);
+    if (part === undefined) this.partitionByKey.set(key, f[0]);
+    else if (part !== f[0] && r.orderViolations.length < 20)
+      r.orderViolations.push(`key ${key}: in partitions ${part} and ${f[0]}`);
+    const prevId = this.lastIdByKey.get(key);
+    if (prevId !== undefined && id < prevId && r.orderViolations.length < 20)
+      r.orderViolations.push(`key ${key}: event ${id} (sent earlier) after event ${prevId}`);
+    this.lastIdByKey.set(key, Math.max(id, prevId ?? id));
     const k = `${topic}/${f[0]}/${f[2]}`;
     const prev = this.lastSeqByKey.get(k);
     if (prev !== undefined && seq < prev && r.orderViolations.length < 20)
@@ -285,7 +328,7 @@ export async function compareWithKafka(
 export function describeReport(rep: LedgerReport): string {
   return (
     `${rep.records} records read, ${rep.unique} distinct events, ${rep.deliveredAcked}/${rep.acknowledged} acknowledged delivered, ` +
-    `${rep.missing} missing, ${rep.duplicates} duplicates (${rep.foreignDuplicates} with a new kedge-id), ${rep.orderViolations.length} order violations`
+    `${rep.missing} missing, ${rep.duplicates} duplicates (${rep.foreignDuplicates} with a new kedge-id), ${rep.reusedKedgeIds} reused kedge-ids, ${rep.orderViolations.length} order violations`
   );
 }
 
@@ -316,7 +359,12 @@ export function assertDelivery(t: Test, rep: LedgerReport, opts: { dropped?: num
   t.same(
     rep.orderViolations,
     [],
-    'order per key holds (kedge seq increases per key and partition)',
+    "order per key holds: each key in one partition, its events in its sender's order and in kedge seq order",
+  );
+  t.equal(
+    rep.reusedKedgeIds,
+    0,
+    'no kedge-id ever names two different events (a seq is never reused, across restarts too)',
   );
   t.equal(rep.malformed, 0, 'every record has a kedge-id header and an event id');
   t.equal(rep.unknownIds, 0, 'no record with an id the load generators never sent');

@@ -18,18 +18,27 @@ export interface DeliveryReport {
   foreignDuplicates: number;
   orderViolations: string[];
   unique: number;
+  /** Records whose kedge-id an earlier record of a different event carried: a seq reused (must be 0). */
+  reusedKedgeIds: number;
 }
 
 /**
  * `idOf` extracts the load generator's event id from a record; `acked` is the set
- * of ids that got an acknowledgement. Order: within a partition, records of one
- * key must come with increasing kedge seq (first copies only).
+ * of ids that got an acknowledgement. Order per key (first copies only): a key lives in
+ * one partition, and there its records come in the order its sender sent them and with
+ * increasing kedge seq. The sender's order is the number after the last '-' of the id
+ * (HttpLoad: `<loop>-<counter>`, one loop per key), or `senderOrder` of the id.
  */
 export function checkDelivery(
   records: ReadRecord[],
   acked: Iterable<string>,
   idOf: (r: ReadRecord) => string,
+  senderOrder: (id: string) => number = (id) => Number(id.slice(id.lastIndexOf('-') + 1)),
 ): DeliveryReport {
+  const partitionOfKey = new Map<string, number>();
+  const eventOfKedgeId = new Map<string, string>();
+  let reusedKedgeIds = 0;
+  const lastSentByKey = new Map<string, number>();
   const firstKedgeId = new Map<string, string>();
   let duplicates = 0;
   let foreignDuplicates = 0;
@@ -39,6 +48,9 @@ export function checkDelivery(
   for (const r of sorted) {
     const id = idOf(r);
     const kid = r.headers['kedge-id'];
+    const named = eventOfKedgeId.get(kid);
+    if (named === undefined) eventOfKedgeId.set(kid, id);
+    else if (named !== id) reusedKedgeIds++;
     const seen = firstKedgeId.get(id);
     if (seen !== undefined) {
       duplicates++;
@@ -47,7 +59,17 @@ export function checkDelivery(
     }
     firstKedgeId.set(id, kid);
     const seq = Number(kid.slice(kid.lastIndexOf(':') + 1));
-    const k = `${r.partition}/${r.key?.toString('hex') ?? ''}`;
+    const key = r.key?.toString('hex') ?? '';
+    const part = partitionOfKey.get(key);
+    if (part === undefined) partitionOfKey.set(key, r.partition);
+    else if (part !== r.partition && orderViolations.length < 20)
+      orderViolations.push(`key ${key}: in partitions ${part} and ${r.partition}`);
+    const sent = senderOrder(id);
+    const prevSent = lastSentByKey.get(key);
+    if (prevSent !== undefined && sent < prevSent && orderViolations.length < 20)
+      orderViolations.push(`key ${key}: event ${id} (sent earlier) after one sent later`);
+    if (prevSent === undefined || sent > prevSent) lastSentByKey.set(key, sent);
+    const k = `${r.partition}/${key}`;
     const prev = lastSeqByKey.get(k);
     if (prev !== undefined && seq < prev && orderViolations.length < 20)
       orderViolations.push(`key ${k}: seq ${seq} after ${prev}`);
@@ -55,5 +77,12 @@ export function checkDelivery(
   }
   const missing: string[] = [];
   for (const id of acked) if (!firstKedgeId.has(id)) missing.push(id);
-  return { missing, duplicates, foreignDuplicates, orderViolations, unique: firstKedgeId.size };
+  return {
+    missing,
+    duplicates,
+    foreignDuplicates,
+    orderViolations,
+    unique: firstKedgeId.size,
+    reusedKedgeIds,
+  };
 }
