@@ -25,6 +25,8 @@ t.teardown(async () => {
 t.test(
   `Kafka traffic black-holed for ${FAULTS.outageMs / 1000} s under load: nothing acknowledged is lost`,
   async (tt) => {
+    let failedAt = 0;
+    let healedAt = 0;
     await runOutage(tt, {
       name: 'hang',
       setup: s,
@@ -32,10 +34,24 @@ t.test(
       readBootstrap: kafka.bootstrap,
       fail: async () => {
         proxy.blackhole();
+        failedAt = proxy.now();
         tt.comment(`black-holed ${proxy.connections} open connection(s)`);
       },
-      heal: async () => proxy.heal(),
+      heal: async () => {
+        healedAt = proxy.now();
+        proxy.heal();
+      },
     });
+    // The outage was real: not one byte crossed the proxy, either way, while it lasted.
+    tt.same(
+      {
+        up: proxy.bytes.up.between(failedAt, healedAt),
+        down: proxy.bytes.down.between(failedAt, healedAt),
+      },
+      { up: 0, down: 0 },
+      `no byte crossed the proxy between the fault and the heal (${((healedAt - failedAt) / 1000).toFixed(0)} s)`,
+    );
+    tt.ok(proxy.bytes.up.between(healedAt, proxy.now()) > 0, 'bytes flowed again after the heal');
     tt.ok(
       proxy.accepted > 0,
       `all of kedge's Kafka traffic went through the proxy (${proxy.accepted} connections)`,

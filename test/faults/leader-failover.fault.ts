@@ -8,6 +8,7 @@ import { Kafka, logLevel } from 'kafkajs';
 import { startKafka } from '../../scripts/kafka/kafka.ts';
 import { AgentProc, cleanup, sleep } from '../helpers/agent.ts';
 import { assertDelivery, compareWithKafka } from '../helpers/ack-ledger.ts';
+import { consume } from '../helpers/kcat.ts';
 import { agentSetup, startLoads, timing, ensureTopic } from './scenario.ts';
 
 const t0 = Date.now();
@@ -23,10 +24,8 @@ t.teardown(async () => {
   cleanup(s.dir);
 });
 
-/** Leader and ISR of partition 0 of `topic`, asked with kafkajs admin. */
-async function partitionZero(
-  topic: string,
-): Promise<{ leader: number; isr: number[]; replicas: number[] }> {
+/** Runs `f` with a kafkajs admin client (connected to whichever brokers are up). */
+async function withAdmin<T>(f: (admin: ReturnType<Kafka['admin']>) => Promise<T>): Promise<T> {
   const admin = new Kafka({
     clientId: 'kedge-fault',
     brokers: kafka.bootstrap.split(','),
@@ -34,12 +33,37 @@ async function partitionZero(
   }).admin();
   await admin.connect();
   try {
-    const md = await admin.fetchTopicMetadata({ topics: [topic] });
-    const p = md.topics[0].partitions.find((x) => x.partitionId === 0)!;
-    return { leader: p.leader, isr: p.isr, replicas: p.replicas };
+    return await f(admin);
   } finally {
     await admin.disconnect();
   }
+}
+
+/** Partitions of `topic` that `broker` leads. */
+async function ledBy(topic: string, broker: number): Promise<number[]> {
+  return withAdmin(async (admin) => {
+    const md = await admin.fetchTopicMetadata({ topics: [topic] });
+    return md.topics[0].partitions.filter((p) => p.leader === broker).map((p) => p.partitionId);
+  });
+}
+
+/** High watermark per partition of `topic`. */
+async function highWatermarks(topic: string): Promise<Map<number, number>> {
+  return withAdmin(async (admin) => {
+    const offsets = await admin.fetchTopicOffsets(topic);
+    return new Map(offsets.map((o) => [o.partition, Number(o.high)]));
+  });
+}
+
+/** Leader and ISR of partition 0 of `topic`, asked with kafkajs admin. */
+async function partitionZero(
+  topic: string,
+): Promise<{ leader: number; isr: number[]; replicas: number[] }> {
+  return withAdmin(async (admin) => {
+    const md = await admin.fetchTopicMetadata({ topics: [topic] });
+    const p = md.topics[0].partitions.find((x) => x.partitionId === 0)!;
+    return { leader: p.leader, isr: p.isr, replicas: p.replicas };
+  });
 }
 
 t.test(
@@ -51,6 +75,8 @@ t.test(
       3,
       `partition 0 has 3 replicas (${before.replicas}), ISR ${before.isr}`,
     );
+    // The partitions the doomed broker leads: the failover must hit the test's own keys.
+    const doomed = await ledBy(s.httpTopic, before.leader);
     const loads = startLoads(tt, s, () => agent);
     await sleep(8_000);
     const ackedBefore = loads.ledger.ackedCount;
@@ -75,7 +101,17 @@ t.test(
       before.leader,
       `a new leader took over: broker ${after.leader} (ISR ${after.isr})`,
     );
+    // While the old leader stays down, its partitions keep growing under their new leaders.
+    const hwElected = await highWatermarks(s.httpTopic);
     await sleep(15_000);
+    const hwLater = await highWatermarks(s.httpTopic);
+    const grew = doomed.filter((p) => (hwLater.get(p) ?? 0) > (hwElected.get(p) ?? 0));
+    tt.ok(
+      grew.length > 0,
+      `partitions ${doomed.join(', ')} (led by the killed broker) grew while it was down: ${doomed
+        .map((p) => `${p}: ${hwElected.get(p)} → ${hwLater.get(p)}`)
+        .join('; ')}`,
+    );
     const during = loads.ledger.ackedCount - ackedBefore;
     tt.ok(during > 0, `${during} events acknowledged after the leader was killed`);
     await kafka.startNode(before.leader);
@@ -86,6 +122,15 @@ t.test(
       rereads: 5,
     });
     assertDelivery(tt, rep);
+    // The test's keys really lived on the killed leader's partitions (kcat, independently).
+    const recs = await consume(kafka.bootstrap, s.httpTopic, { timeoutMs: 60_000 });
+    const keysThere = new Set(
+      recs.filter((r) => doomed.includes(r.partition)).map((r) => r.key?.toString()),
+    );
+    tt.ok(
+      keysThere.size > 0,
+      `keys ${[...keysThere].join(', ')} are in partitions ${doomed.join(', ')}, which the killed broker led`,
+    );
     timing(tt, 'leader-failover', t0, `${rep.duplicates} duplicates`);
   },
 );

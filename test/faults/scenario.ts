@@ -16,6 +16,9 @@ import { MqttTransport } from '../helpers/mqtt-load.ts';
 function envNumber(name: string, dflt: number): number {
   const v = process.env[name];
   if (v === undefined || v === '') return dflt;
+  // CI proves the issue's numbers: an override there would quietly weaken every scenario.
+  if (process.env.CI === 'true')
+    throw new Error(`${name} is set under CI=true; the fault suite runs its full durations in CI`);
   const n = Number(v);
   if (!Number.isFinite(n) || n <= 0)
     throw new Error(`${name}="${v}" is not a positive number; unset it for the default ${dflt}`);
