@@ -16,6 +16,7 @@ import { request as httpRequest } from 'node:http';
 import { connect as netConnect } from 'node:net';
 import { request } from 'undici';
 import { AgentProc, cleanup, freeLoopbackPort, tempDir } from './helpers/agent.ts';
+import { openLog } from '../agent/log/index.ts';
 
 const SEED = Number(process.env.FUZZ_SEED ?? 7_2024_11);
 const RUNS = 500;
@@ -24,15 +25,14 @@ const TOKEN = 'fuzz-token-0123';
 
 const dir = tempDir('kedge-fuzz-http-');
 const deadBroker = `127.0.0.1:${await freeLoopbackPort()}`;
-const agent = await AgentProc.start({
-  env: {
-    KEDGE_DATA_DIR: dir,
-    KEDGE_KAFKA_BROKERS: deadBroker,
-    KEDGE_HTTP_MAX_BODY: '64KiB',
-    KEDGE_HTTP_TOKEN: TOKEN,
-    KEDGE_LOG_LEVEL: 'warn',
-  },
-});
+const agentEnv = {
+  KEDGE_DATA_DIR: dir,
+  KEDGE_KAFKA_BROKERS: deadBroker,
+  KEDGE_HTTP_MAX_BODY: '64KiB',
+  KEDGE_HTTP_TOKEN: TOKEN,
+  KEDGE_LOG_LEVEL: 'warn',
+};
+let agent = await AgentProc.start({ env: agentEnv });
 t.teardown(async () => {
   await agent.stop();
   cleanup(dir);
@@ -479,9 +479,11 @@ t.test(
   async (tt) => {
     const start = await backlog();
     let acceptedTotal = 0;
+    let runs = 0;
     const statuses = new Map<number, number>();
     await fc.assert(
       fc.asyncProperty(fuzzRequest, async (r) => {
+        runs++;
         const before = await backlog();
         let a: Answer | null = null;
         try {
@@ -540,8 +542,17 @@ t.test(
           );
         acceptedTotal += accepted;
       }),
-      { seed: SEED, numRuns: RUNS, endOnFailure: true, interruptAfterTimeLimit: 150_000 },
+      // A run that hits the time limit fails (markInterruptAsFailure): a slow machine
+      // must not turn 500 cases into a handful and still pass.
+      {
+        seed: SEED,
+        numRuns: RUNS,
+        endOnFailure: true,
+        interruptAfterTimeLimit: 300_000,
+        markInterruptAsFailure: true,
+      },
     );
+    tt.equal(runs, RUNS, `all ${RUNS} cases ran`);
     tt.comment(
       `statuses: ${JSON.stringify(Object.fromEntries([...statuses].sort((a, b) => a[0] - b[0])))}; events accepted: ${acceptedTotal}`,
     );
@@ -550,6 +561,13 @@ t.test(
       start + acceptedTotal,
       'backlog = sum of events accepted by 2xx answers',
     );
+    // And counted again from the log file, not the agent's in-memory counter.
+    await agent.stop();
+    const log = await openLog({ dir, driver: 'sqlite', sync: 'normal' });
+    const inFile = log.stats().backlogEvents;
+    await log.close();
+    agent = await AgentProc.start({ env: agentEnv, port: agent.port });
+    tt.equal(inFile, start + acceptedTotal, 'the log file holds exactly those events');
     tt.ok(
       (statuses.get(200) ?? 0) > RUNS / 10,
       'a fair share of the requests was valid and accepted',

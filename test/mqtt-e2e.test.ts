@@ -3,6 +3,7 @@
  * the embedded listener, and kcat reading back what reached Kafka.
  */
 import t from 'tap';
+import { metricSum } from './faults/scenario.ts';
 import mqtt from 'mqtt';
 import { startKafka } from '../scripts/kafka/kafka.ts';
 import { consume } from './helpers/kcat.ts';
@@ -106,7 +107,8 @@ t.test(
     await sleep(1000);
 
     // kill -9 while messages flow: Mosquitto redelivers what kedge had not acknowledged.
-    const third = makeMsgs(3000, 'c');
+    // Enough messages that the kill lands while they flow (kedge takes them pipelined).
+    const third = makeMsgs(10_000, 'c');
     const pub = publishAll(mosq.url, third);
     await sleep(300);
     await agent.kill9();
@@ -114,6 +116,13 @@ t.test(
     agent = await AgentProc.start({ env, port: agent.port });
     await sleep(1500);
     await agent.waitDrained(120_000);
+    // Nothing is published after the kill: whatever the new agent ingests was in flight
+    // (or queued in Mosquitto) when the old one died.
+    const afterKill = await metricSum(agent.base, 'kedge_ingested_events_total');
+    tt.ok(
+      afterKill > 0,
+      `messages were still in flight at the kill: ${afterKill} of ${third.length} reached the restarted agent`,
+    );
     const s = await agent.status();
     tt.equal(s.mqtt.client.state, 'up', 'status shows the MQTT link');
     await agent.stop();

@@ -43,15 +43,23 @@ export function kafkaLibsDir(): string {
     : path.join(REPO_ROOT, '.cache', `kafka-${kafkaVersion()}`, 'libs');
 }
 
-function pomHash(): string {
-  return createHash('sha256').update(fs.readFileSync(POM_PATH)).digest('hex');
+/** The Kafka distribution's own command-line tools (the console consumer): a pom of their own, a folder of their own, never on a broker's classpath. */
+export const TOOLS_POM_PATH = path.join(REPO_ROOT, 'scripts/kafka/tools-pom.xml');
+
+/** Where the tools' jars live: beside the broker's, in <repo>/.cache/kafka-<version>/tools. */
+export function kafkaToolsDir(): string {
+  return path.join(path.dirname(kafkaLibsDir()), 'tools');
 }
 
-function jarsComplete(dir: string, hash: string, version: string): boolean {
+function pomHash(pom: string): string {
+  return createHash('sha256').update(fs.readFileSync(pom)).digest('hex');
+}
+
+function jarsComplete(dir: string, hash: string, sentinel: string): boolean {
   try {
     return (
       fs.readFileSync(path.join(dir, MARKER), 'utf8').trim() === hash &&
-      fs.existsSync(path.join(dir, `kafka_2.13-${version}.jar`))
+      fs.existsSync(path.join(dir, sentinel))
     );
   } catch {
     return false;
@@ -91,11 +99,50 @@ const tailOf = (s: string, n: number): string => s.trimEnd().split('\n').slice(-
  */
 export async function ensureKafkaJars(opts: { log?: (msg: string) => void } = {}): Promise<string> {
   const version = kafkaVersion();
-  const dir = kafkaLibsDir();
-  const hash = pomHash();
-  if (jarsComplete(dir, hash, version)) return dir;
+  return ensureJars(
+    POM_PATH,
+    kafkaLibsDir(),
+    `kafka_2.13-${version}.jar`,
+    `Kafka ${version}`,
+    opts,
+  );
+}
 
-  opts.log?.(`kedge: fetching Kafka ${version} jars with Maven into ${dir}`);
+/**
+ * The same for the Kafka distribution's tools (scripts/kafka/tools-pom.xml): the console
+ * consumer, an independent reader that speaks TLS and SCRAM (Debian's kcat cannot SCRAM
+ * to Kafka 4). Checks that the tools pom pins the broker's Kafka version.
+ */
+export async function ensureKafkaToolsJars(
+  opts: { log?: (msg: string) => void } = {},
+): Promise<string> {
+  const version = kafkaVersion();
+  const pom = fs.readFileSync(TOOLS_POM_PATH, 'utf8');
+  if (!pom.includes(`<kafka.version>${version}</kafka.version>`))
+    throw new KafkaHarnessError(
+      'KEDGE_KAFKA_POM',
+      `${TOOLS_POM_PATH} must pin <kafka.version>${version}</kafka.version>, as ${POM_PATH} does`,
+    );
+  return ensureJars(
+    TOOLS_POM_PATH,
+    kafkaToolsDir(),
+    `kafka-tools-${version}.jar`,
+    `Kafka ${version} tools`,
+    opts,
+  );
+}
+
+async function ensureJars(
+  pomPath: string,
+  dir: string,
+  sentinel: string,
+  what: string,
+  opts: { log?: (msg: string) => void },
+): Promise<string> {
+  const hash = pomHash(pomPath);
+  if (jarsComplete(dir, hash, sentinel)) return dir;
+
+  opts.log?.(`kedge: fetching ${what} jars with Maven into ${dir}`);
   await fsp.mkdir(path.dirname(dir), { recursive: true });
   // Fetch into a fresh sibling folder and swap it in, so a half-done fetch (or an older
   // version's jars) never ends up on a broker's classpath.
@@ -105,7 +152,7 @@ export async function ensureKafkaJars(opts: { log?: (msg: string) => void } = {}
       '-q',
       '-B',
       '-f',
-      POM_PATH,
+      pomPath,
       'dependency:copy-dependencies',
       `-DoutputDirectory=${tmp}`,
       '-DincludeScope=runtime',
@@ -122,20 +169,20 @@ export async function ensureKafkaJars(opts: { log?: (msg: string) => void } = {}
         'KEDGE_KAFKA_FETCH',
         `kedge: could not run mvn: ${res.error.message}`,
       );
-    if (res.code !== 0 || !fs.existsSync(path.join(tmp, `kafka_2.13-${version}.jar`))) {
+    if (res.code !== 0 || !fs.existsSync(path.join(tmp, sentinel))) {
       throw new KafkaHarnessError(
         'KEDGE_KAFKA_FETCH',
-        `kedge: mvn failed to fetch Kafka ${version} jars (exit ${res.code}):\n${tailOf(res.output, 40)}`,
+        `kedge: mvn failed to fetch ${what} jars (exit ${res.code}):\n${tailOf(res.output, 40)}`,
       );
     }
     await fsp.writeFile(path.join(tmp, MARKER), hash + '\n');
-    if (jarsComplete(dir, hash, version)) return dir; // another process won the race
+    if (jarsComplete(dir, hash, sentinel)) return dir; // another process won the race
     const old = `${dir}.old-${process.pid}-${randomBytes(4).toString('hex')}`;
     if (fs.existsSync(dir)) await fsp.rename(dir, old);
     try {
       await fsp.rename(tmp, dir);
     } catch (e) {
-      if (!jarsComplete(dir, hash, version)) throw e;
+      if (!jarsComplete(dir, hash, sentinel)) throw e;
     }
     await fsp.rm(old, { recursive: true, force: true });
     return dir;

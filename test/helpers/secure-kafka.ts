@@ -1,8 +1,13 @@
 // A real Kafka broker with TLS, mutual TLS and SASL (PLAIN, SCRAM-SHA-256/512) listeners, the
-// kedge env for each way in, and a kafkajs reader that logs in the same way to read back.
-import { readFileSync } from 'node:fs';
+// kedge env for each way in, and readers that log in the same way to read back: kafkajs, and
+// the Kafka distribution's own console consumer (independent of kedge's code).
+import { spawnSync } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { Kafka, logLevel, type KafkaConfig, type SASLOptions } from 'kafkajs';
 import {
+  ensureKafkaToolsJars,
   type SECURE_LISTENERS,
   startKafka,
   type KafkaCluster,
@@ -150,5 +155,106 @@ async function waitTopic(config: KafkaConfig, topic: string, deadline: number): 
     }
   } finally {
     await admin.disconnect().catch(() => {});
+  }
+}
+
+const JAAS_MODULE: Record<SaslMech, string> = {
+  plain: 'org.apache.kafka.common.security.plain.PlainLoginModule',
+  'scram-sha-256': 'org.apache.kafka.common.security.scram.ScramLoginModule',
+  'scram-sha-512': 'org.apache.kafka.common.security.scram.ScramLoginModule',
+};
+
+/**
+ * Reads `topic` from the beginning with the Kafka distribution's own console consumer (Java,
+ * from the Maven jars of scripts/kafka/tools-pom.xml), logging in as `a` does: an independent
+ * client that shares no code with kedge (neither its codecs nor its clients), and that speaks
+ * TLS and SCRAM, which Debian's kcat cannot with Kafka 4. Stops at `n` records or `timeoutMs`.
+ */
+export async function consoleConsume(
+  cluster: KafkaCluster,
+  a: Access,
+  topic: string,
+  n: number,
+  timeoutMs: number,
+): Promise<ReadRecord[]> {
+  const tools = await ensureKafkaToolsJars();
+  const dir = mkdtempSync(join(tmpdir(), 'kedge-console-'));
+  try {
+    const props = [
+      `security.protocol=${a.sasl ? 'SASL_SSL' : 'SSL'}`,
+      'ssl.truststore.type=PEM',
+      `ssl.truststore.location=${a.caFile}`,
+    ];
+    if (a.cert) {
+      // A PEM key store is one file: the private key, then the certificate.
+      const store = join(dir, 'client.pem');
+      writeFileSync(
+        store,
+        readFileSync(a.cert.keyFile, 'utf8') + '\n' + readFileSync(a.cert.certFile, 'utf8'),
+      );
+      props.push('ssl.keystore.type=PEM', `ssl.keystore.location=${store}`);
+    }
+    if (a.sasl) {
+      const q = (s: string) => JSON.stringify(s);
+      props.push(
+        `sasl.mechanism=${a.sasl.mechanism.toUpperCase()}`,
+        `sasl.jaas.config=${JAAS_MODULE[a.sasl.mechanism]} required username=${q(a.sasl.username)} password=${q(a.sasl.password)};`,
+      );
+    }
+    const config = join(dir, 'client.properties');
+    writeFileSync(config, props.join('\n') + '\n');
+    const res = spawnSync(
+      'java',
+      [
+        '-cp',
+        `${tools}/*`,
+        'org.apache.kafka.tools.consumer.ConsoleConsumer',
+        '--bootstrap-server',
+        cluster.bootstrapFor(a.listener),
+        '--topic',
+        topic,
+        '--from-beginning',
+        '--max-messages',
+        String(n),
+        '--timeout-ms',
+        String(timeoutMs),
+        '--command-config',
+        config,
+        '--property',
+        'print.headers=true',
+        '--property',
+        'print.key=true',
+        '--property',
+        'key.separator=\t',
+        '--property',
+        'headers.separator=,',
+        '--property',
+        'headers.key.separator=:',
+      ],
+      { encoding: 'utf8', timeout: timeoutMs + 30_000, maxBuffer: 64 * 1024 * 1024 },
+    );
+    if (res.error) throw res.error;
+    // It exits non-zero when --timeout-ms ends the read early: the records read so far count.
+    const lines = res.stdout.split('\n').filter((l) => l.length > 0);
+    if (lines.length === 0 && res.status !== 0)
+      throw new Error(`console consumer failed (${res.status}): ${res.stderr.slice(-2000)}`);
+    return lines.map((line, offset) => {
+      const [h, key, ...rest] = line.split('\t');
+      const headers: Record<string, string> = {};
+      if (h !== 'NO_HEADERS')
+        for (const kv of h.split(',')) {
+          const i = kv.indexOf(':');
+          headers[kv.slice(0, i)] = kv.slice(i + 1);
+        }
+      return {
+        key: key === 'null' ? null : key,
+        value: rest.join('\t'),
+        headers,
+        partition: -1,
+        offset: String(offset),
+      };
+    });
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
   }
 }
