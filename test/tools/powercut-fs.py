@@ -15,13 +15,14 @@ The model (what survives a cut):
   (the newest content of every page it had then, and its size then). Nothing else.
   Close does NOT sync (as on ext4 without auto_da_alloc games: close makes nothing durable).
 - Metadata: creating, renaming, unlinking and truncating-to-zero-on-create of files,
-  mkdir and rmdir reach the backing directory at once and survive a cut, as on a file
+  symlinks (kedge's lock file uses them), mkdir and rmdir reach the backing directory at once and survive a cut, as on a file
   system whose directory operations are journaled synchronously. So a directory fsync
   is accepted and does nothing. (Stricter than needed for kedge, which fsyncs its data
   directory after creating files anyway; simpler than holding directory entries back.)
 - Not modelled: torn pages (a page is written whole or not at all), reordering of
   synced writes, metadata lost on a cut, mmap (kedge's SQLite uses no shared memory:
-  locking_mode=EXCLUSIVE), hard links, xattrs.
+  locking_mode=EXCLUSIVE), xattrs. Hard links pass through, but each name keeps its own
+  unsynced data (kedge makes none).
 
 Usage: powercut-fs.py BACKING MOUNTPOINT   (runs in the foreground; root, /dev/fuse)
 It prints "ready" on stdout once mounted, "cut" when a cut happened, and exits once
@@ -184,6 +185,19 @@ class PowerCutFS(Operations):
             self.files.pop(new, None)
             if f is not None:
                 self.files[new] = f
+
+    def symlink(self, target, source):
+        # fusepy: create the link `target` (a path in this file system) pointing at `source`.
+        self._check()
+        os.symlink(source, self._full(target))
+
+    def readlink(self, path):
+        self._check()
+        return os.readlink(self._full(path))
+
+    def link(self, target, source):
+        self._check()
+        os.link(self._full(source), self._full(target))
 
     def fsyncdir(self, path, datasync, fh):
         self._check()
