@@ -220,22 +220,23 @@ export async function consoleConsume(
         String(timeoutMs),
         '--command-config',
         config,
-        '--property',
+        '--formatter-property',
         'print.headers=true',
-        '--property',
+        '--formatter-property',
         'print.key=true',
-        '--property',
+        '--formatter-property',
         'key.separator=\t',
-        '--property',
+        '--formatter-property',
         'headers.separator=,',
-        '--property',
+        '--formatter-property',
         'headers.key.separator=:',
       ],
       { encoding: 'utf8', timeout: timeoutMs + 30_000, maxBuffer: 64 * 1024 * 1024 },
     );
     if (res.error) throw res.error;
     // It exits non-zero when --timeout-ms ends the read early: the records read so far count.
-    const lines = res.stdout.split('\n').filter((l) => l.length > 0);
+    // Records are `headers<TAB>key<TAB>value`; the tool may print notices on stdout too.
+    const lines = res.stdout.split('\n').filter((l) => l.includes('\t'));
     if (lines.length === 0 && res.status !== 0)
       throw new Error(`console consumer failed (${res.status}): ${res.stderr.slice(-2000)}`);
     return lines.map((line, offset) => {
