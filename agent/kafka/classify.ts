@@ -116,6 +116,14 @@ export function classifySendError(e: unknown): SendErrorClass {
   return { kind: timeout ? 'timeout' : 'transient', type: null };
 }
 
+/** A client error as plain data: what crosses from the Kafka thread (thread-protocol.ts). */
+export interface ClassifiedFailure {
+  sendClass: SendErrorClass;
+  description: string;
+  message: string;
+  name: string;
+}
+
 /**
  * A client error from the Kafka thread (kafka-thread.ts), already classified and
  * described there: the client's error objects do not survive the copy between threads.
@@ -124,12 +132,7 @@ export class RemoteKafkaError extends Error {
   readonly sendClass: SendErrorClass;
   readonly description: string;
 
-  constructor(f: {
-    sendClass: SendErrorClass;
-    description: string;
-    message: string;
-    name: string;
-  }) {
+  constructor(f: ClassifiedFailure) {
     super(f.message);
     this.name = f.name;
     this.sendClass = f.sendClass;

@@ -5,7 +5,7 @@
  * one-line description (the client's error classes do not survive the copy).
  */
 import type { Config } from '../config-types.ts';
-import type { SendErrorClass } from './classify.ts';
+import type { ClassifiedFailure } from './classify.ts';
 import type { OutRecord } from './record-sink.ts';
 
 /** What the Kafka thread needs to build one producer (createRecordSink's options, minus what lives on its side). */
@@ -22,12 +22,7 @@ export type ToKafkaThread =
   | { t: 'call'; sink: number; req: number; op: SinkOp; records?: OutRecord[] };
 
 /** A failed call: what the forwarder needs to decide (retry, shrink, dead-letter) and to tell the operator. */
-export interface RemoteFailure {
-  sendClass: SendErrorClass;
-  description: string;
-  message: string;
-  name: string;
-}
+export type RemoteFailure = ClassifiedFailure;
 
 export type FromKafkaThread =
   | { t: 'done'; req: number; wire: number; failure?: RemoteFailure }
