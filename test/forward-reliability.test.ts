@@ -116,6 +116,19 @@ function withMethod<K extends keyof EventLog>(log: EventLog, name: K, impl: Even
   });
 }
 
+/** A disk that refuses every ack (full) while `failing`: the log's `ack` throws, and is counted. */
+class FailingAcks {
+  failing = true;
+  attempts = 0;
+  readonly wrap = (log: EventLog): EventLog =>
+    withMethod(log, 'ack', (seq: number, lane?: Lane) => {
+      this.attempts++;
+      if (this.failing)
+        throw new LogWriteError('cannot acknowledge: disk full (injected)', 'KEDGE_DISK_FULL');
+      return log.ack(seq, lane);
+    });
+}
+
 async function until(cond: () => boolean, ms = 10_000): Promise<boolean> {
   const end = Date.now() + ms;
   while (!cond() && Date.now() < end) await sleep(10);
@@ -201,23 +214,15 @@ t.test(
   'an ack that cannot be written (disk full): degraded with the reason, ack retried, no resend, no crash',
   async (t) => {
     const kafka = new FakeKafka();
-    let failAcks = true;
-    let ackAttempts = 0;
-    const wrapLog = (log: EventLog): EventLog =>
-      withMethod(log, 'ack', (seq: number, lane?: Lane) => {
-        ackAttempts++;
-        if (failAcks)
-          throw new LogWriteError('cannot acknowledge: disk full (injected)', 'KEDGE_DISK_FULL');
-        return log.ack(seq, lane);
-      });
-    const s = await setup(t, kafka, { graceMs: 60_000, wrapLog });
+    const disk = new FailingAcks();
+    const s = await setup(t, kafka, { graceMs: 60_000, wrapLog: disk.wrap });
     const first = counter;
     await s.append('a', 50);
-    t.ok(await until(() => ackAttempts >= 5), 'the ack is retried');
+    t.ok(await until(() => disk.attempts >= 5), 'the ack is retried');
     t.equal(s.fwd.status().state, 'degraded', 'link state degraded');
     t.match(s.fwd.status().lastError, /disk full/, 'with the reason');
     t.equal(kafka.sends, 1, 'the batch was not sent again meanwhile');
-    failAcks = false;
+    disk.failing = false;
     t.ok(await until(s.drained), 'drained once the ack could be written');
     await s.append('a', 50);
     t.ok(await until(s.drained));
@@ -227,6 +232,86 @@ t.test(
       'every event once, in order',
     );
     t.equal(s.fwd.status().state, 'up', 'up again');
+  },
+);
+
+t.test(
+  'an ack that cannot be written while the next batch is with Kafka: both recorded as one, nothing sent twice',
+  async (t) => {
+    const kafka = new FakeKafka();
+    const disk = new FailingAcks();
+    const s = await setup(t, kafka, { graceMs: 60_000, wrapLog: disk.wrap });
+    const first = counter;
+    await s.append('a', 300);
+    t.ok(await until(() => disk.attempts >= 5), 'the ack is retried');
+    t.equal(s.fwd.status().state, 'degraded', 'link state degraded');
+    t.equal(
+      kafka.sends,
+      2,
+      'the batch in flight when the ack failed finished; nothing was sent again',
+    );
+    disk.failing = false;
+    t.ok(await until(s.drained), 'drained once the ack could be written');
+    t.same(
+      values(kafka.received),
+      Array.from({ length: 300 }, (_, i) => first + i),
+      'every event once, in order',
+    );
+    const counted = (await s.metrics.forwardedEvents.get()).values.find(
+      (v) => v.labels.topic === 'a',
+    );
+    t.equal(counted?.value, 300, 'every event counted once in kedge_forwarded_events_total');
+  },
+);
+
+t.test(
+  'the next batch goes to Kafka before the previous ack is written: the log write never stalls a send',
+  async (t) => {
+    /** What happened, in order: a send began, Kafka acknowledged it, the log recorded an ack. */
+    const trace: string[] = [];
+    class TracingKafka extends FakeKafka {
+      override async send(records: OutRecord[]): Promise<void> {
+        const seqs = records.map((r) => Number(r.headers['kedge-id'].split(':')[1]));
+        trace.push(`send ${seqs[0]}-${seqs[seqs.length - 1]}`);
+        await sleep(5);
+        await super.send(records);
+        trace.push(`kafka-ack ${seqs[seqs.length - 1]}`);
+      }
+    }
+    const kafka = new TracingKafka();
+    const wrapLog = (log: EventLog): EventLog =>
+      withMethod(log, 'ack', (seq: number, lane?: Lane) => {
+        trace.push(`log-ack ${seq}`);
+        return log.ack(seq, lane);
+      });
+    const s = await setup(t, kafka, { graceMs: 60_000, wrapLog });
+    const first = counter;
+    await s.append('a', 500);
+    t.ok(await until(s.drained), 'drained');
+    t.same(
+      values(kafka.received),
+      Array.from({ length: 500 }, (_, i) => first + i),
+      'every event once, in order',
+    );
+    const sends = trace.filter((x) => x.startsWith('send '));
+    const logAcks = trace.filter((x) => x.startsWith('log-ack '));
+    t.equal(sends.length, 5, 'five batches of 100');
+    t.equal(logAcks.length, 5, 'each recorded once');
+    for (let k = 1; k < sends.length; k++) {
+      const prevLast = sends[k - 1].split('-')[1];
+      t.ok(
+        trace.indexOf(sends[k]) < trace.indexOf(`log-ack ${prevLast}`),
+        `${sends[k]} began before the log recorded the ack of seq ${prevLast}`,
+      );
+    }
+    for (const a of logAcks) {
+      const seq = a.split(' ')[1];
+      t.ok(
+        trace.indexOf(`kafka-ack ${seq}`) >= 0 &&
+          trace.indexOf(`kafka-ack ${seq}`) < trace.indexOf(a),
+        `the cursor moved to ${seq} only after Kafka acknowledged it`,
+      );
+    }
   },
 );
 

@@ -382,39 +382,102 @@ export class Forwarder {
     return withDeadline(p, ms, `no answer from Kafka within ${ms} ms`);
   }
 
-  private async sendBatch(batch: StoredEvent[], lane: Lane): Promise<void> {
+  /**
+   * Sends `first`, then, while the policy lets this lane go on, the batches after it:
+   * each next batch (read while the previous one was with Kafka) is handed to the Kafka
+   * thread as soon as the previous one is acknowledged, and only then is that
+   * acknowledgement written to the log (cursor, trim). The log write overlaps the next
+   * send instead of stalling it; the cursor still never passes what Kafka acknowledged.
+   */
+  private async sendBatch(first: StoredEvent[], lane: Lane): Promise<void> {
+    let batch = first;
+    let sending = this.dispatch(batch);
+    for (;;) {
+      this.prefetch(lane, batch[batch.length - 1].seq);
+      try {
+        await sending.done;
+      } catch (e) {
+        return this.sendFailed(e, batch, lane);
+      }
+      this.sent(batch, sending);
+      const next = this.nextInLane(lane, batch[batch.length - 1].seq);
+      if (next) sending = this.dispatch(next);
+      if (this.acknowledge(batch, lane)) {
+        if (!next) return;
+        batch = next;
+        continue;
+      }
+      // The log could not record the ack (disk full); the batch is pendingAck. The next
+      // one is already with Kafka: once it is acknowledged too, both are recorded as one
+      // (no resend, so no duplicate); if it fails, the next turn retries the pending ack
+      // and then sends it again from the log.
+      if (!next) return;
+      try {
+        await sending.done;
+      } catch (e) {
+        this.prefetched = null;
+        return this.onFailure(e, classifySendError(e));
+      }
+      this.sent(next, sending);
+      this.acknowledge(batch.concat(next), lane);
+      return;
+    }
+  }
+
+  /** Hands a batch to the sink; one is in flight at a time. */
+  private dispatch(batch: StoredEvent[]): InFlight {
     const o = this.o;
     const started = process.hrtime.bigint();
     const wireBefore = o.wire?.total() ?? 0;
     this.sendStartedAt = performance.now();
-    try {
-      const sending = this.withDeadline(
-        o.sink.send(batch.map((e) => toRecord(e, o.agentId, o.topicPrefix))),
-      );
-      this.prefetch(lane, batch[batch.length - 1].seq);
-      await sending;
-    } catch (e) {
-      this.prefetched = null;
-      const c = classifySendError(e);
-      if (c.kind === 'timeout') this.batches.shrink(batch);
-      // Which topic a refusal is about is not known for a batch: every topic in it
-      // starts its grace, and one run out means sending one by one to find out.
-      if (
-        c.kind === 'permanent' ||
-        (c.kind === 'unknown-topic' &&
-          this.deadLetters.graceOver(new Set(batch.map((ev) => ev.topic))))
-      )
-        return this.deadLetters.isolate(batch, lane);
-      await this.onFailure(e, c);
-      return;
-    }
-    o.metrics.sendSeconds.observe(Number(process.hrtime.bigint() - started) / 1e9);
+    const done = this.withDeadline(
+      o.sink.send(batch.map((e) => toRecord(e, o.agentId, o.topicPrefix))),
+    );
+    return { done, started, wireBefore };
+  }
+
+  /** A send Kafka acknowledged: its figures, and the batch budget grows back. */
+  private sent(batch: StoredEvent[], f: InFlight): void {
+    const o = this.o;
+    o.metrics.sendSeconds.observe(Number(process.hrtime.bigint() - f.started) / 1e9);
     o.metrics.batchEvents.observe(batch.length);
     const logBytes = eventsBytes(batch);
     o.metrics.batchBytes.observe(logBytes);
-    if (o.wire) this.batches.observeWire(logBytes, o.wire.total() - wireBefore);
+    if (o.wire) this.batches.observeWire(logBytes, o.wire.total() - f.wireBefore);
     this.batches.grow();
-    this.acknowledge(batch, lane);
+  }
+
+  private async sendFailed(e: unknown, batch: StoredEvent[], lane: Lane): Promise<void> {
+    this.prefetched = null;
+    const c = classifySendError(e);
+    if (c.kind === 'timeout') this.batches.shrink(batch);
+    // Which topic a refusal is about is not known for a batch: every topic in it
+    // starts its grace, and one run out means sending one by one to find out.
+    if (
+      c.kind === 'permanent' ||
+      (c.kind === 'unknown-topic' &&
+        this.deadLetters.graceOver(new Set(batch.map((ev) => ev.topic))))
+    )
+      return this.deadLetters.isolate(batch, lane);
+    await this.onFailure(e, c);
+  }
+
+  /**
+   * The batch to send right after the one Kafka just acknowledged, if the policy a turn
+   * would apply lets this lane go on at once: not stopping or paused, no rate-cap debt,
+   * the window still allows the lane, no priority event waiting while the bulk lane
+   * runs, and the batch after `after` already read. Otherwise null: the loop's next
+   * turn decides (and waits) as usual.
+   */
+  private nextInLane(lane: Lane, after: number): StoredEvent[] | null {
+    if (this.stopping || this.link.paused || this.pausePending || !this.prefetched) return null;
+    this.chargeWire();
+    if ((this.bucket?.waitMs() ?? 0) > 0) return null;
+    const win = this.checkWindow();
+    const pick = pickLane(this.o.log, win.open);
+    if (pick?.lane !== lane) return null;
+    this.link.setPolicy(!win.open, lane === 'priority');
+    return this.takePrefetched(lane, after);
   }
 
   /** Reads the batch after `after` while the one before it is with Kafka; a failed read is simply not used. */
@@ -489,6 +552,13 @@ export class Forwarder {
     this.o.logger.debug({ reason, retryInMs: wait }, 'send failed; will retry');
     await this.sleep(wait);
   }
+}
+
+/** A batch handed to the sink: its outcome, and where its send began (time, wire bytes). */
+interface InFlight {
+  done: Promise<void>;
+  started: bigint;
+  wireBefore: number;
 }
 
 /** How long a failed send waits for the old producer to close before retrying with a new one. */
