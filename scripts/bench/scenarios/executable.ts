@@ -7,11 +7,13 @@
 import { createReadStream, existsSync, readFileSync, statSync } from 'node:fs';
 import { createGzip } from 'node:zlib';
 import { spawn } from 'node:child_process';
+import { createRequire } from 'node:module';
 import { join } from 'node:path';
 import { request } from 'undici';
 import type { Scenario, ScenarioResult, ChartSpec, Figure } from '../lib/types.ts';
 import { atMost, baselineCost, figure, fmt } from '../lib/figures.ts';
 import { openLog } from '../../../agent/log/index.ts';
+import { KAFKA_THREAD_LIMITS, NODE_FLAGS } from '../../../agent/runtime-flags.ts';
 import { REPO, freeLoopbackPort } from '../../../test/helpers/agent.ts';
 
 const MiB = 1024 * 1024;
@@ -37,13 +39,28 @@ function rssMiB(pid: number): number | null {
   }
 }
 
-/** A bare Node HTTP server answering /readyz: time to first 200 and idle RSS. */
-async function bareNode(): Promise<{ readyMs: number; rss: number | null }> {
+/**
+ * A bare Node HTTP server answering /readyz: time to first 200 and idle RSS. With
+ * `kafkaWorker`, it also starts one worker thread, with the heap limits of kedge's
+ * Kafka thread, that loads @platformatic/kafka and idles: the memory floor of the
+ * design (a forwarding thread holding the default client) before any kedge code.
+ */
+async function bareNode(kafkaWorker = false): Promise<{ readyMs: number; rss: number | null }> {
   const port = await freeLoopbackPort();
   const t0 = performance.now();
+  const client = createRequire(import.meta.url).resolve('@platformatic/kafka');
+  const worker = kafkaWorker
+    ? `new (require('node:worker_threads').Worker)(${JSON.stringify(
+        `require(${JSON.stringify(client)}); setInterval(() => {}, 60000)`,
+      )}, { eval: true, resourceLimits: ${JSON.stringify(KAFKA_THREAD_LIMITS)} });`
+    : '';
   const child = spawn(
     process.execPath,
-    ['-e', `require('node:http').createServer((q,s)=>s.end('ok')).listen(${port},'127.0.0.1')`],
+    [
+      ...(kafkaWorker ? NODE_FLAGS : []),
+      '-e',
+      `${worker}require('node:http').createServer((q,s)=>s.end('ok')).listen(${port},'127.0.0.1')`,
+    ],
     { stdio: 'ignore' },
   );
   try {
@@ -75,7 +92,9 @@ export const executable: Scenario = {
   description:
     'Sizes of dist/kedge-linux-x64 and dist/kedge-linux-arm64 (raw and gzip -6). Start-to-ready: from spawning `kedge run` until /readyz answers 200, ' +
     'with an empty data dir and with a log holding 1,000,000 unforwarded events (~200 B each, written beforehand with the same SQLite driver). ' +
-    'Idle RSS: VmRSS of the executable 5 s after start with an empty log, no traffic. Baseline: bare Node 24 serving HTTP (no kedge code).',
+    'Idle RSS: VmRSS of the executable 5 s after start with an empty log, no traffic. Baselines: bare Node 24 serving HTTP (no kedge code), ' +
+    "and the same with kedge's V8 flags plus one idle worker thread, with the Kafka thread's heap limits, that loaded @platformatic/kafka: " +
+    "the floor of the design (the forwarding thread holds the client) before any of kedge's own code.",
   needsKafka: false,
   estimateSeconds: (q) => (q ? 20 : 60),
   async run(ctx): Promise<ScenarioResult> {
@@ -106,6 +125,8 @@ export const executable: Scenario = {
     }
     const bare = await bareNode();
     ctx.log(`bare node: ready in ${fmt(bare.readyMs)} ms, RSS ${fmt(bare.rss, 1)} MiB`);
+    const floor = await bareNode(true);
+    ctx.log(`bare node with a Kafka client thread: RSS ${fmt(floor.rss, 1)} MiB`);
 
     // Empty log: the agent's own start measurement (spawn → /readyz 200).
     const brokers = `127.0.0.1:${await freeLoopbackPort()}`; // nothing listens: start must not wait for Kafka
@@ -162,12 +183,20 @@ export const executable: Scenario = {
         unit: 'MiB',
         digits: 1,
         target: atMost(idleRss, (80 * 1e6) / MiB, '≤ 80 MB'),
-        baselines: [baselineCost('bare Node 24 HTTP server', idleRss, bare.rss, 'MiB')],
+        baselines: [
+          baselineCost('bare Node 24 HTTP server', idleRss, bare.rss, 'MiB'),
+          baselineCost(
+            "same, plus one idle worker thread (kedge's heap limits) that loaded @platformatic/kafka",
+            idleRss,
+            floor.rss,
+            'MiB',
+          ),
+        ],
       }),
     );
     const charts: ChartSpec[] = [
       { kind: 'bars', id: 'executable-sizes', title: 'Executable sizes', unit: 'MiB', bars: sizes },
     ];
-    return { figures, charts, cpu: [], notes, data: { sizes, bare, idleRss, backlog } };
+    return { figures, charts, cpu: [], notes, data: { sizes, bare, floor, idleRss, backlog } };
   },
 };

@@ -83,7 +83,7 @@ export const forwardBacklog: Scenario = {
     'into its log. Then `POST /v1/forwarding/resume`, and the bench polls `/v1/status` every 250 ms until the backlog is 0 ' +
     '(batches of ≤ 2,000 events / 512 KiB, zstd, idempotent producer, acks=all, one request in flight). Baselines, same broker, ' +
     'same values, keys and header names, each into its own empty 3-partition topic: a bare kafkajs producer with the same settings ' +
-    'and codec sending batches of 2,000 one after another (no SQLite, no cursor), and `kcat -P -l file` (librdkafka) with acks=all, ' +
+    'and codec sending batches of 2,000 one after another (no SQLite, no cursor), the same with a bare @platformatic/kafka producer (the default client, with the settings kedge gives it), and `kcat -P -l file` (librdkafka) with acks=all, ' +
     "idempotence, zstd and batch.num.messages=2000 (kcat -P puts the same two headers on every record; their sizes match kedge's). " +
     'The drain runs once per Kafka client (KEDGE_KAFKA_CLIENT=kafkajs, platformatic): one agent each, the same backlog built into each, ' +
     'drained one after the other (the other agent idle, paused). ' +
@@ -101,6 +101,7 @@ export const forwardBacklog: Scenario = {
       kedgePlatformatic: 'bench.fwd.kedge-platformatic',
       kafkajs: 'bench.fwd.kafkajs',
       kafkajsFlags: 'bench.fwd.kafkajs-flags',
+      platformatic: 'bench.fwd.platformatic',
       kcat: 'bench.fwd.kcat',
       warm: 'bench.fwd.warmup',
     };
@@ -220,6 +221,27 @@ export const forwardBacklog: Scenario = {
       cpu.push(kcpu2.stop());
       ctx.log(`baseline kafkajs with kedge's flags: ${fmt(kjFlags.eventsPerS)} events/s`);
     }
+
+    // 3c. Baseline: bare @platformatic/kafka (the default client), default V8 flags: the
+    // client's own ceiling on this machine, which kedge's drain cannot exceed.
+    ctx.log(`baseline @platformatic/kafka: ${fmt(total)} records in batches of ${BATCH}...`);
+    const pw = kafkajsRun(ctx, {
+      bootstrap: kafka.bootstrap,
+      topic: topics.platformatic,
+      count: total,
+      batch: BATCH,
+      perRequest: PER_REQUEST,
+      agentId,
+      progressMs: 1000,
+      client: 'platformatic',
+    });
+    const pcpu = ctx.cpu('bare @platformatic/kafka producer', {
+      'platformatic baseline': pw.pid,
+      kedge: agent.pid,
+    });
+    const pf = await pw.result;
+    cpu.push(pcpu.stop());
+    ctx.log(`baseline @platformatic/kafka: ${fmt(pf.eventsPerS)} events/s`);
 
     // 4. Baseline: kcat from a file.
     const file = join(ctx.tmp('kcat'), 'records.tsv');
@@ -393,6 +415,16 @@ export const forwardBacklog: Scenario = {
           target: atLeast(drains[c].rate, TARGET, `≥ ${fmt(TARGET)} ev/s`),
           baselines: [
             baselineHigher('kedge with kafkajs, same run', drains[c].rate, rate, 'ev/s'),
+            ...(c === 'platformatic'
+              ? [
+                  baselineHigher(
+                    `bare @platformatic/kafka ${pf.clientVersion}, batches of ${fmt(BATCH)}, zstd, idempotent`,
+                    drains[c].rate,
+                    pf.eventsPerS,
+                    'ev/s',
+                  ),
+                ]
+              : []),
             baselineHigher(
               'kcat -P (librdkafka), zstd, acks=all',
               drains[c].rate,
@@ -413,6 +445,14 @@ export const forwardBacklog: Scenario = {
           target: atLeast(r, KCAT_TARGET_RATIO, `≥ ${KCAT_TARGET_RATIO} ×`),
         });
       }),
+      figure({
+        id: 'bare_platformatic_vs_kcat',
+        label: 'bare @platformatic/kafka ÷ kcat (the client alone, no kedge; no target)',
+        value: kc ? pf.eventsPerS / kc.eventsPerS : null,
+        unit: '×',
+        digits: 2,
+        note: `the ceiling of a drain through this client on this machine: kedge's drain adds SQLite reads, the cursor and trims to the client's work`,
+      }),
       ...KAFKA_CLIENTS.filter((c) => c !== 'kafkajs').map((c) =>
         figure({
           id: `cpu_us_per_event_${c}`,
@@ -420,6 +460,17 @@ export const forwardBacklog: Scenario = {
           value: usPerEvent(cpuSecondsOf(drains[c].cpu, 'kedge'), drains[c].drained),
           unit: 'µs/ev',
           digits: 1,
+          baselines:
+            c === 'platformatic'
+              ? [
+                  baselineCost(
+                    'bare @platformatic/kafka',
+                    usPerEvent(cpuSecondsOf(drains[c].cpu, 'kedge'), drains[c].drained),
+                    usPerEvent((pf.cpuPctOfCore / 100) * pf.seconds, pf.events),
+                    'µs/ev',
+                  ),
+                ]
+              : [],
         }),
       ),
       figure({

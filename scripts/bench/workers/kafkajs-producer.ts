@@ -1,13 +1,19 @@
 /**
- * Baseline for forwarding: a bare kafkajs producer with kedge's settings
- * (idempotent, acks=all, one request in flight, the default partitioner, zstd
- * through kedge's own codec registration) sending the same records as kedge's
- * backlog (same values, keys and header names/sizes) in batches of `batch`,
- * one sendBatch after another, as kedge's forwarder does. What it does not do:
- * read SQLite, advance a cursor, delete forwarded rows.
+ * Baseline for forwarding: a bare producer of one Kafka client (kafkajs, or
+ * @platformatic/kafka with `client: 'platformatic'`) with kedge's settings
+ * (idempotent, acks=all, one request in flight, a Java-compatible partitioner,
+ * zstd) sending the same records as kedge's backlog (same values, keys and header
+ * names/sizes) in batches of `batch`, one send after another, as kedge's forwarder
+ * does. What it does not do: read SQLite, advance a cursor, delete forwarded rows.
  */
+import { createRequire } from 'node:module';
+import { dirname, join } from 'node:path';
 import { kafkaCompression } from '../../../agent/kafka/codecs.ts';
-import { baselineProducer } from '../lib/baseline-producer.ts';
+import {
+  baselineKafkajs,
+  baselinePlatformatic,
+  type BaselineMessage,
+} from '../lib/baseline-producer.ts';
 import { valueBytes, keyFor, kedgeHeaders } from '../lib/records.ts';
 
 export interface KafkajsProducerConfig {
@@ -19,6 +25,8 @@ export interface KafkajsProducerConfig {
   perRequest: number;
   agentId: string;
   progressMs: number;
+  /** Which client; kafkajs when absent. */
+  client?: 'kafkajs' | 'platformatic';
 }
 
 export interface KafkajsProducerResult {
@@ -28,12 +36,15 @@ export interface KafkajsProducerResult {
   connectMs: number;
   batches: number;
   cpuPctOfCore: number;
-  kafkajsVersion: string;
+  /** Version of the client that ran. */
+  clientVersion: string;
 }
 
 async function run(c: KafkajsProducerConfig): Promise<KafkajsProducerResult> {
-  const compression = kafkaCompression('zstd');
-  const producer = baselineProducer('kedge-bench-baseline', c.bootstrap);
+  const producer =
+    c.client === 'platformatic'
+      ? baselinePlatformatic('kedge-bench-baseline', c.bootstrap)
+      : baselineKafkajs('kedge-bench-baseline', c.bootstrap, kafkaCompression('zstd'));
   const tc = performance.now();
   await producer.connect();
   const connectMs = performance.now() - tc;
@@ -49,7 +60,7 @@ async function run(c: KafkajsProducerConfig): Promise<KafkajsProducerResult> {
   while (sent < c.count) {
     const n = Math.min(c.batch, c.count - sent);
     const ts = Date.now();
-    const messages = new Array(n);
+    const messages: BaselineMessage[] = new Array(n);
     for (let k = 0; k < n; k++) {
       const i = sent + k;
       messages[k] = {
@@ -59,12 +70,7 @@ async function run(c: KafkajsProducerConfig): Promise<KafkajsProducerResult> {
         headers: kedgeHeaders(c.agentId, i + 1, ts),
       };
     }
-    await producer.sendBatch({
-      acks: -1,
-      timeout: 30_000,
-      compression,
-      topicMessages: [{ topic: c.topic, messages }],
-    });
+    await producer.send(c.topic, messages);
     sent += n;
     batches++;
   }
@@ -72,10 +78,14 @@ async function run(c: KafkajsProducerConfig): Promise<KafkajsProducerResult> {
   const cpu = process.cpuUsage(cpu0);
   clearInterval(progress);
   process.send!({ progress: { t: performance.now() - t0, sent } });
-  await producer.disconnect();
-  const { createRequire } = await import('node:module');
-  const version = (createRequire(import.meta.url)('kafkajs/package.json') as { version: string })
-    .version;
+  await producer.close();
+  // @platformatic/kafka exports only its entry point: its package.json is found beside it.
+  const req = createRequire(import.meta.url);
+  const pkgJson =
+    c.client === 'platformatic'
+      ? join(dirname(req.resolve('@platformatic/kafka')), '..', 'package.json')
+      : 'kafkajs/package.json';
+  const version = (req(pkgJson) as { version: string }).version;
   return {
     events: sent,
     seconds,
@@ -83,7 +93,7 @@ async function run(c: KafkajsProducerConfig): Promise<KafkajsProducerResult> {
     connectMs,
     batches,
     cpuPctOfCore: (100 * (cpu.user + cpu.system)) / 1e6 / seconds,
-    kafkajsVersion: version,
+    clientVersion: version,
   };
 }
 
