@@ -13,8 +13,9 @@
 import { parentPort, workerData } from 'node:worker_threads';
 import type { Logger } from '../observe/logger.ts';
 import { classifySendError, describeKafkaError } from './classify.ts';
+import { unpack } from './packed-records.ts';
 import { createRecordSink } from './producer.ts';
-import type { OutRecord, RecordSink } from './record-sink.ts';
+import type { RecordSink } from './record-sink.ts';
 import type {
   FromKafkaThread,
   KafkaThreadData,
@@ -65,11 +66,6 @@ function threadLogger(minLevel: number, bindings: Record<string, unknown> = {}):
   return logger as unknown as Logger;
 }
 
-/** A copied Uint8Array as the Buffer the clients expect, without copying it again. */
-function asBuffer(u: Uint8Array): Buffer {
-  return Buffer.from(u.buffer, u.byteOffset, u.byteLength);
-}
-
 function failure(e: unknown): RemoteFailure {
   const err = e as { message?: unknown; name?: unknown } | null;
   return {
@@ -117,12 +113,7 @@ function main(): void {
       if (m.op === 'connect') await sink.connect();
       else if (m.op === 'disconnect') await sink.disconnect();
       else {
-        const records: OutRecord[] = m.records ?? [];
-        for (const r of records) {
-          r.value = asBuffer(r.value);
-          if (r.key) r.key = asBuffer(r.key);
-        }
-        await sink.send(records);
+        await sink.send(m.records ? unpack(m.records) : []);
       }
     } catch (e) {
       fail = failure(e);

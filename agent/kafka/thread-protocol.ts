@@ -1,12 +1,12 @@
 /**
  * The messages between the agent's main thread (kafka-thread.ts) and the Kafka
  * thread (kafka-worker.ts). Everything here crosses a `postMessage`, so it is plain
- * data: Buffers arrive as Uint8Arrays, errors as their classification and their
+ * data: a batch as one transferred buffer (packed-records.ts), errors as their classification and their
  * one-line description (the client's error classes do not survive the copy).
  */
 import type { Config } from '../config-types.ts';
 import type { ClassifiedFailure } from './classify.ts';
-import type { OutRecord } from './record-sink.ts';
+import type { PackedRecords } from './packed-records.ts';
 
 /** What the Kafka thread needs to build one producer (createRecordSink's options, minus what lives on its side). */
 export interface SinkSpec {
@@ -19,7 +19,7 @@ export type SinkOp = 'connect' | 'send' | 'disconnect';
 
 export type ToKafkaThread =
   | { t: 'open'; sink: number; spec: SinkSpec }
-  | { t: 'call'; sink: number; req: number; op: SinkOp; records?: OutRecord[] };
+  | { t: 'call'; sink: number; req: number; op: SinkOp; records?: PackedRecords };
 
 /** A failed call: what the forwarder needs to decide (retry, shrink, dead-letter) and to tell the operator. */
 export type RemoteFailure = ClassifiedFailure;
