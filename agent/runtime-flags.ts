@@ -16,7 +16,9 @@ export const NODE_FLAGS: readonly string[] = [
  * V8 heap limits of the Kafka thread (agent/kafka/kafka-thread.ts), which encodes and
  * compresses every batch: its garbage is short-lived record objects, so a young
  * generation larger than the main thread's 1 MB semi-space keeps scavenges rare
- * (see docs/operations.md for the measurements).
+ * (see docs/operations.md for the measurements). They hold only because
+ * kafka-thread.ts clears the process-wide --max-semi-space-size before starting the
+ * thread; the flag would override them.
  */
 export const KAFKA_THREAD_LIMITS = {
   maxYoungGenerationSizeMb: 12,
