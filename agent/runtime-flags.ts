@@ -17,8 +17,8 @@ export const NODE_FLAGS: readonly string[] = [
  * compresses every batch: its garbage is short-lived record objects, so a young
  * generation larger than the main thread's 1 MB semi-space keeps scavenges rare
  * (see docs/operations.md for the measurements). They hold only because
- * kafka-thread.ts clears the process-wide --max-semi-space-size before starting the
- * thread; the flag would override them.
+ * kafka-thread.ts clears the process-wide --max-semi-space-size and --max-old-space-size
+ * before starting the thread; the flags would override them.
  */
 export const KAFKA_THREAD_LIMITS = {
   maxYoungGenerationSizeMb: 12,

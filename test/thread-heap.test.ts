@@ -14,51 +14,67 @@ import { pathToFileURL } from 'node:url';
 import { NODE_FLAGS, KAFKA_THREAD_LIMITS } from '../agent/runtime-flags.ts';
 import { REPO, cleanup, tempDir } from './helpers/agent.ts';
 
+/** Makes garbage, then: the young generation's size and the heap limit, in MB. */
 const churnAndReport = `
   const v8 = require('node:v8');
   let keep = [];
   for (let i = 0; i < 2e6; i++) { keep.push({ i, s: 'x' + i }); if (keep.length > 50000) keep = []; }
-  const mb = v8.getHeapSpaceStatistics().find((s) => s.space_name === 'new_space').space_size / 1048576;
+  const heap = {
+    newMb: v8.getHeapSpaceStatistics().find((s) => s.space_name === 'new_space').space_size / 1048576,
+    limitMb: v8.getHeapStatistics().heap_size_limit / 1048576,
+  };
 `;
 
+// The main thread measures itself after the thread started: clearing the flags for the
+// thread must not change it.
 const child = `
   import { startThread } from ${JSON.stringify(pathToFileURL(`${REPO}/agent/kafka/kafka-thread.ts`).href)};
   import { createRequire } from 'node:module';
   const require = createRequire(import.meta.url);
-  ${churnAndReport}
-  const mainMb = mb;
   const w = startThread(
-    { code: ${JSON.stringify(`${churnAndReport} require('node:worker_threads').parentPort.postMessage(mb);`)} },
+    { code: ${JSON.stringify(`${churnAndReport} require('node:worker_threads').parentPort.postMessage(heap);`)} },
     { workerData: null, resourceLimits: ${JSON.stringify(KAFKA_THREAD_LIMITS)} },
   );
-  w.once('message', (threadMb) => {
-    console.log(JSON.stringify({ mainMb, threadMb }));
+  w.once('message', (thread) => {
+    ${churnAndReport}
+    console.log(JSON.stringify({ main: heap, thread }));
     process.exit(0);
   });
 `;
 
-t.test(
-  "the Kafka thread's young generation is its own, not the main thread's 1 MB semi-space",
-  async (t) => {
-    const dir = tempDir();
-    t.teardown(() => cleanup(dir));
-    // A file, not -e: --input-type=module would make the thread's eval code a module too.
-    const file = join(dir, 'child.mjs');
-    writeFileSync(file, child);
-    const out = execFileSync(process.execPath, [...NODE_FLAGS, file], {
-      encoding: 'utf8',
-      timeout: 60_000,
-    });
-    const { mainMb, threadMb } = JSON.parse(out.trim().split('\n').at(-1)!) as {
-      mainMb: number;
-      threadMb: number;
-    };
-    t.ok(mainMb <= 3, `the main thread keeps its 1 MB semi-space (new space ${mainMb} MB)`);
-    // The main thread: two 1 MB semi-spaces (V8 may round up a page). The thread, with
-    // maxYoungGenerationSizeMb 12: two semi-spaces of 4 MB once the garbage has grown them.
-    t.ok(
-      threadMb >= 6,
-      `the Kafka thread's new space grows past the main thread's (${threadMb} MB, limit ${KAFKA_THREAD_LIMITS.maxYoungGenerationSizeMb} MB young generation)`,
-    );
-  },
-);
+interface Heap {
+  newMb: number;
+  limitMb: number;
+}
+
+t.test("the Kafka thread's heap limits are its own, not the main thread's V8 flags", async (t) => {
+  const dir = tempDir();
+  t.teardown(() => cleanup(dir));
+  // A file, not -e: --input-type=module would make the thread's eval code a module too.
+  const file = join(dir, 'child.mjs');
+  writeFileSync(file, child);
+  const out = execFileSync(process.execPath, [...NODE_FLAGS, file], {
+    encoding: 'utf8',
+    timeout: 60_000,
+  });
+  const { main, thread } = JSON.parse(out.trim().split('\n').at(-1)!) as {
+    main: Heap;
+    thread: Heap;
+  };
+  const { maxYoungGenerationSizeMb: young, maxOldGenerationSizeMb: old } = KAFKA_THREAD_LIMITS;
+  // The main thread: two 1 MB semi-spaces (V8 may round up a page), 256 MB old space.
+  t.ok(main.newMb <= 3, `the main thread keeps its 1 MB semi-space (new space ${main.newMb} MB)`);
+  t.ok(
+    main.limitMb >= 256,
+    `the main thread keeps its 256 MB old space (heap limit ${main.limitMb} MB)`,
+  );
+  // The thread, with a 12 MB young generation: two 4 MB semi-spaces once garbage grew them.
+  t.ok(
+    thread.newMb >= 6,
+    `the Kafka thread's new space grows past the main thread's (${thread.newMb} MB, limit ${young} MB young generation)`,
+  );
+  t.ok(
+    thread.limitMb < old + young + 16,
+    `the Kafka thread's heap limit is its own (${thread.limitMb} MB for ${old} MB old + ${young} MB young), not the main thread's ${main.limitMb} MB`,
+  );
+});

@@ -165,18 +165,21 @@ function levelNumber(logger: Logger): number {
 }
 
 /**
- * Starts a worker thread with its own heap limits. V8's `--max-semi-space-size` flag,
- * which the main thread runs with (agent/runtime-flags.ts), is process-wide and wins
- * over a worker's `resourceLimits.maxYoungGenerationSizeMb`: left set, the Kafka thread
- * got the main thread's 1 MB semi-space whatever its limits said, and spent about a
- * third of its time in scavenges while draining (measured). The flag is read when an
- * isolate is created, so clearing it here changes nothing for the running main thread.
+ * Starts a worker thread with its own heap limits. V8's `--max-semi-space-size` and
+ * `--max-old-space-size` flags, which the main thread runs with (agent/runtime-flags.ts),
+ * are process-wide and win over a worker's `resourceLimits`: left set, the Kafka thread
+ * got the main thread's 1 MB semi-space (and its 256 MB old space) whatever its limits
+ * said, and spent about a third of its time in scavenges while draining (measured). The
+ * flags are read when an isolate is created, so clearing them here changes nothing for
+ * the running main thread; every worker kedge starts comes through here with its limits.
  */
 export function startThread(
   source: { url: URL } | { code: string },
   opts: { workerData: unknown; resourceLimits?: ResourceLimits },
 ): Worker {
-  if (opts.resourceLimits?.maxYoungGenerationSizeMb) setFlagsFromString('--max-semi-space-size=0');
+  const limits = opts.resourceLimits;
+  if (limits?.maxYoungGenerationSizeMb) setFlagsFromString('--max-semi-space-size=0');
+  if (limits?.maxOldGenerationSizeMb) setFlagsFromString('--max-old-space-size=0');
   return 'code' in source
     ? new Worker(source.code, { ...opts, eval: true })
     : new Worker(source.url, opts);
