@@ -60,7 +60,7 @@ for (const driver of ['sqlite', 'wasm'] as const) {
         KEDGE_STORAGE: driver,
         KEDGE_AGENT_ID: topic,
         // A thin uplink: Kafka is up, but the backlog grows faster than it drains.
-        KEDGE_FORWARD_RATE: '128KiB/s',
+        KEDGE_FORWARD_RATE: '64KiB/s',
       };
       let agent = await AgentProc.start({ env });
       t.teardown(() => agent.stop());
