@@ -13,11 +13,16 @@ import { DEFAULT_HTTP_LIMITS, HttpIngest, type HttpLimits } from './ingest/http.
 import { MqttClientIngest } from './ingest/mqtt-client.ts';
 import { MqttBrokerIngest } from './ingest/mqtt-broker.ts';
 import { Forwarder } from './forward/forwarder.ts';
+import { DestinationForwardLog } from './forward/destination-log.ts';
+import { DEFAULT_DESTINATION, effectiveDestinations, routesOf } from './destinations-config.ts';
+import type { DestinationConfig } from './config-types.ts';
+import type { DestinationLog } from './log/types.ts';
 import { KafkaThread } from './kafka/kafka-thread.ts';
 import { KAFKA_THREAD_LIMITS } from './runtime-flags.ts';
 import { Metrics } from './observe/metrics.ts';
 import type { Logger } from './observe/logger.ts';
 import { buildStatus, RateMeter } from './status/document.ts';
+import { type DestinationStatus, DestinationMeter } from './status/destinations.ts';
 import { DropTracker } from './observe/drops.ts';
 import { Heartbeat } from './status/heartbeat.ts';
 import { adminRoutes } from './status/admin.ts';
@@ -40,6 +45,19 @@ export interface AgentTuning {
   mqttConnectTimeoutMs: number;
   /** Wall clock for transfer windows (tests inject a fake one); default Date.now. */
   now?: () => number;
+  /** The log's clock: ingest time, retention, and when routes' windows close (tests inject one); default Date.now. */
+  logNow?: () => number;
+}
+
+/** One destination's forwarding: its forwarder, its Kafka thread, its view of the log (several). */
+interface Outlet {
+  name: string;
+  config: DestinationConfig;
+  forwarder: Forwarder;
+  kafka: KafkaThread;
+  dest: DestinationLog | null;
+  /** Its drain rate for the ETA (several destinations or routes). */
+  meter: DestinationMeter | null;
 }
 
 export const DEFAULT_TUNING: AgentTuning = {
@@ -59,11 +77,11 @@ export class Agent {
   readonly cfg: Config;
   readonly logger: Logger;
   readonly tuning: AgentTuning;
-  readonly metrics = new Metrics();
+  readonly metrics: Metrics;
   private log: EventLog | null = null;
   private http: HttpIngest | null = null;
-  private forwarder: Forwarder | null = null;
-  private kafka: KafkaThread | null = null;
+  /** One per destination (one, `kafka`, without KEDGE_DESTINATIONS): the first also carries the heartbeat. */
+  private outlets: Outlet[] = [];
   private sink: IngestSink | null = null;
   private rates: RateMeter | null = null;
   private drops: DropTracker | null = null;
@@ -80,6 +98,17 @@ export class Agent {
     this.cfg = cfg;
     this.logger = logger;
     this.tuning = { ...DEFAULT_TUNING, ...tuning };
+    this.metrics = new Metrics({ destinations: cfg.destinations?.map((d) => d.name) ?? null });
+  }
+
+  /** Per destination: link, backlog and what its routes keep (several destinations or routes). */
+  private destinationStatus(): DestinationStatus[] {
+    return this.outlets.map((o) =>
+      o.meter!.status(
+        o.forwarder.status(),
+        (routesOf(this.cfg, o.name) ?? []).map((r) => r.name),
+      ),
+    );
   }
 
   async start(): Promise<void> {
@@ -91,6 +120,7 @@ export class Agent {
       quotaBytes: cfg.retention.diskQuota,
       whenFull: cfg.retention.whenFull,
       retentionMs: cfg.retention.maxAge,
+      now: this.tuning.logNow,
     });
     // Before anything else: retention may drop at the first tick after open.
     const drops = new DropTracker(this.metrics, this.logger);
@@ -114,35 +144,78 @@ export class Agent {
     );
 
     this.sink = new IngestSink(log, this.metrics, cfg.forward.priorityTopics, this.logger);
-    // Every producer runs in the Kafka thread: encoding, compression and waiting on
-    // Kafka never hold up HTTP, MQTT or the log's commits on this thread.
-    const kafka = new KafkaThread({ logger: this.logger, resourceLimits: KAFKA_THREAD_LIMITS });
-    this.kafka = kafka;
-    const wire = kafka.wire;
-    this.forwarder = new Forwarder({
-      log,
-      sink: kafka.sink({
-        kafka: cfg.kafka,
-        clientId: `kedge-${this.agentId}`,
-        requestTimeoutMs: this.tuning.requestTimeoutMs,
-      }),
-      agentId: this.agentId,
-      topicPrefix: cfg.kafka.topicPrefix,
-      maxBatchEvents: this.tuning.maxBatchEvents,
-      maxBatchBytes: this.tuning.maxBatchBytes,
-      sendDeadlineMs: this.tuning.requestTimeoutMs + 5_000,
-      backoffMinMs: this.tuning.backoffMinMs,
-      backoffMaxMs: this.tuning.backoffMaxMs,
-      unknownTopicGraceMs: this.tuning.unknownTopicGraceMs,
-      metrics: this.metrics,
-      logger: this.logger,
-      windows: cfg.forward.windows,
-      rateBytesPerSecond: cfg.forward.rate,
-      wire,
-      now: this.tuning.now,
-    });
-    const fwd = this.forwarder;
+    const dests = effectiveDestinations(cfg);
+    // One destination without routes reads the log itself; otherwise each destination has its
+    // own cursors (and routes) over the log (agent/forward/destination-log.ts).
+    const views =
+      cfg.destinations !== null || cfg.routes.length > 0
+        ? log.destinations(dests.map((d) => d.name))
+        : null;
+    for (const [i, d] of dests.entries()) {
+      // Every producer runs in a Kafka thread: encoding, compression and waiting on Kafka never
+      // hold up HTTP, MQTT or the log's commits on this thread. One per destination, so each
+      // destination's wire bytes (its rate cap) are its own.
+      const kafka = new KafkaThread({ logger: this.logger, resourceLimits: KAFKA_THREAD_LIMITS });
+      const logger = views === null ? this.logger : this.logger.child({ destination: d.name });
+      const metrics = this.metrics.forDestination(d.name);
+      const dest = views?.[i] ?? null;
+      const view =
+        dest === null
+          ? null
+          : new DestinationForwardLog({
+              log,
+              dest,
+              routes: routesOf(cfg, d.name),
+              agentId: this.agentId,
+              now: this.tuning.logNow ?? Date.now,
+              onFiltered: (counts) => {
+                for (const [k, n] of counts) {
+                  const [route, step] = k.split('/');
+                  this.metrics.routeFiltered.inc({ route, step }, n);
+                }
+              },
+              pauseKey:
+                d.name === DEFAULT_DESTINATION
+                  ? 'forwarding.paused'
+                  : `forwarding.paused.${d.name}`,
+            });
+      const forwarder = new Forwarder({
+        log: view ?? log,
+        sink: kafka.sink({
+          kafka: d.kafka,
+          clientId: views === null ? `kedge-${this.agentId}` : `kedge-${this.agentId}-${d.name}`,
+          requestTimeoutMs: this.tuning.requestTimeoutMs,
+        }),
+        agentId: this.agentId,
+        topicPrefix: cfg.kafka.topicPrefix,
+        maxBatchEvents: this.tuning.maxBatchEvents,
+        maxBatchBytes: this.tuning.maxBatchBytes,
+        sendDeadlineMs: this.tuning.requestTimeoutMs + 5_000,
+        backoffMinMs: this.tuning.backoffMinMs,
+        backoffMaxMs: this.tuning.backoffMaxMs,
+        unknownTopicGraceMs: this.tuning.unknownTopicGraceMs,
+        metrics,
+        logger,
+        windows: d.forward.windows,
+        rateBytesPerSecond: d.forward.rate,
+        wire: kafka.wire,
+        now: this.tuning.now,
+      });
+      const meter = dest === null ? null : new DestinationMeter(dest);
+      meter?.start();
+      this.outlets.push({ name: d.name, config: d, forwarder, kafka, dest, meter });
+    }
+    const fwd = this.outlets[0].forwarder;
+    const kafka = this.outlets[0].kafka;
     this.metrics.bindSources(log, fwd);
+    if (cfg.destinations !== null)
+      this.metrics.bindDestinations(
+        this.outlets.map((o) => ({
+          name: o.name,
+          linkState: () => o.forwarder.linkState(),
+          lanes: () => o.dest!.lanes(),
+        })),
+      );
     this.rates = new RateMeter(log);
     this.rates.start();
     const rates = this.rates;
@@ -154,6 +227,7 @@ export class Agent {
           startedAt: this.startedAt,
           log,
           forwarder: () => fwd.status(),
+          destinations: views === null ? null : () => this.destinationStatus(),
           config: redactedConfig(cfg),
           warnings: () => this.warnings,
           drops: () => drops.summary(),
@@ -182,7 +256,11 @@ export class Agent {
         metrics: this.metrics,
         logger: this.logger,
         limits: this.tuning.httpLimits,
-        admin: adminRoutes({ status, metrics: this.metrics, forwarder: fwd }),
+        admin: adminRoutes({
+          status,
+          metrics: this.metrics,
+          forwarders: new Map(this.outlets.map((o) => [o.name, o.forwarder])),
+        }),
       });
       this.httpAddress = await this.http.start();
       this.logger.info(
@@ -231,15 +309,19 @@ export class Agent {
       // Waits at most a few seconds: a broker that is down does not block startup.
       await this.mqttClient.start();
     }
-    this.logger.info(
-      {
-        brokers: cfg.kafka.brokers.join(','),
-        client: cfg.kafka.client,
-        compression: cfg.kafka.compression,
-      },
-      'forwarding to Kafka',
-    );
-    fwd.start();
+    for (const o of this.outlets) {
+      this.logger.info(
+        {
+          ...(views === null ? {} : { destination: o.name }),
+          brokers: o.config.kafka.brokers.join(','),
+          client: o.config.kafka.client,
+          compression: o.config.kafka.compression,
+          ...(views === null ? {} : { routes: (routesOf(cfg, o.name) ?? []).map((r) => r.name) }),
+        },
+        'forwarding to Kafka',
+      );
+      o.forwarder.start();
+    }
     if (cfg.heartbeat.topic) {
       this.heartbeat = new Heartbeat({
         // Prefixed like every topic kedge writes: prefix-scoped ACLs then cover it too.
@@ -248,7 +330,7 @@ export class Agent {
         agentId: this.agentId,
         // Its own producer and connections: a heartbeat never queues behind a forwarder batch.
         sink: kafka.sink({
-          kafka: cfg.kafka,
+          kafka: this.outlets[0].config.kafka,
           clientId: `kedge-${this.agentId}-heartbeat`,
           requestTimeoutMs: 10_000,
         }),
@@ -275,11 +357,14 @@ export class Agent {
     ]);
     await waitAtMost(this.http?.stop() ?? Promise.resolve(), 3_000);
     await waitAtMost(this.heartbeat?.stop() ?? Promise.resolve(), 2_500);
-    await waitAtMost(
-      this.forwarder?.stop() ?? Promise.resolve(),
-      Math.max(500, deadline - Date.now() - 1_500),
+    await Promise.all(
+      this.outlets.map((o) =>
+        waitAtMost(o.forwarder.stop(), Math.max(500, deadline - Date.now() - 1_500)),
+      ),
     );
-    await waitAtMost(this.kafka?.close() ?? Promise.resolve(), 1_000);
+    await Promise.all(this.outlets.map((o) => waitAtMost(o.kafka.close(), 1_000)));
+    for (const o of this.outlets) o.meter?.stop();
+    this.outlets = [];
     this.rates?.stop();
     await this.log?.close();
     this.drops?.stop();

@@ -2,6 +2,7 @@
  * The shape of a loaded configuration, apart from the code that fills it: settings.ts (each
  * variable's parser and printer) and config.ts (loading, cross-variable rules) both use it.
  */
+import type { RouteDef } from './route-syntax.ts';
 import type { ListenAddress, TimeWindow } from './setting-values.ts';
 import type { StorageDriverName, SyncMode } from './storage-modes.ts';
 
@@ -15,6 +16,13 @@ export type KafkaClientName = (typeof KAFKA_CLIENTS)[number];
 export type LogLevel = 'debug' | 'info' | 'warn' | 'error';
 export type Compression = 'none' | 'gzip' | 'snappy' | 'lz4' | 'zstd';
 export type SaslMechanism = (typeof SASL_MECHANISMS)[number];
+
+/** One Kafka cluster kedge forwards to (KEDGE_DESTINATIONS), with its own link policy. */
+export interface DestinationConfig {
+  name: string;
+  kafka: Config['kafka'];
+  forward: { rate: number | null; windows: TimeWindow[] };
+}
 
 export interface Config {
   dataDir: string;
@@ -72,6 +80,11 @@ export interface Config {
     maxAge: number | null;
     whenFull: 'drop-oldest' | 'reject-new';
   };
+
+  /** null: KEDGE_DESTINATIONS unset, one destination named `kafka` (kafka, forward above). */
+  destinations: DestinationConfig[] | null;
+  /** KEDGE_ROUTE_*, sorted by name; empty: every topic unchanged to every destination. */
+  routes: RouteDef[];
 
   heartbeat: {
     /** null = disabled (empty topic) */

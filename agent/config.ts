@@ -4,6 +4,15 @@
  * variables live in validate(). Every problem is collected and reported at once;
  * nothing here exits the process.
  */
+import {
+  destinationVar,
+  effectiveDestinations,
+  isDestinationVariable,
+  PER_DESTINATION,
+  parseDestinationValues,
+  parseRoutes,
+  toDestination,
+} from './destinations-config.ts';
 import { mergeEnv, readEnvFile } from './env-file.ts';
 import { ConfigError } from './errors.ts';
 import { REDACTED, redactIfUrl, redactUrl } from './redact.ts';
@@ -66,9 +75,34 @@ export function loadConfig(
   }
   const v = values as SettingValues;
   const given: Given = (name) => vars[name]?.trim() || undefined;
-  problems.push(...validate(v, given), ...unknownVariableProblems(vars));
+  problems.push(...validate(v, given));
+  // Several destinations: each one's settings are the unprefixed ones with its own laid over.
+  const names = v.KEDGE_DESTINATIONS;
+  const perDest: { name: string; values: Record<string, unknown>; given: Given }[] = [];
+  for (const name of names) {
+    const d = parseDestinationValues(vars, name, problems);
+    const dGiven: Given = (n) => d.env[n]?.trim() || undefined;
+    const merged = { ...v, ...d.values } as SettingValues;
+    for (const p of validate(merged, dGiven)) problems.push(`destination ${name}: ${p}`);
+    perDest.push({ name, values: d.values, given: dGiven });
+  }
+  const routes = parseRoutes(vars, names.length > 0 ? names : ['kafka'], problems);
+  problems.push(...unknownVariableProblems(vars, names));
   if (problems.length > 0) throw new ConfigError(problems);
-  return toConfig(v, given, envFile);
+  const cfg = toConfig(v, given, envFile);
+  cfg.routes = routes;
+  cfg.destinations =
+    names.length === 0
+      ? null
+      : perDest.map((d) =>
+          toDestination(
+            d.name,
+            d.values,
+            cfg.kafka,
+            KAFKA_TLS_FILES.some((n) => d.given(n)),
+          ),
+        );
+  return cfg;
 }
 
 const CERT_PAIRS = [
@@ -171,6 +205,8 @@ function toConfig(v: SettingValues, given: Given, envFile: string | null): Confi
       maxAge: v.KEDGE_RETENTION,
       whenFull: v.KEDGE_WHEN_FULL,
     },
+    destinations: null,
+    routes: [],
     heartbeat: { topic: v.KEDGE_HEARTBEAT_TOPIC, intervalMs: v.KEDGE_HEARTBEAT_INTERVAL },
     envFile,
   };
@@ -214,11 +250,27 @@ export function suggestVariable(name: string): string[] {
   return [];
 }
 
-function unknownVariableProblems(vars: Record<string, string | undefined>): string[] {
+function unknownVariableProblems(
+  vars: Record<string, string | undefined>,
+  destinations: readonly string[],
+): string[] {
   const out: string[] = [];
   for (const [name, value] of Object.entries(vars)) {
     if (value === undefined || KNOWN.has(name) || !name.toUpperCase().startsWith('KEDGE_'))
       continue;
+    if (isDestinationVariable(name, destinations)) continue;
+    // KEDGE_<N>_KAFKA_BROKERS and friends of a destination that is not listed.
+    const base = PER_DESTINATION.find((b) => name.endsWith(`_${b.slice('KEDGE_'.length)}`));
+    const dest = base
+      ? name.slice('KEDGE_'.length, name.length - base.length + 'KEDGE_'.length - 1)
+      : '';
+    if (base && /^[A-Z][A-Z0-9_]*$/.test(dest)) {
+      const lower = dest.toLowerCase();
+      out.push(
+        `${name} is for a destination ${JSON.stringify(lower)}, which KEDGE_DESTINATIONS does not list (${destinations.length === 0 ? `set KEDGE_DESTINATIONS=${lower}` : `add ${lower} to KEDGE_DESTINATIONS=${destinations.join(',')}`}, or remove the variable)`,
+      );
+      continue;
+    }
     const suggestions = suggestVariable(name);
     let hint: string;
     if (suggestions.length === 1 && suggestions[0] === name.toUpperCase()) {
@@ -239,7 +291,12 @@ function unknownVariableProblems(vars: Record<string, string | undefined>): stri
  * in URLs hidden, null kept.
  */
 export function redactedConfig(cfg: Config): Record<string, unknown> {
-  const secrets = new Set(SECRET_VARS.map((n) => settingOf(n).show(cfg)).filter((s) => s !== ''));
+  const secrets = new Set(
+    effectiveDestinations(cfg)
+      .flatMap((d) => SECRET_VARS.map((n) => settingOf(n).show({ ...cfg, kafka: d.kafka })))
+      .concat(SECRET_VARS.map((n) => settingOf(n).show(cfg)))
+      .filter((s) => s !== ''),
+  );
   return JSON.parse(
     JSON.stringify(cfg, (_key, value: unknown) => {
       if (typeof value !== 'string') return value;
@@ -254,9 +311,20 @@ export function redactedConfig(cfg: Config): Record<string, unknown> {
  * parseEnvFile + loadConfig) to the same Config.
  */
 export function formatConfig(cfg: Config): string {
-  return ENV_VARS.map(
+  const lines = ENV_VARS.map(
     (name) => `${name}=${quoteEnvValue(shownValue(name, settingOf(name).show(cfg)))}`,
-  ).join('\n');
+  );
+  // Each destination's own settings in full (what it uses, its own or the default).
+  for (const d of cfg.destinations ?? []) {
+    const view: Config = { ...cfg, kafka: d.kafka, forward: { ...cfg.forward, ...d.forward } };
+    for (const base of PER_DESTINATION)
+      lines.push(
+        `${destinationVar(d.name, base)}=${quoteEnvValue(shownValue(base, settingOf(base).show(view)))}`,
+      );
+  }
+  for (const r of cfg.routes)
+    lines.push(`KEDGE_ROUTE_${r.name.toUpperCase()}=${quoteEnvValue(r.source)}`);
+  return lines.join('\n');
 }
 
 /** Quotes a value only when the env-file parser would otherwise change it. */

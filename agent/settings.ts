@@ -219,6 +219,30 @@ export const SETTINGS = {
         .map(formatHostPort),
     show: (c) => c.kafka.brokers.join(','),
   }),
+  KEDGE_DESTINATIONS: setting({
+    group: 'kafka',
+    type: 'list of names',
+    default: '',
+    defaultDoc: 'none: one destination, `kafka`, set by the KEDGE_KAFKA_* settings',
+    doc: 'Several Kafka clusters, e.g. `site,cloud`: each name N takes KEDGE_N_KAFKA_BROKERS and may override any KEDGE_KAFKA_*, KEDGE_COMPRESSION, KEDGE_FORWARD_RATE or KEDGE_FORWARD_WINDOWS as KEDGE_N_…; KEDGE_ROUTE_<NAME> says what goes where.',
+    parse: (f) => {
+      const names = f.list();
+      const seen = new Set<string>();
+      for (const n of names) {
+        if (!/^[a-z][a-z0-9_]*$/.test(n))
+          f.bad(
+            n,
+            'is not a destination name (lower-case letters, digits and _, starting with a letter)',
+          );
+        else if (n === 'route')
+          f.bad(n, 'is reserved (KEDGE_ROUTE_* are routes); pick another name');
+        else if (seen.has(n)) f.bad(n, 'is listed twice');
+        seen.add(n);
+      }
+      return names;
+    },
+    show: (c) => (c.destinations === null ? '' : c.destinations.map((d) => d.name).join(',')),
+  }),
   KEDGE_KAFKA_TLS: setting({
     group: 'kafka',
     type: 'boolean',

@@ -8,7 +8,7 @@
  * - a sideways import between two layers of the same rank (forward and ingest).
  *
  * Layers, lowest first: the base files directly in agent/ (units, backoff, deadline,
- * errors… everything there but the three below) 0; config.ts 1; log/ 2; observe/ 3;
+ * errors… everything there but the three below) 0; config.ts 1; log/ 2; observe/ and route/ 3;
  * kafka/ 4; forward/ and ingest/ 5; status/ 6; agent.ts and cli.ts 7. A folder not
  * listed here is a violation too, so a new one gets a rank when it is made.
  * ROOT (default: this checkout) is the folder holding agent/.
@@ -25,6 +25,7 @@ interface Layer {
 const FOLDERS: Record<string, number> = {
   log: 2,
   observe: 3,
+  route: 3,
   kafka: 4,
   forward: 5,
   ingest: 5,

@@ -191,6 +191,8 @@ t.test('defaults', async (t) => {
     },
     forward: { rate: null, windows: [], priorityTopics: [] },
     retention: { diskQuota: 1_073_741_824, maxAge: null, whenFull: 'drop-oldest' },
+    destinations: null,
+    routes: [],
     heartbeat: { topic: 'kedge.heartbeat', intervalMs: 60_000 },
     envFile: null,
   };

@@ -195,6 +195,8 @@ const VALUES: Record<EnvVarName, fc.Arbitrary<string>> = {
   KEDGE_HTTP_TLS_CERT: file,
   KEDGE_HTTP_TLS_KEY: file,
   KEDGE_KAFKA_BROKERS: list(hostPort),
+  // Valid names need KEDGE_<N>_KAFKA_BROKERS too (test/routes-config.test.ts fuzzes those).
+  KEDGE_DESTINATIONS: fc.constantFrom('', 'Site', 'a,a', 'route', '9x', ' '),
   KEDGE_KAFKA_TLS: oneOfCase('true', 'false', '1', '0', 'yes', 'no', 'on', 'off', 'maybe'),
   KEDGE_KAFKA_CA_FILE: file,
   KEDGE_KAFKA_CERT_FILE: file,

@@ -5,7 +5,7 @@
  */
 import { eventsBytes } from '../event-size.ts';
 import type { OutRecord } from '../kafka/producer.ts';
-import { LANES, type EventLog, type Lane, type StoredEvent } from '../log/types.ts';
+import { LANES, type ForwardLog, type Lane, type StoredEvent } from '../log/types.ts';
 import type { Logger } from '../observe/logger.ts';
 
 /** Under a rate cap, a batch holds at most this much time of the rate. */
@@ -15,7 +15,7 @@ const BATCH_REGROW_AFTER_MS = 5 * 60_000;
 
 /** The lane to serve now: priority first; bulk only inside a transfer window. */
 export function pickLane(
-  log: EventLog,
+  log: ForwardLog,
   windowOpen: boolean,
 ): { lane: Lane; cursor: number } | null {
   const s = log.stats();
@@ -30,7 +30,7 @@ export function pickLane(
 /** The Kafka record for a stored event: prefixed topic, its headers plus kedge-id and kedge-ingest-ts. */
 export function toRecord(e: StoredEvent, agentId: string, topicPrefix: string): OutRecord {
   const headers: Record<string, string> = { ...(e.headers ?? {}) };
-  headers['kedge-id'] = `${agentId}:${e.seq}`;
+  headers['kedge-id'] = e.id ?? `${agentId}:${e.seq}`;
   headers['kedge-ingest-ts'] = String(e.ts);
   return {
     topic: topicPrefix + e.topic,
@@ -80,7 +80,7 @@ export class BatchBudget {
   }
 
   /** The next batch of `lane` from `cursor`, within the budget (empty when there is none). */
-  read(log: EventLog, lane: Lane, cursor: number): StoredEvent[] {
+  read(log: ForwardLog, lane: Lane, cursor: number): StoredEvent[] {
     return log.readBatch(cursor, this.budget.events, this.bytes(), lane);
   }
 

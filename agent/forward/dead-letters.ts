@@ -5,14 +5,14 @@
  * and the rest go through, in order.
  */
 import { classifySendError, describeKafkaError, type SendErrorClass } from '../kafka/classify.ts';
-import type { EventLog, Lane, StoredEvent } from '../log/types.ts';
+import type { ForwardLog, Lane, StoredEvent } from '../log/types.ts';
 import type { Logger } from '../observe/logger.ts';
-import type { Metrics } from '../observe/metrics.ts';
+import type { ForwardMetrics } from '../observe/metrics.ts';
 
 /** What the dead-letter pass needs from the forwarder loop. */
 export interface DeadLetterOptions {
-  log: EventLog;
-  metrics: Metrics;
+  log: ForwardLog;
+  metrics: ForwardMetrics;
   logger: Logger;
   topicPrefix: string;
   /** ForwarderOptions.unknownTopicGraceMs. */

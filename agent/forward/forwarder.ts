@@ -9,9 +9,9 @@
  * a rate cap makes the next batch wait until the wire bytes of the previous ones
  * are paid for.
  */
-import type { EventLog, Lane, StoredEvent } from '../log/types.ts';
+import type { ForwardLog, Lane, StoredEvent } from '../log/types.ts';
 import type { Logger } from '../observe/logger.ts';
-import type { LinkState, Metrics } from '../observe/metrics.ts';
+import type { ForwardMetrics, LinkState } from '../observe/metrics.ts';
 import type { TimeWindow } from '../config.ts';
 import { Backoff } from '../backoff.ts';
 import { waitAtMost, withDeadline } from '../deadline.ts';
@@ -26,7 +26,7 @@ import { TransferWindows } from './windows.ts';
 import { TokenBucket } from './token-bucket.ts';
 
 export interface ForwarderOptions {
-  log: EventLog;
+  log: ForwardLog;
   sink: RecordSink;
   agentId: string;
   topicPrefix: string;
@@ -43,7 +43,7 @@ export interface ForwarderOptions {
    * of blocking the log for ever. Per topic, on the monotonic clock.
    */
   unknownTopicGraceMs: number;
-  metrics: Metrics;
+  metrics: ForwardMetrics;
   logger: Logger;
   /** KEDGE_FORWARD_WINDOWS; empty: always open. */
   windows?: readonly TimeWindow[];

@@ -4,7 +4,7 @@
  * counted, kept in a short history for status and passed to listeners (the heartbeat).
  */
 import type { Logger } from '../observe/logger.ts';
-import type { LinkState, Metrics } from '../observe/metrics.ts';
+import type { ForwardMetrics, LinkState } from '../observe/metrics.ts';
 
 /** What the last sends say about Kafka; the shown state adds pause and windows on top. */
 export type Health = Extract<LinkState, 'starting' | 'up' | 'degraded' | 'down'>;
@@ -35,7 +35,7 @@ const HISTORY_SIZE = 20;
 const RECENTLY_UP_MS = 60_000;
 
 export class Link {
-  private readonly metrics: Metrics;
+  private readonly metrics: ForwardMetrics;
   private readonly logger: Logger;
   private healthNow: Health = 'starting';
   private pausedNow: boolean;
@@ -51,7 +51,7 @@ export class Link {
   private lastErrorAt: number | null = null;
   private lastForwardAt: number | null = null;
 
-  constructor(metrics: Metrics, logger: Logger, paused: boolean) {
+  constructor(metrics: ForwardMetrics, logger: Logger, paused: boolean) {
     this.metrics = metrics;
     this.logger = logger;
     this.pausedNow = paused;

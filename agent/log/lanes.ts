@@ -47,6 +47,16 @@ export class LaneState {
   oldestTs: number | null | undefined = undefined;
   /** Highest seq readBatch handed out in this lane: the forwarder may have it in flight, so drops stay above it. */
   inflight = 0;
+  /**
+   * Where a drop may start and the last seq it may reach. One destination: above the cursor
+   * and what is in flight. Several: set by Destinations (destinations.ts).
+   */
+  dropRange: () => { from: number; cap: number } = () => ({
+    from: Math.max(this.cursor, this.inflight),
+    cap: Number.POSITIVE_INFINITY,
+  });
+  /** Inside a drop transaction, before it deletes (from, to]: set by Destinations to count per destination. */
+  onDropRange: ((from: number, to: number) => void) | null = null;
 
   constructor(name: Lane, table: string, dest: string, p: Prepare) {
     this.name = name;
@@ -107,7 +117,11 @@ export class LaneState {
     if (this.backlogEvents === 0) this.oldestTs = ts;
     this.backlogEvents += n;
     this.backlogBytes += bytes;
+    this.onGrow?.(n, bytes, ts);
   }
+
+  /** Set by Destinations: each destination's backlog grows with the lane's. */
+  onGrow: ((n: number, bytes: number, ts: number) => void) | null = null;
 
   /** After a commit that took `n` events of `bytes` out of the backlog (ack, drop, dead letter). */
   shrink(n: number, bytes: number): void {
@@ -189,8 +203,11 @@ export class LaneState {
     };
   }
 
-  /** Events with seq > afterSeq in seq order, bounded by count and bytes (at least one event if any). */
-  readBatch(afterSeq: number, maxCount: number, maxBytes: number): StoredEvent[] {
+  /**
+   * Events with seq > afterSeq in seq order, bounded by count and bytes (at least one event if
+   * any). `track`: count them as in flight for drops (false: the caller keeps its own mark).
+   */
+  readBatch(afterSeq: number, maxCount: number, maxBytes: number, track = true): StoredEvent[] {
     const out: StoredEvent[] = [];
     maxCount = Math.floor(maxCount);
     if (!(maxCount >= 1)) return out;
@@ -217,7 +234,8 @@ export class LaneState {
         }
       }
       if (take > 0) after = this.#collect(rows, take, after, out);
-      if (full || rows.length < want || bytes >= maxBytes) return this.#handedOut(out);
+      if (full || rows.length < want || bytes >= maxBytes)
+        return track ? this.#handedOut(out) : out;
       const avg = bytes / out.length || 1;
       want = Math.min(
         maxCount - out.length,

@@ -298,11 +298,12 @@ export class Maintenance implements QuotaDropper {
     reason: DropReason,
     limit: { wantBytes?: number; beforeTs?: number },
   ): number {
-    const from = Math.max(lane.cursor, lane.inflight);
+    const { from, cap } = lane.dropRange();
     const rows = lane.head.all([from, DROP_CHUNK]);
     let to = from;
     let est = 0;
     for (const r of rows) {
+      if ((r.seq as number) > cap) break;
       if (limit.beforeTs !== undefined && (r.ts as number) >= limit.beforeTs) break;
       to = r.seq as number;
       est += estimateRowBytes(r.size as number, 0, 0);
@@ -314,6 +315,7 @@ export class Maintenance implements QuotaDropper {
       this.#tx.begin();
       groups = lane.topicCounts.all([from, to]);
       this.#beforeDrop?.({ reason, lane: lane.name, afterSeq: from, toSeq: to });
+      lane.onDropRange?.(from, to);
       lane.trim.run([from, to]);
       this.#tx.commit();
     } catch (err) {

@@ -59,6 +59,37 @@ export const MIGRATIONS: ReadonlyArray<(db: SqlDb) => void> = [
       ALTER TABLE dead_letters ADD COLUMN lane TEXT NOT NULL DEFAULT 'bulk';
     `);
   },
+  // 2 → 3: several destinations (KEDGE_DESTINATIONS). Each has a cursor per lane, saved with
+  // its routes' state at that position and the first seq its open windows keep; the lanes'
+  // own cursor rows become the floor over them. A destination's dead letters are copies (the
+  // event stays in the log for the others), so they get a table of their own.
+  (db) => {
+    db.exec(`
+      CREATE TABLE dest_cursors(
+        dest TEXT NOT NULL,
+        lane TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        keep INTEGER,
+        state TEXT,
+        PRIMARY KEY(dest, lane)
+      );
+      CREATE TABLE dest_dead_letters(
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        dest TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        kedge_id TEXT NOT NULL,
+        topic TEXT NOT NULL,
+        key BLOB,
+        value BLOB NOT NULL,
+        headers TEXT,
+        ts INTEGER NOT NULL,
+        size INTEGER NOT NULL,
+        reason TEXT NOT NULL,
+        dead_at INTEGER NOT NULL,
+        lane TEXT NOT NULL
+      );
+    `);
+  },
 ];
 
 export const SCHEMA_VERSION = MIGRATIONS.length;

@@ -34,7 +34,8 @@ import fs from 'node:fs';
 import path from 'node:path';
 import type { Row, SqlDb, SqlStmt } from './driver.ts';
 import { headersJson, toStored, validate } from './events.ts';
-import { Lanes } from './lanes.ts';
+import { Destinations } from './destinations.ts';
+import { type LaneState, Lanes } from './lanes.ts';
 import { Listeners } from './listeners.ts';
 import { acquireDirLock } from './lockfile.ts';
 import type { DirLock } from './lockfile.ts';
@@ -49,6 +50,7 @@ import { NO_PARAMS, Tx } from './tx.ts';
 import type {
   AppendResult,
   DeadLetter,
+  DestinationLog,
   DropReport,
   EventInput,
   EventLog,
@@ -131,11 +133,15 @@ class SqliteLog implements EventLog {
   readonly #dropListeners = new Listeners<DropReport>('onDrop');
   #closed = false;
   #closing: Promise<void> | null = null;
+  /** Set once destinations() switched to several destinations. */
+  #dests: Destinations | null = null;
 
   #nextSeq: number;
   #lastSeq: number;
   #deadLetters: number;
   #commits = 0;
+  /** Ingest time of the last commit (see #flush). */
+  #lastTs = 0;
   #forwarded = 0;
   #diskBytes = 0;
   #diskStatAt = 0;
@@ -208,6 +214,10 @@ class SqliteLog implements EventLog {
       );
       this.#nextSeq = this.#lastSeq + 1;
       this.#deadLetters = Number(dl.n ?? 0);
+      const last = one(
+        'SELECT max(t) AS t FROM (SELECT (SELECT ts FROM events ORDER BY seq DESC LIMIT 1) AS t UNION ALL SELECT (SELECT ts FROM events_priority ORDER BY seq DESC LIMIT 1))',
+      );
+      this.#lastTs = Number(last.t ?? 0);
       this.#space.measureUsed();
     } catch (err) {
       for (const st of this.#stmts) {
@@ -273,7 +283,9 @@ class SqliteLog implements EventLog {
     let prioN = 0;
     let prioBytes = 0;
     let est = 0;
-    const ts = this.#now();
+    // Never before the last commit's time: a clock stepped back (NTP) must not put events
+    // before ones already stored; routes' windows rely on ingest time never going back.
+    const ts = Math.max(this.#now(), this.#lastTs);
     const row = this.#row;
     const bulkInsert = this.#lanes.bulk.insert;
     const prioInsert = this.#lanes.priority.insert;
@@ -322,6 +334,7 @@ class SqliteLog implements EventLog {
 
     this.#nextSeq = seq;
     this.#lastSeq = seq - 1;
+    this.#lastTs = ts;
     this.#commits++;
     if (bulkN > 0) this.#lanes.bulk.grow(bulkN, bulkBytes, ts);
     if (prioN > 0) this.#lanes.priority.grow(prioN, prioBytes, ts);
@@ -412,6 +425,85 @@ class SqliteLog implements EventLog {
       deadLetters: this.#deadLetters,
       commits: this.#commits,
     };
+  }
+
+  destinations(names: readonly string[]): DestinationLog[] {
+    this.#assertOpen();
+    if (this.#dests) throw new Error('destinations() was called already');
+    const one = (sql: string, params: unknown[] = NO_PARAMS): Row => {
+      const st = this.#db.prepare(sql);
+      try {
+        return st.get(params) ?? {};
+      } finally {
+        st.finalize();
+      }
+    };
+    const p = (sql: string): SqlStmt => {
+      const st = this.#db.prepare(sql);
+      this.#stmts.push(st);
+      return st;
+    };
+    const dests = new Destinations(names, this.#lanes, p, one);
+    this.#dests = dests;
+    const trim = (l: LaneState, cursor: number) => this.#maint.trimChunk(l, cursor);
+    return names.map((name): DestinationLog => {
+      const cursor = (lane: Lane) => dests.cursor(name, lane);
+      return {
+        name,
+        readBatch: (after, maxCount, maxBytes, lane) => {
+          this.#assertOpen();
+          const out = this.#lanes.get(lane).readBatch(after, maxCount, maxBytes, false);
+          if (out.length > 0) {
+            const c = cursor(lane);
+            c.frontier = Math.max(c.frontier, out[out.length - 1].seq);
+          }
+          return out;
+        },
+        ack: (seq, lane, checkpoint) => {
+          this.#assertOpen();
+          if (!Number.isSafeInteger(seq) || seq < 0)
+            throw new RangeError(`ack: seq must be a non-negative integer, not ${seq}`);
+          if (seq > this.#lastSeq)
+            throw new RangeError(
+              `ack: seq ${seq} is beyond the last appended seq ${this.#lastSeq}`,
+            );
+          if (checkpoint === null) {
+            dests.ack(this.#tx, name, lane, seq, null, trim);
+            return;
+          }
+          this.#tx.relaxed(() =>
+            this.#space.withReserve('acknowledge', () => {
+              this.#forwarded += dests.ack(this.#tx, name, lane, seq, checkpoint, trim);
+            }),
+          );
+          this.#maint.schedule();
+        },
+        deadLetter: (record, id, reason) => {
+          this.#assertOpen();
+          this.#tx.relaxed(() => dests.deadLetter(this.#tx, name, record, id, String(reason)));
+        },
+        saved: (lane) => {
+          const c = cursor(lane);
+          return { seq: c.saved, state: c.state, keep: c.keep };
+        },
+        lanes: () => {
+          const open = !this.#closed;
+          const one = (lane: Lane) => {
+            const c = cursor(lane);
+            return {
+              ...c.stats(open),
+              saved: c.saved,
+              keep: c.keep,
+              dropped: c.dropped,
+              consumed: c.consumed,
+              unread: c.unread,
+            };
+          };
+          return { bulk: one('bulk'), priority: one('priority') };
+        },
+        deadLetters: () => dests.deadLetters.get(name) ?? 0,
+      };
+    });
   }
 
   onAppend(listener: () => void): () => void {

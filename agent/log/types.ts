@@ -49,9 +49,11 @@ export interface StoredEvent {
   key: Buffer | null;
   value: Buffer;
   headers: Record<string, string> | null;
-  /** Ingest time, ms since the epoch (the commit's clock). */
+  /** Ingest time, ms since the epoch (the commit's clock; never before an earlier commit's). */
   ts: number;
   lane: Lane;
+  /** kedge-id of the record it becomes, when not `<agent>:<seq>` (a route's aggregate). */
+  id?: string;
 }
 
 export interface AppendResult {
@@ -140,6 +142,58 @@ export interface LogOptions {
   wasmPath?: string;
 }
 
+/** Saved with a destination's cursor (several destinations): its routes' state there, and the first seq its open windows keep. */
+export interface Checkpoint {
+  state: string | null;
+  keep: number | null;
+}
+
+/** One destination's position in one lane (several destinations); the backlog counts after `saved`. */
+export interface DestinationLaneStats extends LaneStats {
+  /** The cursor as saved (a routed destination saves at batch ends; `cursor` may be ahead). */
+  saved: number;
+  /** First seq the destination's open windows keep in the log (null: none). */
+  keep: number | null;
+  /** Events dropped (quota, retention) before this destination had them, since open. */
+  dropped: number;
+  /** Events it moved past (forwarded, or taken by its routes), since open: its drain rate. */
+  consumed: number;
+  /** Events after `cursor` (backlogEvents counts after `saved`). */
+  unread: number;
+}
+
+/**
+ * One destination's view of the log (KEDGE_DESTINATIONS): its own cursor per lane. An event
+ * leaves the log once every destination has it (acknowledged or dead-lettered).
+ */
+export interface DestinationLog {
+  readonly name: string;
+  /** As EventLog.readBatch; the destination's read mark protects what it read from drops until saved. */
+  readBatch(afterSeq: number, maxCount: number, maxBytes: number, lane: Lane): StoredEvent[];
+  /** Acknowledged up to `seq`: saved with `checkpoint`, or (null) moved in memory only. */
+  ack(seq: number, lane: Lane, checkpoint: Checkpoint | null): void;
+  /** A record this destination cannot deliver for good: kept as a copy in its dead letters. */
+  deadLetter(record: StoredEvent, id: string, reason: string): void;
+  /** What was saved last: cursor, routes' state, keep. */
+  saved(lane: Lane): { seq: number; state: string | null; keep: number | null };
+  lanes(): Record<Lane, DestinationLaneStats>;
+  deadLetters(): number;
+}
+
+/**
+ * What the forwarder needs of the log: the whole log (one destination), or a destination's
+ * view of it with its routes applied (agent/forward/destination-log.ts).
+ */
+export interface ForwardLog {
+  readBatch(afterSeq: number, maxCount: number, maxBytes: number, lane?: Lane): StoredEvent[];
+  ack(seq: number, lane?: Lane): void;
+  deadLetter(event: StoredEvent, reason: string): void;
+  stats(): Pick<LogStats, 'lanes'>;
+  onAppend(listener: () => void): () => void;
+  meta(key: string): string | null;
+  setMeta(key: string, value: string): void;
+}
+
 /**
  * The durable event log. Appends are group-committed: every append that
  * arrives before the next commit shares its transaction and its fsync; each
@@ -173,6 +227,11 @@ export interface EventLog {
   onDrop(listener: (d: DropReport) => void): () => void;
   /** `listener` runs after every successful append commit (used by the forwarder to wait for work); returns an unsubscribe function. */
   onAppend(listener: () => void): () => void;
+  /**
+   * Switches to several destinations (KEDGE_DESTINATIONS): one view each, in `names` order.
+   * Call once, before forwarding; from then on the lanes' cursors are the floor over them.
+   */
+  destinations(names: readonly string[]): DestinationLog[];
   /** Small persistent settings kept in the log's database (e.g. 'agent_id'); null if unset. */
   meta(key: string): string | null;
   setMeta(key: string, value: string): void;

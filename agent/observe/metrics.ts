@@ -23,8 +23,37 @@ export const LINK_STATES = [
 ] as const;
 export type LinkState = (typeof LINK_STATES)[number];
 
+/**
+ * What a forwarder counts. With several destinations each forwarder gets its own view
+ * (Metrics.forDestination), which adds the `destination` label.
+ */
+export interface ForwardMetrics {
+  forwardedEvents: { inc(labels: { topic: string }, n?: number): void };
+  forwardedBytes: { inc(labels: { topic: string }, n?: number): void };
+  deadLettered: { inc(labels: { topic: string; reason: string }, n?: number): void };
+  sendErrors: { inc(labels: { kind: string }, n?: number): void };
+  linkStateChanges: { inc(labels: { state: string }, n?: number): void };
+  wireBytes: { inc(n?: number): void };
+  sendSeconds: { observe(v: number): void };
+  batchEvents: { observe(v: number): void };
+  batchBytes: { observe(v: number): void };
+}
+
+/** A destination's link and log position, read at scrape time (several destinations). */
+export interface DestinationSource {
+  name: string;
+  linkState(): LinkState;
+  lanes(): Record<
+    (typeof LANES)[number],
+    { backlogEvents: number; backlogBytes: number; dropped: number }
+  >;
+}
+
 export class Metrics {
   readonly registry = new Registry();
+  /** Names of the destinations when there are several (KEDGE_DESTINATIONS); null: one. */
+  readonly destinations: readonly string[] | null;
+  readonly routeFiltered: Counter<'route' | 'step'>;
   readonly ingestedEvents: Counter<'source' | 'topic'>;
   readonly ingestedBytes: Counter<'source' | 'topic'>;
   readonly forwardedEvents: Counter<'topic'>;
@@ -42,8 +71,17 @@ export class Metrics {
   readonly wireBytes: Counter;
   readonly mqttProtocolErrors: Counter<'kind'>;
 
-  constructor() {
+  constructor(opts: { destinations?: readonly string[] | null } = {}) {
     const r = [this.registry];
+    this.destinations = opts.destinations ?? null;
+    // With several destinations the forwarders' series carry a `destination` label.
+    const d = this.destinations === null ? [] : ['destination'];
+    this.routeFiltered = new Counter({
+      name: 'kedge_route_filtered_events_total',
+      help: 'Events a route step removed before the uplink (step: where, sample, deadband, select, window for late events)',
+      labelNames: ['route', 'step'],
+      registers: r,
+    });
     this.ingestedEvents = new Counter({
       name: 'kedge_ingested_events_total',
       help: 'Events committed to the log',
@@ -59,19 +97,19 @@ export class Metrics {
     this.forwardedEvents = new Counter({
       name: 'kedge_forwarded_events_total',
       help: 'Events acknowledged by Kafka',
-      labelNames: ['topic'],
+      labelNames: ['topic', ...d],
       registers: r,
     });
     this.forwardedBytes = new Counter({
       name: 'kedge_forwarded_bytes_total',
       help: 'Key and value bytes acknowledged by Kafka',
-      labelNames: ['topic'],
+      labelNames: ['topic', ...d],
       registers: r,
     });
     this.deadLettered = new Counter({
       name: 'kedge_dead_letters_total',
       help: 'Events Kafka refused for good, moved to the dead-letter table',
-      labelNames: ['topic', 'reason'],
+      labelNames: ['topic', 'reason', ...d],
       registers: r,
     });
     this.droppedEvents = new Counter({
@@ -102,35 +140,39 @@ export class Metrics {
       name: 'kedge_send_duration_seconds',
       help: 'Time of one batch send to Kafka until acknowledged',
       buckets: [0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 30],
+      labelNames: d,
       registers: r,
     });
     this.batchEvents = new Histogram({
       name: 'kedge_send_batch_events',
       help: 'Events per batch sent to Kafka',
       buckets: [1, 10, 100, 1000, 5000, 10000],
+      labelNames: d,
       registers: r,
     });
     this.batchBytes = new Histogram({
       name: 'kedge_send_batch_bytes',
       help: 'Key and value bytes per batch acknowledged by Kafka',
       buckets: [1024, 16384, 65536, 262144, 524288, 1048576],
+      labelNames: d,
       registers: r,
     });
     this.sendErrors = new Counter({
       name: 'kedge_send_errors_total',
       help: 'Failed batch sends to Kafka (retried)',
-      labelNames: ['kind'],
+      labelNames: ['kind', ...d],
       registers: r,
     });
     this.linkStateChanges = new Counter({
       name: 'kedge_link_state_changes_total',
       help: 'Changes of the Kafka link state, by the state entered',
-      labelNames: ['state'],
+      labelNames: ['state', ...d],
       registers: r,
     });
     this.wireBytes = new Counter({
       name: 'kedge_wire_bytes_total',
       help: 'Bytes written on the sockets to Kafka (after compression, protocol and TLS overhead included): what KEDGE_FORWARD_RATE caps',
+      labelNames: d,
       registers: r,
     });
     this.mqttProtocolErrors = new Counter({
@@ -138,6 +180,83 @@ export class Metrics {
       help: 'Embedded MQTT broker: connections closed because the client broke the protocol (kind: malformed, protocol, connect_timeout, keepalive_timeout)',
       labelNames: ['kind'],
       registers: r,
+    });
+  }
+
+  /** The counters of one destination's forwarder (the metrics themselves with one destination). */
+  forDestination(name: string): ForwardMetrics {
+    if (this.destinations === null) return this;
+    const destination = name;
+    const counter = <L extends object>(c: {
+      inc(labels: L & { destination: string }, n?: number): void;
+    }) => ({
+      inc: (labels: L, n?: number) => c.inc({ ...labels, destination }, n),
+    });
+    const histogram = (h: Histogram) => ({ observe: (v: number) => h.observe({ destination }, v) });
+    return {
+      forwardedEvents: counter<{ topic: string }>(this.forwardedEvents as never),
+      forwardedBytes: counter<{ topic: string }>(this.forwardedBytes as never),
+      deadLettered: counter<{ topic: string; reason: string }>(this.deadLettered as never),
+      sendErrors: counter<{ kind: string }>(this.sendErrors as never),
+      linkStateChanges: counter<{ state: string }>(this.linkStateChanges as never),
+      wireBytes: { inc: (n?: number) => this.wireBytes.inc({ destination } as never, n) },
+      sendSeconds: histogram(this.sendSeconds),
+      batchEvents: histogram(this.batchEvents),
+      batchBytes: histogram(this.batchBytes),
+    };
+  }
+
+  /** Per destination: link state and backlog, read at scrape time (several destinations). */
+  bindDestinations(sources: readonly DestinationSource[]): void {
+    const r = [this.registry];
+    new Gauge({
+      name: 'kedge_destination_link_state',
+      help: 'Link state per destination (1 for the current state)',
+      labelNames: ['destination', 'state'],
+      registers: r,
+      collect() {
+        for (const s of sources) {
+          const cur = s.linkState();
+          for (const st of LINK_STATES)
+            this.set({ destination: s.name, state: st }, st === cur ? 1 : 0);
+        }
+      },
+    });
+    new Gauge({
+      name: 'kedge_destination_backlog_events',
+      help: 'Events in the log this destination has not had yet, per lane',
+      labelNames: ['destination', 'lane'],
+      registers: r,
+      collect() {
+        for (const s of sources) {
+          const l = s.lanes();
+          for (const lane of LANES) this.set({ destination: s.name, lane }, l[lane].backlogEvents);
+        }
+      },
+    });
+    new Gauge({
+      name: 'kedge_destination_backlog_bytes',
+      help: 'Key and value bytes in the log this destination has not had yet, per lane',
+      labelNames: ['destination', 'lane'],
+      registers: r,
+      collect() {
+        for (const s of sources) {
+          const l = s.lanes();
+          for (const lane of LANES) this.set({ destination: s.name, lane }, l[lane].backlogBytes);
+        }
+      },
+    });
+    new Gauge({
+      name: 'kedge_destination_dropped_events',
+      help: 'Events dropped (quota, retention) before this destination had them, since start',
+      labelNames: ['destination'],
+      registers: r,
+      collect() {
+        for (const s of sources) {
+          const l = s.lanes();
+          this.set({ destination: s.name }, l.bulk.dropped + l.priority.dropped);
+        }
+      },
     });
   }
 

@@ -1,7 +1,7 @@
 /**
  * The admin API, mounted on the HTTP ingest listener (same address, TLS and token):
  * GET /v1/status, GET /metrics, POST /v1/forwarding/pause and /resume (these two
- * need the token when one is set). agent.ts builds it and hands it to HttpIngest,
+ * need the token when one is set; `?destination=N` pauses one destination, else all). agent.ts builds it and hands it to HttpIngest,
  * which knows only the MountedRoutes shape: ingest sits below status.
  */
 import type { Forwarder } from '../forward/forwarder.ts';
@@ -13,8 +13,11 @@ import type { AgentStatus } from './document.ts';
 export interface AdminSources {
   status(): AgentStatus;
   metrics: Metrics;
-  /** `persisted: false` in the answer: in force, but not yet saved (disk full); kedge keeps trying. */
-  forwarder: Pick<Forwarder, 'setPaused'>;
+  /**
+   * Each destination's forwarder, by name. `persisted: false` in the answer: in force, but not
+   * yet saved (disk full); kedge keeps trying.
+   */
+  forwarders: ReadonlyMap<string, Pick<Forwarder, 'setPaused'>>;
 }
 
 export function adminRoutes(src: AdminSources): MountedRoutes {
@@ -39,8 +42,25 @@ export function adminRoutes(src: AdminSources): MountedRoutes {
       if (!authorize()) return true;
       await drain(req);
       const pause = path.endsWith('pause');
-      const { persisted } = await src.forwarder.setPaused(pause);
-      sendJson(res, 200, { forwarding: pause ? 'paused' : 'running', persisted });
+      const q = new URLSearchParams((req.url ?? '').split('?')[1] ?? '');
+      const only = q.get('destination');
+      if (only !== null && !src.forwarders.has(only)) {
+        sendJson(res, 404, {
+          error: 'no_such_destination',
+          detail: `no destination ${JSON.stringify(only)} (destinations: ${[...src.forwarders.keys()].join(', ')})`,
+        });
+        return true;
+      }
+      let persisted = true;
+      for (const [name, f] of src.forwarders) {
+        if (only !== null && name !== only) continue;
+        persisted = (await f.setPaused(pause)).persisted && persisted;
+      }
+      sendJson(res, 200, {
+        forwarding: pause ? 'paused' : 'running',
+        persisted,
+        ...(only !== null ? { destination: only } : {}),
+      });
       return true;
     }
     return false;

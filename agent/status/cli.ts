@@ -51,7 +51,16 @@ export function statusUrl(cfg: Config): string | null {
 }
 
 export function exitCodeFor(s: AgentStatus): number {
-  return HEALTHY_LINK_STATES.has(s.link?.state) ? STATUS_EXIT.healthy : STATUS_EXIT.degraded;
+  return unhealthyLinks(s).length === 0 ? STATUS_EXIT.healthy : STATUS_EXIT.degraded;
+}
+
+/** Links not healthy: the one link, or each destination's ("cloud down"). */
+function unhealthyLinks(s: AgentStatus): string[] {
+  if (s.destinations && s.destinations.length > 0)
+    return s.destinations
+      .filter((d) => !HEALTHY_LINK_STATES.has(d.link.state))
+      .map((d) => `${d.name} ${d.link.state}`);
+  return HEALTHY_LINK_STATES.has(s.link?.state) ? [] : [s.link?.state ?? 'unknown'];
 }
 
 async function fetchStatus(url: string, dispatcher?: Dispatcher): Promise<Fetched> {
@@ -116,6 +125,16 @@ export function formatStatus(s: AgentStatus, now = Date.now()): string {
       `         last error${s.link.last_error_at ? ` at ${s.link.last_error_at}` : ''}: ${s.link.last_error}`,
     );
   if (s.link.last_forward_at) lines.push(`         last forward ${s.link.last_forward_at}`);
+  for (const d of s.destinations ?? []) {
+    const held = [d.lanes.bulk.held_from_seq, d.lanes.priority.held_from_seq].filter(
+      (x): x is number => x !== null,
+    );
+    lines.push(
+      `dest     ${d.name}: ${d.link.state} since ${d.link.since}, backlog ${count(d.backlog.events)} events${d.backlog.events === 0 ? '' : d.backlog.eta_seconds === null ? ', eta unknown' : `, eta ${human(d.backlog.eta_seconds * 1000)}`}${d.routes.length > 0 ? `, routes ${d.routes.join(',')}` : ''}${held.length > 0 ? `, open windows hold from seq ${Math.min(...held)}` : ''}${d.dead_letters > 0 ? `, ${count(d.dead_letters)} dead-lettered` : ''}${d.dropped_events > 0 ? `, ${count(d.dropped_events)} dropped` : ''}`,
+    );
+    if (d.link.last_error && !HEALTHY_LINK_STATES.has(d.link.state))
+      lines.push(`         ${d.name} last error: ${d.link.last_error}`);
+  }
   lines.push(
     `backlog  ${count(b.events)} events, ${formatBytes(b.bytes)}${b.oldest_age_seconds !== null ? `, oldest ${human(b.oldest_age_seconds * 1000)} old` : ''}${eta(s)}`,
     `rates    in ${rate(s.rates.ingest_events_per_second)}, out ${rate(s.rates.forward_events_per_second)}`,
@@ -135,7 +154,7 @@ export function formatStatus(s: AgentStatus, now = Date.now()): string {
     );
   for (const w of s.warnings ?? []) lines.push(`warning  ${w}`);
   lines.push(
-    `health   ${exitCodeFor(s) === STATUS_EXIT.healthy ? 'healthy' : `degraded: Kafka link ${s.link.state}`}`,
+    `health   ${exitCodeFor(s) === STATUS_EXIT.healthy ? 'healthy' : s.destinations?.length ? `degraded: ${unhealthyLinks(s).join(', ')}` : `degraded: Kafka link ${s.link.state}`}`,
   );
   return lines.join('\n');
 }

@@ -4,12 +4,12 @@
  */
 import type { EventLog } from '../log/types.ts';
 import type { ForwarderStatus } from '../forward/forwarder.ts';
-import type { LinkChange } from '../forward/link.ts';
 import type { MqttBrokerStatus } from '../ingest/mqtt-broker.ts';
 import type { MqttClientStatus } from '../ingest/mqtt-client.ts';
 import type { DropSummary } from '../observe/drops.ts';
-import type { LinkState } from '../observe/metrics.ts';
 import { CounterSampler } from '../observe/sampler.ts';
+import type { DestinationStatus } from './destinations.ts';
+import { type BacklogSection, type LinkSection, linkSection } from './link-section.ts';
 
 /**
  * The status document: what GET /v1/status answers (snake_case JSON), what `kedge
@@ -20,29 +20,8 @@ export interface AgentStatus {
   agent_id: string;
   version: string;
   uptime_seconds: number;
-  link: {
-    state: LinkState;
-    since: string;
-    last_error: string | null;
-    last_error_at: string | null;
-    last_forward_at: string | null;
-    paused: boolean;
-    consecutive_failures: number;
-    rate_cap_bytes_per_second: number | null;
-    wire_bytes_per_second: number | null;
-    batch_bytes: number;
-    /** null when no transfer windows are configured (always open). */
-    window: { open: boolean; next_change_at: string | null } | null;
-    /** Most recent last. */
-    history: LinkChange[];
-  };
-  backlog: {
-    events: number;
-    bytes: number;
-    oldest_age_seconds: number | null;
-    /** 0: nothing to drain; null: not draining (link down, paused, or nothing forwarded lately). */
-    eta_seconds: number | null;
-  };
+  link: LinkSection;
+  backlog: BacklogSection;
   rates: { ingest_events_per_second: number; forward_events_per_second: number };
   log: { last_seq: number; cursor: number; commits: number };
   dead_letters: {
@@ -55,6 +34,8 @@ export interface AgentStatus {
   disk: { bytes: number | null; quota_bytes: number | null; used_ratio: number | null };
   warnings: string[];
   mqtt: { client: MqttClientStatus | null; broker: MqttBrokerStatus | null };
+  /** Several destinations (KEDGE_DESTINATIONS) or routes: one entry each; else absent. `link` is the first's. */
+  destinations?: DestinationStatus[];
   /** null when KEDGE_HEARTBEAT_TOPIC is not set. */
   heartbeat: HeartbeatStatus | null;
 }
@@ -75,6 +56,8 @@ export interface StatusSources {
   startedAt: number;
   log: EventLog;
   forwarder: () => ForwarderStatus;
+  /** Several destinations or routes: their sections. */
+  destinations?: (() => DestinationStatus[]) | null;
   config: Record<string, unknown>;
   warnings: () => string[];
   /** What the log dropped (quota, retention) since start; without it only the count is shown. */
@@ -139,23 +122,7 @@ export function buildStatus(src: StatusSources, rates: RateMeter): AgentStatus {
     agent_id: src.agentId,
     version: src.version,
     uptime_seconds: Math.round((now - src.startedAt) / 1000),
-    link: {
-      state: fwd.state,
-      since: fwd.since,
-      last_error: fwd.lastError,
-      last_error_at: fwd.lastErrorAt,
-      last_forward_at: fwd.lastForwardAt,
-      paused: fwd.paused,
-      consecutive_failures: fwd.consecutiveFailures,
-      rate_cap_bytes_per_second: fwd.rateCapBytesPerSecond,
-      wire_bytes_per_second: fwd.wireBytesPerSecond,
-      batch_bytes: fwd.batchBytes,
-      window:
-        fwd.window === null
-          ? null
-          : { open: fwd.window.open, next_change_at: fwd.window.nextChangeAt },
-      history: fwd.history,
-    },
+    link: linkSection(fwd),
     backlog: {
       events: s.backlogEvents,
       bytes: s.backlogBytes,
@@ -195,6 +162,7 @@ export function buildStatus(src: StatusSources, rates: RateMeter): AgentStatus {
     warnings: src.warnings(),
     mqtt: src.mqtt(),
     heartbeat: src.heartbeat(),
+    ...(src.destinations ? { destinations: src.destinations() } : {}),
   };
 }
 

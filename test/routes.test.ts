@@ -1,0 +1,290 @@
+/**
+ * Routes and two destinations against two real Kafka clusters, "site" and "cloud":
+ * `sensors.# -> site` raw, and `sensors.# -> cloud | deadband temp 0.5 | window 60s …`.
+ * 1 Hz readings from 50 keys over simulated time (the log's clock is injected), with the cloud
+ * cluster stopped for a long stretch in the middle while the site keeps draining. Checked:
+ * - the site gets every raw event, in order per key;
+ * - the cloud aggregates equal an independent computation (test/tools/route-reference.py)
+ *   over the raw records read back from the site cluster with kcat: every window exactly once
+ *   by kedge-id, in order per key, with the same values;
+ * - during the outage the site link is up and drained while the cloud is down with a backlog,
+ *   and the log keeps those events for the cloud; afterwards it keeps only what open windows hold;
+ * - per-destination status, metrics (`destination` label), and pause of one destination.
+ */
+import t from 'tap';
+import { spawnSync } from 'node:child_process';
+import { join } from 'node:path';
+import { Writable } from 'node:stream';
+import { startKafka } from '../scripts/kafka/kafka.ts';
+import { loadConfig } from '../agent/config.ts';
+import { Agent } from '../agent/agent.ts';
+import { createLogger } from '../agent/observe/logger.ts';
+import { consume, type KcatRecord } from './helpers/kcat.ts';
+import { cleanup, freeLoopbackPort, post, REPO, sleep, tempDir } from './helpers/agent.ts';
+
+const [site, cloud] = await Promise.all([startKafka({ brokers: 1 }), startKafka({ brokers: 1 })]);
+t.teardown(async () => {
+  await Promise.all([site.stop(), cloud.stop()]);
+});
+
+const KEYS = 50;
+const SECONDS = Number(process.env.KEDGE_ROUTES_SECONDS ?? 3_600);
+const OUTAGE = [Math.floor(SECONDS / 3), Math.floor((2 * SECONDS) / 3)];
+const WINDOW_MS = 60_000;
+const AGENT = 'routes-agent';
+
+async function status(base: string): Promise<any> {
+  return (await fetch(`${base}/v1/status`)).json();
+}
+
+async function until<T>(what: string, ms: number, check: () => Promise<T | undefined>): Promise<T> {
+  const deadline = Date.now() + ms;
+  for (;;) {
+    const v = await check();
+    if (v !== undefined) return v;
+    if (Date.now() > deadline) throw new Error(`timed out after ${ms} ms waiting for ${what}`);
+    await sleep(200);
+  }
+}
+
+/** A reading per key and second: a slow random walk, so the deadband lets some through. */
+function temps(): (key: number, s: number) => number {
+  const cur = Array.from({ length: KEYS }, (_, k) => 15 + k / 10);
+  let x = 12345;
+  const rnd = () => {
+    x = (x * 1103515245 + 12345) % 2 ** 31;
+    return x / 2 ** 31;
+  };
+  return (key) => {
+    cur[key] = Math.round((cur[key] + (rnd() - 0.5) * 0.6) * 100) / 100;
+    return cur[key];
+  };
+}
+
+const dest = (s: any, name: string) => s.destinations.find((d: any) => d.name === name);
+
+t.test('raw to site, deadband + window to cloud; cloud down for a third of the run', async (t) => {
+  const dir = tempDir();
+  const port = await freeLoopbackPort();
+  const lines: string[] = [];
+  const logSink = new Writable({
+    write(chunk, _enc, cb) {
+      lines.push(...chunk.toString().split('\n').filter(Boolean));
+      cb();
+    },
+  });
+  // Aligned to a minute, so window boundaries are easy to read in a failure.
+  const t0 = Math.ceil(Date.now() / WINDOW_MS) * WINDOW_MS;
+  let fakeNow = t0;
+  const cfg = loadConfig({
+    KEDGE_DATA_DIR: dir,
+    KEDGE_AGENT_ID: AGENT,
+    KEDGE_HTTP_LISTEN: `127.0.0.1:${port}`,
+    KEDGE_HEARTBEAT_TOPIC: '',
+    KEDGE_DESTINATIONS: 'site,cloud',
+    KEDGE_SITE_KAFKA_BROKERS: site.bootstrap,
+    KEDGE_CLOUD_KAFKA_BROKERS: cloud.bootstrap,
+    KEDGE_CLOUD_COMPRESSION: 'zstd',
+    KEDGE_ROUTE_RAW: 'sensors.# -> site',
+    KEDGE_ROUTE_AGG:
+      'sensors.# -> cloud | deadband temp 0.5 | window 60s mean(temp) max(temp) count() | topic cloud.minutes',
+  });
+  const agent = new Agent(cfg, createLogger('info', logSink), {
+    logNow: () => fakeNow,
+    backoffMinMs: 100,
+    backoffMaxMs: 1_000,
+  });
+  await agent.start();
+  t.teardown(async () => {
+    await agent.stop();
+    cleanup(dir);
+  });
+  const base = `http://127.0.0.1:${port}`;
+
+  const temp = temps();
+  let outageStatus: any = null;
+  for (let s = 0; s < SECONDS; s++) {
+    fakeNow = t0 + s * 1_000;
+    if (s === OUTAGE[0]) await cloud.stopNode(cloud.nodes[0].id);
+    if (s === OUTAGE[1]) {
+      // Before the cloud comes back: the site has drained, the cloud waits, the log keeps its events.
+      outageStatus = await until('site drained during the outage', 60_000, async () => {
+        const st = await status(base);
+        return dest(st, 'site').backlog.events === 0 && dest(st, 'cloud').link.state === 'down'
+          ? st
+          : undefined;
+      });
+      await cloud.startNode(cloud.nodes[0].id);
+    }
+    const records = Array.from({ length: KEYS }, (_, k) => ({
+      key: `k${k}`,
+      value: { temp: temp(k, s), s },
+    }));
+    const r = await post(
+      `${base}/topics/sensors.temp`,
+      JSON.stringify({ records }),
+      'application/vnd.kafka.json.v2+json',
+    );
+    if (r.status !== 200) throw new Error(`ingest: ${r.status} ${JSON.stringify(r.body)}`);
+  }
+  // Let the last window close: time passes with nothing new.
+  fakeNow = t0 + SECONDS * 1_000 + WINDOW_MS;
+  const total = KEYS * SECONDS;
+
+  t.test('during the outage', async (t) => {
+    const s = outageStatus;
+    t.equal(dest(s, 'site').link.state, 'up', 'site link up');
+    t.equal(dest(s, 'site').backlog.events, 0, 'site drained');
+    t.equal(dest(s, 'cloud').link.state, 'down', 'cloud link down');
+    const cloudBacklog = dest(s, 'cloud').backlog.events;
+    t.ok(
+      cloudBacklog >= KEYS * (OUTAGE[1] - OUTAGE[0]) * 0.9,
+      `the cloud's backlog holds the outage's events (${cloudBacklog})`,
+    );
+    t.ok(s.backlog.events >= cloudBacklog, `the log keeps them (${s.backlog.events})`);
+    t.equal(s.link.state, dest(s, 'site').link.state, 'top-level link is the first destination');
+  });
+
+  const raw = await consume(site.bootstrap, 'sensors.temp', { expect: total, timeoutMs: 120_000 });
+  t.equal(raw.length, total, 'the site cluster has every raw event');
+  const seqOf = (r: KcatRecord) => Number(r.headers['kedge-id'].split(':').pop());
+  const perKey = new Map<string, number[]>();
+  for (const r of raw) {
+    const k = r.key!.toString();
+    const list = perKey.get(k) ?? [];
+    list.push(JSON.parse(r.value.toString()).s);
+    perKey.set(k, list);
+  }
+  t.ok(
+    [...perKey.values()].every((l) => l.every((s, i) => s === i)),
+    'site: every key in order, none missing, none twice',
+  );
+
+  // The independent computation, over what the site cluster holds.
+  const input = raw
+    .map((r) =>
+      JSON.stringify({
+        seq: seqOf(r),
+        key: r.key!.toString(),
+        ts: Number(r.headers['kedge-ingest-ts']),
+        value: r.value.toString(),
+      }),
+    )
+    .join('\n');
+  const py = spawnSync(
+    'python3',
+    [
+      join(REPO, 'test/tools/route-reference.py'),
+      AGENT,
+      'cloud',
+      'agg',
+      'temp',
+      '0.5',
+      String(WINDOW_MS),
+      String(fakeNow),
+    ],
+    { input, encoding: 'utf8', maxBuffer: 1 << 28 },
+  );
+  t.equal(py.status, 0, `reference computation ran ${py.stderr}`);
+  const want = JSON.parse(py.stdout) as Record<string, Record<string, unknown>>;
+  const wantIds = Object.keys(want);
+  t.ok(wantIds.length >= KEYS * (SECONDS / 60 - 1), `${wantIds.length} windows expected`);
+
+  const got = await consume(cloud.bootstrap, 'cloud.minutes', {
+    expect: wantIds.length,
+    timeoutMs: 180_000,
+  });
+  const byId = new Map<string, KcatRecord[]>();
+  for (const r of got) {
+    const id = r.headers['kedge-id'];
+    byId.set(id, [...(byId.get(id) ?? []), r]);
+  }
+  const missing = wantIds.filter((id) => !byId.has(id));
+  const extra = [...byId.keys()].filter((id) => !(id in want));
+  t.same(missing, [], 'every window reached the cloud');
+  t.same(extra, [], 'no window the reference does not have');
+  const different = wantIds.filter((id) =>
+    (byId.get(id) ?? []).some(
+      (r) => JSON.stringify(JSON.parse(r.value.toString())) !== JSON.stringify(want[id]),
+    ),
+  );
+  t.same(different.slice(0, 3), [], 'every window has the reference values');
+  const twice = [...byId.values()].filter((l) => l.length > 1).length;
+  t.equal(twice, 0, 'every window exactly once');
+  const order = new Map<string, number>();
+  let outOfOrder = 0;
+  for (const r of got) {
+    const k = `${r.partition}/${r.key!.toString()}`;
+    const start = JSON.parse(r.value.toString()).window_start as number;
+    if ((order.get(k) ?? -1) >= start) outOfOrder++;
+    order.set(k, start);
+  }
+  t.equal(outOfOrder, 0, 'windows in order per key');
+  t.same(
+    got.filter((r) => r.key?.toString() !== r.headers['kedge-id'].split(':')[3]).slice(0, 2),
+    [],
+    'aggregates keep the key',
+  );
+
+  const s = await until('cloud drained', 60_000, async () => {
+    const st = await status(base);
+    return dest(st, 'cloud').backlog.events === 0 ? st : undefined;
+  });
+  t.equal(s.backlog.events, 0, 'afterwards the log holds nothing the cloud still needs');
+  t.same(dest(s, 'cloud').routes, ['agg'], 'status names the routes');
+  const metrics = await (await fetch(`${base}/metrics`)).text();
+  t.match(
+    metrics,
+    /kedge_forwarded_events_total\{topic="sensors\.temp",destination="site"\} \d+/,
+    'forwarded per destination',
+  );
+  t.match(metrics, /kedge_route_filtered_events_total\{route="agg",step="deadband"\} \d+/);
+  t.match(metrics, /kedge_destination_link_state\{destination="cloud",state="up"\} 1/);
+
+  t.test('pause one destination: the other keeps flowing', async (t) => {
+    const r = await fetch(`${base}/v1/forwarding/pause?destination=cloud`, { method: 'POST' });
+    t.equal(r.status, 200);
+    const before = (await consume(cloud.bootstrap, 'cloud.minutes', { timeoutMs: 10_000 })).length;
+    for (let s = SECONDS + 60; s < SECONDS + 240; s++) {
+      fakeNow = t0 + s * 1_000;
+      const records = Array.from({ length: KEYS }, (_, k) => ({
+        key: `k${k}`,
+        value: { temp: k + (s % 7), s },
+      }));
+      await post(
+        `${base}/topics/sensors.temp`,
+        JSON.stringify({ records }),
+        'application/vnd.kafka.json.v2+json',
+      );
+    }
+    fakeNow += 2 * WINDOW_MS;
+    await consume(site.bootstrap, 'sensors.temp', {
+      expect: total + KEYS * 180,
+      timeoutMs: 60_000,
+    });
+    const st = await status(base);
+    t.equal(dest(st, 'cloud').link.state, 'paused', 'cloud paused');
+    t.equal(dest(st, 'site').backlog.events, 0, 'site drained while the cloud is paused');
+    t.ok(dest(st, 'cloud').backlog.events > 0, 'the cloud waits');
+    t.equal(
+      (await consume(cloud.bootstrap, 'cloud.minutes', { timeoutMs: 5_000 })).length,
+      before,
+      'nothing reached the cloud while paused',
+    );
+    const bad = await fetch(`${base}/v1/forwarding/pause?destination=mars`, { method: 'POST' });
+    t.equal(bad.status, 404, 'an unknown destination is refused');
+    await fetch(`${base}/v1/forwarding/resume?destination=cloud`, { method: 'POST' });
+    await until('cloud resumed and drained', 60_000, async () => {
+      const x = await status(base);
+      return dest(x, 'cloud').backlog.events === 0 ? x : undefined;
+    });
+    const after = await consume(cloud.bootstrap, 'cloud.minutes', {
+      expect: before + 3 * KEYS,
+      timeoutMs: 30_000,
+    });
+    t.ok(
+      after.length >= before + 3 * KEYS,
+      `the paused windows arrive after resume (${after.length - before})`,
+    );
+  });
+});
