@@ -14,6 +14,7 @@ import { mqttIngest } from './mqtt.ts';
 import { executable } from './executable.ts';
 import { codecs } from './codecs.ts';
 import { rateDrain } from './rate-drain.ts';
+import { routes } from './routes.ts';
 
 export const SCENARIOS: readonly Scenario[] = [
   ingestNdjson,
@@ -25,4 +26,5 @@ export const SCENARIOS: readonly Scenario[] = [
   executable,
   codecs,
   rateDrain,
+  routes,
 ];
