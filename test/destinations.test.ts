@@ -11,29 +11,14 @@ import { loadConfig } from '../agent/config.ts';
 import { Agent } from '../agent/agent.ts';
 import { createLogger } from '../agent/observe/logger.ts';
 import { consume } from './helpers/kcat.ts';
-import { cleanup, freeLoopbackPort, post, REPO, sleep, tempDir } from './helpers/agent.ts';
+import { cleanup, freeLoopbackPort, post, REPO, tempDir } from './helpers/agent.ts';
+import { destOf, statusOf, until } from './helpers/routes.ts';
 import { run } from './helpers/proc.ts';
 
 const [site, cloud] = await Promise.all([startKafka({ brokers: 1 }), startKafka({ brokers: 1 })]);
 t.teardown(async () => {
   await Promise.all([site.stop(), cloud.stop()]);
 });
-
-async function status(base: string): Promise<any> {
-  return (await fetch(`${base}/v1/status`)).json();
-}
-
-async function until<T>(what: string, ms: number, check: () => Promise<T | undefined>): Promise<T> {
-  const deadline = Date.now() + ms;
-  for (;;) {
-    const v = await check();
-    if (v !== undefined) return v;
-    if (Date.now() > deadline) throw new Error(`timed out after ${ms} ms waiting for ${what}`);
-    await sleep(200);
-  }
-}
-
-const dest = (s: any, name: string) => s.destinations.find((d: any) => d.name === name);
 
 t.test('each destination has its own windows, rate cap and dead letters', async (t) => {
   // The cloud refuses records over 2,000 bytes on this topic; the site takes them.
@@ -81,13 +66,13 @@ t.test('each destination has its own windows, rate cap and dead letters', async 
   }
   const atSite = await consume(site.bootstrap, 'bulk', { expect: N, timeoutMs: 30_000 });
   t.equal(atSite.length, N, 'the site has everything while the cloud is outside its window');
-  let s = await status(base);
-  t.equal(dest(s, 'cloud').link.state, 'outside-window', 'the cloud waits for its window');
-  t.equal(dest(s, 'site').link.state, 'up');
-  t.equal(dest(s, 'cloud').backlog.events, N, 'the cloud backlog');
+  let s = await statusOf(base);
+  t.equal(destOf(s, 'cloud').link.state, 'outside-window', 'the cloud waits for its window');
+  t.equal(destOf(s, 'site').link.state, 'up');
+  t.equal(destOf(s, 'cloud').backlog.events, N, 'the cloud backlog');
   t.equal(s.backlog.events, N, 'the log keeps them for the cloud');
-  t.equal(dest(s, 'cloud').link.rate_cap_bytes_per_second, RATE);
-  t.equal(dest(s, 'site').link.rate_cap_bytes_per_second, null, 'no cap on the site');
+  t.equal(destOf(s, 'cloud').link.rate_cap_bytes_per_second, RATE);
+  t.equal(destOf(s, 'site').link.rate_cap_bytes_per_second, null, 'no cap on the site');
   t.equal((await consume(cloud.bootstrap, 'bulk', { timeoutMs: 3_000 })).length, 0);
 
   const out = await run(process.execPath, [join(REPO, 'agent/cli.ts'), '--', 'status'], {
@@ -105,8 +90,8 @@ t.test('each destination has its own windows, rate cap and dead letters', async 
   const t0 = Date.now();
   fakeNow = noon.getTime() + 11 * 3_600_000;
   s = await until('cloud drained', 120_000, async () => {
-    const x = await status(base);
-    return dest(x, 'cloud').backlog.events === 0 ? x : undefined;
+    const x = await statusOf(base);
+    return destOf(x, 'cloud').backlog.events === 0 ? x : undefined;
   });
   const seconds = (Date.now() - t0) / 1000;
   const atCloud = await consume(cloud.bootstrap, 'bulk', { expect: N, timeoutMs: 30_000 });
@@ -133,8 +118,8 @@ t.test('each destination has its own windows, rate cap and dead letters', async 
     'the site has all three',
   );
   s = await until('cloud past the refused record', 60_000, async () => {
-    const x = await status(base);
-    return dest(x, 'cloud').backlog.events === 0 ? x : undefined;
+    const x = await statusOf(base);
+    return destOf(x, 'cloud').backlog.events === 0 ? x : undefined;
   });
   const cloudDl = await consume(cloud.bootstrap, 'dl', { expect: 2, timeoutMs: 30_000 });
   t.same(
@@ -142,8 +127,8 @@ t.test('each destination has its own windows, rate cap and dead letters', async 
     [1, 3],
     'the cloud has the two it takes, in order',
   );
-  t.equal(dest(s, 'cloud').dead_letters, 1, 'one dead letter for the cloud');
-  t.equal(dest(s, 'site').dead_letters, 0, 'none for the site');
+  t.equal(destOf(s, 'cloud').dead_letters, 1, 'one dead letter for the cloud');
+  t.equal(destOf(s, 'site').dead_letters, 0, 'none for the site');
   t.equal(s.backlog.events, 0, 'the log is done with it');
   const metrics = await (await fetch(`${base}/metrics`)).text();
   t.match(

@@ -7,11 +7,10 @@
  * acknowledged event at the site.
  */
 import t from 'tap';
-import { spawnSync } from 'node:child_process';
-import { join } from 'node:path';
 import { startKafka } from '../scripts/kafka/kafka.ts';
 import { consume, type KcatRecord } from './helpers/kcat.ts';
-import { AgentProc, cleanup, post, REPO, sleep, tempDir } from './helpers/agent.ts';
+import { AgentProc, cleanup, post, sleep, tempDir } from './helpers/agent.ts';
+import { routeReference } from './helpers/routes.ts';
 
 const [site, cloud] = await Promise.all([startKafka({ brokers: 1 }), startKafka({ brokers: 1 })]);
 const dir = tempDir();
@@ -98,32 +97,15 @@ t.test(
       `every acknowledged event reached the site (${acked.size} acknowledged, ${raw.length - byId.size} resent)`,
     );
 
-    const input = [...byId.values()]
-      .map((r) =>
-        JSON.stringify({
-          seq: Number(r.headers['kedge-id'].split(':').pop()),
-          key: r.key!.toString(),
-          ts: Number(r.headers['kedge-ingest-ts']),
-          value: r.value.toString(),
-        }),
-      )
-      .join('\n');
-    const py = spawnSync(
-      'python3',
-      [
-        join(REPO, 'test/tools/route-reference.py'),
-        'crash-agent',
-        'cloud',
-        'agg',
-        'temp',
-        '0.5',
-        '2000',
-        String(until),
-      ],
-      { input, encoding: 'utf8', maxBuffer: 1 << 28 },
-    );
-    t.equal(py.status, 0, `reference computation ran ${py.stderr}`);
-    const want = JSON.parse(py.stdout) as Record<string, unknown>;
+    const want = routeReference([...byId.values()], {
+      agent: 'crash-agent',
+      destination: 'cloud',
+      route: 'agg',
+      field: 'temp',
+      delta: 0.5,
+      windowMs: 2_000,
+      until,
+    });
     const wantIds = Object.keys(want);
     t.ok(wantIds.length > KEYS * 5, `${wantIds.length} windows expected`);
 

@@ -502,3 +502,61 @@ for (const driver of ['sqlite', 'wasm'] as const) {
     },
   );
 }
+
+t.test(
+  'quota drops with two destinations: counted for the one that had not sent them, never what it is sending',
+  async (t) => {
+    const dir = tempDir('kedge-routes-');
+    const log = await openLog({
+      dir,
+      driver: 'sqlite',
+      sync: 'normal',
+      quotaBytes: 2 * 1024 * 1024,
+    });
+    t.teardown(async () => {
+      await log.close();
+      cleanup(dir);
+    });
+    const [fast, slow] = log.destinations(['fast', 'slow']);
+    // The slow destination reads the first 10 events and keeps them in flight (no answer yet).
+    await log.append(
+      Array.from({ length: 10 }, (_, i) => ({
+        topic: 't',
+        key: null,
+        value: Buffer.from(`first-${i}`),
+        source: 'http' as const,
+      })),
+    );
+    const inFlight = slow.readBatch(0, 10, 1 << 20, 'bulk');
+    t.equal(inFlight.length, 10);
+    let n = 10;
+    for (let round = 0; round < 100; round++) {
+      const batch = Array.from({ length: 40 }, () => ({
+        topic: 't',
+        key: null,
+        value: Buffer.from(JSON.stringify({ n: n++, pad: 'p'.repeat(1_000) })),
+        source: 'http' as const,
+      }));
+      await log.append(batch);
+      // The fast one forwards everything at once.
+      const all = fast.readBatch(fast.lanes().bulk.cursor, 10_000, 1 << 30, 'bulk');
+      if (all.length > 0) fast.ack(all.at(-1)!.seq, 'bulk', { state: null, keep: null });
+    }
+    await new Promise((r) => setTimeout(r, 300));
+    const f = fast.lanes().bulk;
+    const s = slow.lanes().bulk;
+    t.equal(f.dropped, 0, 'the fast destination lost nothing (it had everything)');
+    t.ok(s.dropped > 0, `the slow one counts what it lost (${s.dropped})`);
+    t.equal(s.dropped + s.backlogEvents, n, 'the slow one: dropped + still to send = appended');
+    t.same(
+      slow.readBatch(0, 10, 1 << 20, 'bulk').map((e) => e.value.toString()),
+      inFlight.map((e) => e.value.toString()),
+      'what it was sending was not dropped',
+    );
+    t.equal(
+      log.stats().droppedEvents,
+      s.dropped,
+      'the log dropped only events the slow one had not sent',
+    );
+  },
+);

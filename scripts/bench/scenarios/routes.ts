@@ -64,7 +64,8 @@ async function uplink(
   seconds: number,
 ): Promise<{ raw: number; agg: number; rawRecords: number; aggRecords: number }> {
   const port = await freePort('127.0.0.1');
-  const t0 = Math.ceil(Date.now() / 60_000) * 60_000;
+  // In the past: a broker refuses records stamped more than an hour ahead of its clock.
+  const t0 = Math.floor((Date.now() - (seconds + 600) * 1_000) / 60_000) * 60_000;
   let now = t0;
   const cfg = loadConfig({
     KEDGE_DATA_DIR: dataDir,
