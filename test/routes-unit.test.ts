@@ -8,7 +8,7 @@
  */
 import t from 'tap';
 import fc from 'fast-check';
-import { loadConfig, ConfigError, formatConfig } from '../agent/config.ts';
+import { loadConfig, ConfigError, formatConfig, redactedConfig } from '../agent/config.ts';
 import { parseEnvFile } from '../agent/env-file.ts';
 import { parseRoute, RouteSyntaxError, topicMatcher } from '../agent/route-syntax.ts';
 import { RoutePipeline } from '../agent/route/pipeline.ts';
@@ -230,6 +230,10 @@ t.test(
     );
     const text = formatConfig(cfg);
     t.notOk(text.includes('secret-pw'), 'a destination password is redacted');
+    t.notOk(
+      JSON.stringify(redactedConfig(cfg)).includes('secret-pw'),
+      'and in the config /v1/status shows',
+    );
     const back = loadConfig({
       ...parseEnvFile(text, 'check-config output').vars,
       KEDGE_CLOUD_KAFKA_PASSWORD: 'secret-pw',
