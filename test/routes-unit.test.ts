@@ -17,6 +17,9 @@ import { openLog } from '../agent/log/index.ts';
 import type { StoredEvent } from '../agent/log/types.ts';
 import { cleanup, tempDir } from './helpers/agent.ts';
 
+const SEED = Number(process.env.FUZZ_SEED ?? 2026_12_02);
+t.comment(`fast-check seed ${SEED} (FUZZ_SEED=${SEED} replays)`);
+
 const ev = (
   seq: number,
   ts: number,
@@ -199,7 +202,7 @@ t.test(
             !/at .*\.ts:\d+/.test(line),
         );
       }),
-      { numRuns: 2_000 },
+      { seed: SEED, numRuns: 2_000 },
     );
 
     // A valid setup reads back from check-config's output to the same config.
@@ -414,7 +417,7 @@ t.test(
           return JSON.stringify(got) === JSON.stringify(want);
         },
       ),
-      { numRuns: 300 },
+      { seed: SEED, numRuns: 300 },
     );
     t.pass('300 random logs, cut and restarted at random: the same records as one pass');
   },
@@ -459,8 +462,9 @@ for (const driver of ['sqlite', 'wasm'] as const) {
               ].map(key);
               const delivered: string[] = [];
               let cursor = view.stats().lanes.bulk.cursor;
-              for (let step = 0; step < script.length + 400; step++) {
-                const action = script[step % script.length];
+              // The script's failures and restarts, then acknowledgements until drained.
+              for (let step = 0; step < script.length + 10_000; step++) {
+                const action = step < script.length ? script[step] : 'ack';
                 if (action === 'restart') {
                   await log.close();
                   log = await openLog({ dir, driver, sync: 'normal', now: () => clock });
@@ -498,7 +502,7 @@ for (const driver of ['sqlite', 'wasm'] as const) {
             }
           },
         ),
-        { numRuns: driver === 'wasm' ? 25 : 60 },
+        { seed: SEED, numRuns: driver === 'wasm' ? 25 : 60 },
       );
       t.pass(
         'every random script delivered every record, duplicates only of ids already delivered',

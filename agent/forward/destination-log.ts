@@ -146,6 +146,9 @@ class RoutedLane {
     this.handed.clear();
     this.filtered = new Map();
     this.lastHanded = this.cursor;
+    // The first batch after a rewind carries a full checkpoint: its acknowledgement saves
+    // progress, however soon another failure or a restart follows.
+    this.fullAt = Number.NEGATIVE_INFINITY;
   }
 
   /**
