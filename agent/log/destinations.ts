@@ -14,7 +14,7 @@
  * sends that part again, with the same kedge-ids).
  */
 import type { SqlStmt } from './driver.ts';
-import type { LaneState, Lanes, QueryOnce } from './lanes.ts';
+import type { LaneAdvance, LaneState, Lanes, QueryOnce } from './lanes.ts';
 import type { Prepare, Tx } from './tx.ts';
 import type { Checkpoint, Lane, LaneStats, StoredEvent } from './types.ts';
 
@@ -245,19 +245,11 @@ export class Destinations {
     const mine = checkpoint.keep === null ? seq : Math.min(seq, checkpoint.keep - 1);
     const floor = Math.min(others, mine);
     const moveFloor = Number.isFinite(floor) && floor > l.cursor;
-    let floorN = 0;
-    let floorBytes = 0;
-    let trimmed = l.trimmedUpTo;
+    let advance: LaneAdvance | null = null;
     try {
       tx.begin();
       this.#upsert.run([dest, lane, seq, checkpoint.keep, checkpoint.state]);
-      if (moveFloor) {
-        const agg = l.rangeStats.get([l.cursor, floor])!;
-        floorN = Number(agg.n);
-        floorBytes = Number(agg.bytes);
-        l.setCursor.run([floor]);
-        trimmed = trim(l, floor);
-      }
+      if (moveFloor) advance = l.advanceInTx(floor, trim);
       tx.commit();
     } catch (err) {
       tx.rollbackQuietly();
@@ -268,12 +260,8 @@ export class Destinations {
     c.saved = seq;
     c.keep = checkpoint.keep;
     c.state = checkpoint.state;
-    if (moveFloor) {
-      l.cursor = floor;
-      l.trimmedUpTo = trimmed;
-      l.shrink(floorN, floorBytes);
-    }
-    return floorN;
+    if (advance !== null) l.applyAdvance(advance);
+    return advance?.n ?? 0;
   }
 
   /** A record `dest` cannot deliver for good: a copy is kept in dest_dead_letters (the event stays for the others). */

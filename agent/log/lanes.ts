@@ -20,6 +20,16 @@ const EMPTY = Buffer.alloc(0);
 /** Runs one query once and returns its first row ({} when none). */
 export type QueryOnce = (sql: string, params?: unknown[]) => Row;
 
+/** A cursor move written in a transaction, applied to the counters once it committed. */
+export interface LaneAdvance {
+  seq: number;
+  /** Events and bytes that left the backlog. */
+  n: number;
+  bytes: number;
+  /** The new trimmed-up-to mark. */
+  trimmed: number;
+}
+
 /** One lane: its table, cursor row, statements and counters. */
 export class LaneState {
   readonly name: Lane;
@@ -136,26 +146,33 @@ export class LaneState {
    * counters follow once it committed. Returns how many events were forwarded.
    */
   ack(tx: Tx, seq: number, trim: (lane: LaneState, cursor: number) => number): number {
-    const from = this.cursor;
-    let n = 0;
-    let bytes = 0;
-    let trimmed = this.trimmedUpTo;
+    let a: LaneAdvance;
     try {
       tx.begin();
-      const agg = this.rangeStats.get([from, seq])!;
-      n = Number(agg.n);
-      bytes = Number(agg.bytes);
-      this.setCursor.run([seq]);
-      trimmed = trim(this, seq);
+      a = this.advanceInTx(seq, trim);
       tx.commit();
     } catch (err) {
       tx.rollbackQuietly();
       throw tx.writeError(err, 'acknowledge');
     }
-    this.cursor = seq;
-    this.trimmedUpTo = trimmed;
-    this.shrink(n, bytes);
-    return n;
+    this.applyAdvance(a);
+    return a.n;
+  }
+
+  /**
+   * Inside the caller's transaction: move the cursor row to `seq` and delete a first chunk of
+   * forwarded rows. The counters follow with applyAdvance once the transaction committed.
+   */
+  advanceInTx(seq: number, trim: (lane: LaneState, cursor: number) => number): LaneAdvance {
+    const agg = this.rangeStats.get([this.cursor, seq])!;
+    this.setCursor.run([seq]);
+    return { seq, n: Number(agg.n), bytes: Number(agg.bytes), trimmed: trim(this, seq) };
+  }
+
+  applyAdvance(a: LaneAdvance): void {
+    this.cursor = a.seq;
+    this.trimmedUpTo = a.trimmed;
+    this.shrink(a.n, a.bytes);
   }
 
   /**
