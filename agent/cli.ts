@@ -37,6 +37,8 @@ function fail(msg: string, code = 2): never {
   process.exit(code);
 }
 
+const NO_ARGS: Args = { command: 'run', envFile: null, json: false, watch: false, count: null };
+
 function parseArgs(argv: string[]): Args {
   const a: Args = { command: 'run', envFile: null, json: false, watch: false, count: null };
   let sawCommand = false;
@@ -168,8 +170,32 @@ async function run(args: Args): Promise<void> {
   process.on('SIGINT', () => onSignal('SIGINT'));
 }
 
+/**
+ * The operator's tools each parse their own arguments (they have options of their own), so a
+ * tool is one entry here and one module; `kedge <tool> --help` prints the tool's usage.
+ * A tool returns its exit code; it reaches the configuration through `config(envFile)`.
+ */
+export interface ToolContext {
+  /** The configuration from the environment and, if given, an env file; exits 2 on problems. */
+  config(envFile: string | null): Config;
+  fail(msg: string, code?: number): never;
+}
+type Tool = (argv: string[], ctx: ToolContext) => Promise<number>;
+const TOOLS: Record<string, Tool> = {};
+
 async function main(): Promise<void> {
-  const args = parseArgs(process.argv.slice(2));
+  const argv = process.argv
+    .slice(2)
+    .filter((x, i, all) => !(x === '--' && all.indexOf('--') === i));
+  const tool = argv[0] !== undefined ? TOOLS[argv[0]] : undefined;
+  if (tool) {
+    process.exitCode = await tool(argv.slice(1), {
+      config: (envFile) => loadOrExit({ ...NO_ARGS, envFile }),
+      fail,
+    });
+    return;
+  }
+  const args = parseArgs(argv);
   switch (args.command) {
     case 'run':
       return run(args);
