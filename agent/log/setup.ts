@@ -22,6 +22,7 @@ import { LogOpenError } from './types.ts';
  * systems, a bad copy, a stray `> kedge.db`): refuse it rather than start on nothing.
  */
 export function refuseEmptiedLog(dir: string, file: string): void {
+  refuseHalfSwapped(dir, file);
   let size: number;
   try {
     size = fs.statSync(file).size;
@@ -31,6 +32,23 @@ export function refuseEmptiedLog(dir: string, file: string): void {
   if (size === 0 && fs.existsSync(path.join(dir, RESERVE_FILE))) {
     throw damaged(file, 'the file is empty (0 bytes) but this data dir held a log before');
   }
+}
+
+/** Written by `kedge repair` before it starts swapping files, removed when done (repair.ts). */
+export const REPAIR_SWAP_FILE = 'kedge.repair-swap';
+
+/**
+ * A repair killed mid-swap can leave kedge.db = the damaged main file with its WAL moved
+ * aside: opening it would miss the WAL's events and hand their seqs out again. Only
+ * `kedge repair` knows how to finish the swap.
+ */
+function refuseHalfSwapped(dir: string, file: string): void {
+  const marker = path.join(dir, REPAIR_SWAP_FILE);
+  if (fs.existsSync(marker))
+    throw new LogOpenError(
+      `${file}: a kedge repair was interrupted while swapping in the repaired log (${marker} exists); run \`kedge repair\` (with the same --env-file) to complete it, then start kedge`,
+      'KEDGE_LOG_DAMAGED',
+    );
 }
 
 export function checkOptions(opts: LogOptions): void {
@@ -65,9 +83,10 @@ export function checkOptions(opts: LogOptions): void {
 
 function damaged(file: string, detail: string, cause?: unknown): LogOpenError {
   return new LogOpenError(
-    `${file} is damaged or not a kedge database (${detail}). Stop kedge, move it aside ` +
-      `(mv ${file} ${file}.damaged, and ${file}-wal if present) and start again: kedge then creates a new, empty log. ` +
-      `Events still in the damaged file are not forwarded.`,
+    `${file} is damaged or not a kedge database (${detail}). Run \`kedge repair\` (with the same --env-file): ` +
+      `it saves every readable event into a new log, keeps the damaged files aside and says what was lost. ` +
+      `Or move it aside (mv ${file} ${file}.damaged, and ${file}-wal if present) to start on a new, empty log ` +
+      `without the events still in it.`,
     'KEDGE_LOG_DAMAGED',
     { cause },
   );

@@ -110,6 +110,7 @@ for (const d of damages) {
     tt.match(msg, db, 'the message names the damaged file');
     tt.match(msg, /damaged|corrupt|not a kedge database/i, 'the message says the file is damaged');
     tt.match(msg, /mv |move it aside|restore/i, 'the message says what to do');
+    tt.match(msg, /kedge repair/, 'the message names `kedge repair`');
     tt.notMatch(msg, /kedge running/, 'kedge never reported running');
     tt.equal(
       existsSync(db) ? sha(db) : 'gone',
@@ -117,6 +118,43 @@ for (const d of damages) {
       'the damaged file is left exactly as it was (evidence kept, nothing overwritten)',
     );
     tt.comment(msg.trim().split('\n').slice(-2).join('\n'));
+
+    // What the message says to do: kedge repair, then start kedge again.
+    const rep = await run(
+      process.execPath,
+      [...NODE_FLAGS, join(REPO, 'agent/cli.ts'), 'repair', '--json'],
+      { env: { PATH: process.env.PATH ?? '', KEDGE_DATA_DIR: dir }, timeoutMs: 60_000 },
+    );
+    if (d.what === 'truncated to zero bytes') {
+      tt.equal(rep.code, 3, 'kedge repair: nothing readable, exit 3');
+      tt.equal(sha(db), before, 'the empty file is left as it was');
+      return;
+    }
+    tt.ok(rep.code === 0 || rep.code === 1, `kedge repair saved events (exit ${rep.code})`);
+    const report = JSON.parse(
+      rep.output.slice(rep.output.indexOf('{'), rep.output.lastIndexOf('}') + 1),
+    );
+    tt.ok(
+      report.events.saved > 0,
+      `${report.events.saved} events saved, ${report.lost.events} lost`,
+    );
+    tt.equal(
+      report.events.saved + report.lost.events,
+      EVENTS,
+      'saved + lost = every event the log held',
+    );
+    const aside = readdirSync(dir).find(
+      (f) => f.startsWith('kedge.db.damaged-') && !f.endsWith('-wal'),
+    );
+    tt.equal(aside && sha(join(dir, aside)), before, 'the damaged file is kept aside as it was');
+    const agent = await AgentProc.start({ env: { ...baseEnv, KEDGE_DATA_DIR: dir } });
+    const st = await agent.status();
+    await agent.stop();
+    tt.equal(
+      st.backlog.events,
+      report.events.saved,
+      'kedge starts again with the saved events as its backlog',
+    );
   });
 }
 
