@@ -7,6 +7,8 @@
 import t from 'tap';
 import { spawnSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
+import { request as httpRequest } from 'node:http';
+import { networkInterfaces } from 'node:os';
 import { join } from 'node:path';
 import mqtt from 'mqtt';
 import { Agent as UndiciAgent, request } from 'undici';
@@ -384,5 +386,122 @@ t.test(
     // `kedge status` shows the warnings too (and none here).
     const st = await run(CLI[0], [...CLI.slice(1), 'status'], { env, timeoutMs: 30_000 });
     t.notMatch(st.stdout, /warning/, '`kedge status` shows no warning');
+  },
+);
+
+/** This machine's first non-loopback IPv4 address (the agent sees it as another host), or null. */
+function otherHostAddress(): string | null {
+  for (const list of Object.values(networkInterfaces()))
+    for (const a of list ?? []) if (a.family === 'IPv4' && !a.internal) return a.address;
+  return null;
+}
+
+/** One request from `from` (the client socket bound there) to `host:port`: status and JSON body. */
+function requestFrom(
+  from: string,
+  host: string,
+  port: number,
+  method: string,
+  path: string,
+  headers: Record<string, string> = {},
+): Promise<{ status: number; body: any }> {
+  return new Promise((resolve, reject) => {
+    const req = httpRequest(
+      { host, port, method, path, localAddress: from, headers, timeout: 10_000 },
+      (res) => {
+        // A tap that is let in streams forever: the status is all this needs.
+        if (res.statusCode === 200 && path.startsWith('/v1/tap')) {
+          res.destroy();
+          resolve({ status: 200, body: null });
+          return;
+        }
+        let text = '';
+        res.setEncoding('utf8');
+        res.on('data', (c) => {
+          text += c;
+        });
+        res.on('end', () => {
+          let body: any = text;
+          try {
+            body = JSON.parse(text);
+          } catch {}
+          resolve({ status: res.statusCode ?? 0, body });
+        });
+      },
+    );
+    req.on('timeout', () => req.destroy(new Error(`${method} ${path}: no answer in 10 s`)));
+    req.on('error', reject);
+    req.end();
+  });
+}
+
+const otherHost = otherHostAddress();
+t.test(
+  'without a token, tap and dead letters answer loopback peers only (403 token_required from another host)',
+  {
+    skip:
+      otherHost === null &&
+      'no non-loopback address on this machine (test/dead-letters-unit.test.ts covers the rule)',
+  },
+  async (t) => {
+    const other = otherHost as string;
+    const port = await freeLoopbackPort();
+    const open = await AgentProc.start({
+      port,
+      env: { ...baseEnv(), KEDGE_HTTP_LISTEN: `0.0.0.0:${port}` },
+    });
+    t.teardown(() => open.stop());
+    const routes: [string, string][] = [
+      ['GET', '/v1/dead-letters'],
+      ['GET', '/v1/dead-letters/1'],
+      ['POST', '/v1/dead-letters/replay?all=1'],
+      ['POST', '/v1/dead-letters/purge?all=1'],
+      ['GET', '/v1/tap'],
+    ];
+    for (const [method, path] of routes) {
+      const r = await requestFrom(other, other, port, method, path);
+      t.equal(r.status, 403, `${method} ${path} from ${other}: 403`);
+      t.same(
+        r.body,
+        {
+          error: 'token_required',
+          detail: 'set KEDGE_HTTP_TOKEN to use /v1/tap and /v1/dead-letters from another host',
+        },
+        'with what to do',
+      );
+    }
+    t.equal(
+      (await requestFrom(other, other, port, 'GET', '/v1/status')).status,
+      200,
+      '/v1/status from another host still needs no token',
+    );
+    const local = await requestFrom('127.0.0.1', '127.0.0.1', port, 'GET', '/v1/dead-letters');
+    t.equal(local.status, 200, 'from 127.0.0.1 without a token: 200');
+    t.equal(local.body.total, 0);
+    t.equal(
+      (await requestFrom('127.0.0.1', '127.0.0.1', port, 'GET', '/v1/tap?limit=1')).status,
+      200,
+      'tap from 127.0.0.1: 200',
+    );
+
+    // With a token, the token decides, from anywhere.
+    const port2 = await freeLoopbackPort();
+    const token = 'tok-remote-ok';
+    const locked = await AgentProc.start({
+      port: port2,
+      env: { ...baseEnv(), KEDGE_HTTP_LISTEN: `0.0.0.0:${port2}`, KEDGE_HTTP_TOKEN: token },
+    });
+    t.teardown(() => locked.stop());
+    const auth = { authorization: `Bearer ${token}` };
+    t.equal(
+      (await requestFrom(other, other, port2, 'GET', '/v1/dead-letters', auth)).status,
+      200,
+      `token set: from ${other} with the token: 200`,
+    );
+    t.equal(
+      (await requestFrom(other, other, port2, 'GET', '/v1/dead-letters')).status,
+      401,
+      'and without it: 401',
+    );
   },
 );

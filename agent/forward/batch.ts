@@ -5,6 +5,7 @@
  */
 import { eventsBytes } from '../event-size.ts';
 import type { OutRecord } from '../kafka/producer.ts';
+import { INGEST_TS_HEADER, ingestTs, REPLAY_FOR_HEADER } from '../log/dead-letter-store.ts';
 import { LANES, type ForwardLog, type Lane, type StoredEvent } from '../log/types.ts';
 import type { Logger } from '../observe/logger.ts';
 
@@ -30,13 +31,20 @@ export function pickLane(
 /** The Kafka record for a stored event: prefixed topic, its headers plus kedge-id and kedge-ingest-ts. */
 export function toRecord(e: StoredEvent, agentId: string, topicPrefix: string): OutRecord {
   const headers: Record<string, string> = { ...(e.headers ?? {}) };
-  headers['kedge-id'] = e.id ?? `${agentId}:${e.seq}`;
-  headers['kedge-ingest-ts'] = String(e.ts);
+  // A replayed dead letter carries its original kedge-id in its stored headers (ingest refuses
+  // kedge-* headers, so only `kedge dead-letters replay` puts one there).
+  headers['kedge-id'] = e.id ?? headers['kedge-id'] ?? `${agentId}:${e.seq}`;
+  // A replayed dead letter is stored with the replay's ts (retention ages it from then) and its
+  // original ingest time in a kedge-ingest-ts header: the record is the one first sent.
+  const ts = ingestTs(e);
+  headers[INGEST_TS_HEADER] = String(ts);
+  // Which destination a replayed row is for is kedge's own business (destination-log.ts).
+  delete headers[REPLAY_FOR_HEADER];
   return {
     topic: topicPrefix + e.topic,
     key: e.key,
     value: e.value,
-    timestamp: e.ts,
+    timestamp: ts,
     headers,
   };
 }

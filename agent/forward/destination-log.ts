@@ -11,6 +11,14 @@
  * matches the saved position, so a restart (or a failed send) goes on from there and makes the
  * same records with the same kedge-ids. Records acknowledged one by one (a batch split to find
  * a refused record) are remembered until the next checkpoint, so a resend skips them.
+ *
+ * Rows `kedge dead-letters replay` re-appended for one destination (header kedge-replay-for,
+ * see agent/log/dead-letter-store.ts) are the very records that destination could not deliver:
+ * another destination passes over them (they count as consumed, its cursor moves past them),
+ * and their own destination hands them out as they are. With routes they are not routes'
+ * input (a routed destination's dead letters are routes' OUTPUT, with their own kedge-ids):
+ * they join the records made, in log order, and the routes' state never sees them, so a
+ * checkpoint's state still matches its position and a rewind makes the same records again.
  */
 import { createHash } from 'node:crypto';
 import type {
@@ -23,6 +31,7 @@ import type {
   StoredEvent,
 } from '../log/types.ts';
 import { LANES } from '../log/types.ts';
+import { replayedFor } from '../log/dead-letter-store.ts';
 import { type FilteredCounts, type RoutedEvent, RoutePipeline } from '../route/pipeline.ts';
 import type { RouteDef } from '../route-syntax.ts';
 
@@ -178,7 +187,7 @@ class RoutedLane {
         this.take(this.pipeline.advanceTo(clock, this.inputAt));
         break;
       }
-      this.take(this.pipeline.process(inputs, this.o.agentId));
+      this.feed(inputs);
       this.inputAt = inputs[inputs.length - 1].seq;
       // The unread part of the log, for status and the forwarder's lane choice (never moves back).
       this.o.dest.ack(this.inputAt, this.lane, null);
@@ -217,6 +226,25 @@ class RoutedLane {
     this.lastHanded = out[out.length - 1].seq;
     this.pending.set(this.lastHanded, checkpoint);
     return out;
+  }
+
+  /**
+   * Log rows through the routes, in order; a row replayed for this destination joins the
+   * records as it is (between the outputs of the rows before and after it), one replayed for
+   * another destination is passed over. Neither touches the routes' state.
+   */
+  private feed(inputs: StoredEvent[]): void {
+    const name = this.o.dest.name;
+    let from = 0;
+    for (let i = 0; i <= inputs.length; i++) {
+      const e = inputs[i];
+      const forDest = e === undefined ? null : replayedFor(e);
+      if (e !== undefined && forDest === null) continue;
+      if (i > from) this.take(this.pipeline.process(inputs.slice(from, i), this.o.agentId));
+      from = i + 1;
+      if (e !== undefined && forDest === name)
+        this.take({ events: [replayRecord(e, this.o.agentId)], filtered: new Map() });
+    }
   }
 
   /** Adds a step's output, leaving out records already delivered since the saved checkpoint. */
@@ -262,6 +290,14 @@ class RoutedLane {
   waiting(): number {
     return this.carry.length;
   }
+}
+
+/**
+ * A row replayed for this destination, as the record it was: its stored kedge-id, and a route
+ * name of its own so that its identity (for records settled before a checkpoint) is this row.
+ */
+function replayRecord(e: StoredEvent, agentId: string): RoutedEvent {
+  return { ...e, id: e.headers?.['kedge-id'] ?? `${agentId}:${e.seq}`, route: `replay@${e.seq}` };
 }
 
 function identity(e: RoutedEvent): string {
@@ -315,7 +351,26 @@ export class DestinationForwardLog implements ForwardLog {
   ): StoredEvent[] {
     const r = this.routed?.get(lane);
     if (r) return r.read(afterSeq, maxCount, maxBytes);
-    return this.o.dest.readBatch(afterSeq, maxCount, maxBytes, lane);
+    const name = this.o.dest.name;
+    let after = afterSeq;
+    // Bounded: a long run of rows replayed for other destinations is passed over a few
+    // batches per call; the forwarder's next turn goes on (its backlog still counts them).
+    for (let round = 0; round < 16; round++) {
+      const rows = this.o.dest.readBatch(after, maxCount, maxBytes, lane);
+      if (!rows.some((e) => replayedFor(e) !== null)) return rows;
+      const mine = rows.filter((e) => {
+        const f = replayedFor(e);
+        return f === null || f === name;
+      });
+      // The forwarder's ack of the last one sent covers the rows passed over before it.
+      if (mine.length > 0) return mine;
+      // Only rows for others: nothing to send, so the cursor moves past them here, but only
+      // from the saved cursor (a read ahead while a batch is with Kafka must not pass it).
+      if (after !== this.o.dest.saved(lane).seq) return [];
+      after = rows[rows.length - 1].seq;
+      this.o.dest.ack(after, lane, { state: null, keep: null });
+    }
+    return [];
   }
 
   ack(seq: number, lane: Lane = 'bulk'): void {
@@ -330,7 +385,9 @@ export class DestinationForwardLog implements ForwardLog {
       r.deadLetter(event as Handed, reason);
       return;
     }
-    this.o.dest.deadLetter(event, `${this.o.agentId}:${event.seq}`, reason);
+    // A replayed row keeps the kedge-id it had (in its headers).
+    const id = event.headers?.['kedge-id'] ?? `${this.o.agentId}:${event.seq}`;
+    this.o.dest.deadLetter(event, id, reason);
     this.o.dest.ack(event.seq, event.lane, { state: null, keep: null });
   }
 

@@ -13,7 +13,9 @@
  * of a batch, at a position it has no state for; the saved cursor stays behind and a restart
  * sends that part again, with the same kedge-ids).
  */
+import { withoutReplayHeaders } from './dead-letter-store.ts';
 import type { SqlStmt } from './driver.ts';
+import { headersJson } from './events.ts';
 import type { LaneAdvance, LaneState, Lanes, QueryOnce } from './lanes.ts';
 import type { Prepare, Tx } from './tx.ts';
 import type { Checkpoint, Lane, LaneStats, StoredEvent } from './types.ts';
@@ -275,7 +277,8 @@ export class Destinations {
         record.topic,
         record.key,
         record.value,
-        record.headers === null ? null : JSON.stringify(record.headers),
+        // A replayed record refused again: its kedge-id is in its own column, kedge-replay-for is replay's.
+        headersJson(withoutReplayHeaders(record.headers) ?? undefined),
         record.ts,
         size,
         reason,

@@ -34,6 +34,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import type { Row, SqlDb, SqlStmt } from './driver.ts';
 import { headersJson, toStored, validate } from './events.ts';
+import { DeadLetterStore } from './dead-letter-store.ts';
 import { Destinations } from './destinations.ts';
 import { type LaneState, Lanes } from './lanes.ts';
 import { Listeners } from './listeners.ts';
@@ -50,6 +51,7 @@ import { NO_PARAMS, Tx } from './tx.ts';
 import type {
   AppendResult,
   DeadLetter,
+  DeadLetterAdmin,
   DestinationLog,
   DropReport,
   EventInput,
@@ -397,6 +399,81 @@ class SqliteLog implements EventLog {
       reason: r.reason as string,
       deadAt: r.dead_at as number,
     }));
+  }
+
+  deadLetterAdmin(agentId: string, destinations: readonly string[] | null = null): DeadLetterAdmin {
+    this.#assertOpen();
+    const store = new DeadLetterStore({
+      db: this.#db,
+      tx: this.#tx,
+      lanes: this.#lanes,
+      destinations: () => this.#dests?.names ?? destinations,
+      nextSeq: () => this.#nextSeq,
+      // As append stamps: never before the last commit's time (see append).
+      stamp: () => Math.max(this.#now(), this.#lastTs),
+      used: (last, ts) => {
+        this.#lastSeq = last;
+        this.#nextSeq = last + 1;
+        this.#lastTs = ts;
+        this.#listeners.emit(); // wakes the forwarder: replayed rows go out while the rest follow
+      },
+      assertOpen: () => this.#assertOpen(),
+    });
+    // The dead-letter counters follow the tables, whatever part of a replay committed.
+    const recount = () => {
+      const st = this.#db.prepare('SELECT count(*) AS n FROM dead_letters');
+      try {
+        this.#deadLetters = Number(st.get([])?.n ?? 0);
+      } finally {
+        st.finalize();
+      }
+      const m = this.#dests?.deadLetters;
+      if (!m) return;
+      const per = this.#db.prepare(
+        'SELECT dest, count(*) AS n FROM dest_dead_letters GROUP BY dest',
+      );
+      try {
+        for (const k of m.keys()) m.set(k, 0);
+        for (const r of per.all([]))
+          if (m.has(r.dest as string)) m.set(r.dest as string, Number(r.n));
+      } finally {
+        per.finalize();
+      }
+    };
+    return {
+      summary: (f) => {
+        this.#assertOpen();
+        return store.summary(f);
+      },
+      list: (f, limit) => {
+        this.#assertOpen();
+        return store.list(f, limit, agentId);
+      },
+      show: (seq) => {
+        this.#assertOpen();
+        return store.show(seq, agentId);
+      },
+      replay: async (f) => {
+        this.#assertOpen();
+        try {
+          return await store.replay(f, agentId);
+        } finally {
+          // Closed while the replay yielded: the next open counts the tables anyway.
+          if (!this.#closed) recount();
+        }
+      },
+      purge: async (f) => {
+        this.#assertOpen();
+        try {
+          return await store.purge(f);
+        } finally {
+          if (!this.#closed) {
+            recount();
+            this.#maint.schedule();
+          }
+        }
+      },
+    };
   }
 
   stats(): LogStats {

@@ -4,6 +4,87 @@
  * and dead-letters. Nothing outside `agent/log/` touches SQL.
  */
 import type { StorageDriverName, SyncMode } from '../storage-modes.ts';
+// ---- dead letters as `kedge dead-letters` sees them (agent/log/dead-letter-store.ts) ----
+
+/** Which dead letters a command is about; every field narrows (all absent: every one). */
+export interface DeadLetterFilter {
+  topic?: string;
+  /** Matches the start of the reason, e.g. `UNKNOWN_TOPIC_OR_PARTITION`. */
+  reason?: string;
+  /** Seq range, both ends included. */
+  from?: number;
+  to?: number;
+  /** Several destinations: only this destination's; one destination: must be absent. */
+  destination?: string;
+}
+
+/** One dead letter as a list shows it, from either table: no key or value (`show` has them). */
+export interface DeadLetterRow {
+  /** null: the one-destination table; else the destination that could not deliver it. */
+  destination: string | null;
+  /** Its seq in the log when it was dead-lettered. */
+  seq: number;
+  kedgeId: string;
+  topic: string;
+  headers: Record<string, string> | null;
+  /** When it was first ingested (a replayed one keeps it in its `kedge-ingest-ts` header). */
+  ts: number;
+  size: number;
+  reason: string;
+  deadAt: number;
+  lane: Lane;
+}
+
+/** One dead letter with its key and value (`show`). */
+export interface DeadLetterEntry extends DeadLetterRow {
+  key: Buffer | null;
+  value: Buffer;
+}
+
+/** Dead letters of one destination, topic and reason kind (the part of the reason before `:`). */
+export interface DeadLetterGroup {
+  destination: string | null;
+  topic: string;
+  reason: string;
+  count: number;
+  bytes: number;
+  firstSeq: number;
+  lastSeq: number;
+  oldestDeadAt: number;
+  newestDeadAt: number;
+}
+
+export interface ReplayResult {
+  replayed: number;
+  /** Per topic, for the metric. */
+  byTopic: Map<string, number>;
+  /** The new seqs the replayed events got (null when none). */
+  firstSeq: number | null;
+  lastSeq: number | null;
+}
+
+export interface PurgeResult {
+  purged: number;
+  byTopic: Map<string, number>;
+  /** Several destinations: per destination, to keep their counters. */
+  byDestination: Map<string, number>;
+}
+
+/** The dead-letter tables as `kedge dead-letters` uses them (agent/log/dead-letter-store.ts). */
+export interface DeadLetterAdmin {
+  summary(f: DeadLetterFilter): DeadLetterGroup[];
+  /** In seq order, at most `limit`; without key and value. */
+  list(f: DeadLetterFilter, limit: number): DeadLetterRow[];
+  /** Every dead letter with this seq (several destinations: one per destination), with key and value. */
+  show(seq: number): DeadLetterEntry[];
+  /**
+   * Re-queues the matching dead letters with their original kedge-id (several destinations: each
+   * for its own; see dead-letter-store.ts), in chunks, yielding to other work between chunks.
+   */
+  replay(f: DeadLetterFilter): Promise<ReplayResult>;
+  /** Deletes the matching dead letters in chunks, yielding between them. */
+  purge(f: DeadLetterFilter): Promise<PurgeResult>;
+}
 
 /** Where an event came from; used in metrics and headers. */
 export type EventSource = 'http' | 'mqtt';
@@ -222,6 +303,12 @@ export interface EventLog {
   deadLetter(event: StoredEvent, reason: string): void;
   /** Most recent (highest seq) first. */
   listDeadLetters(limit: number): DeadLetter[];
+  /**
+   * Both dead-letter tables for `kedge dead-letters`: list, group, replay, purge; `agentId`
+   * forms their kedge-ids. `destinations`: the configured ones when the log is opened without
+   * destinations() (offline) and the configuration has several or routes.
+   */
+  deadLetterAdmin(agentId: string, destinations?: readonly string[] | null): DeadLetterAdmin;
   stats(): LogStats;
   /** `listener` runs after every drop (quota or retention), once per topic and reason of that step; returns an unsubscribe function. */
   onDrop(listener: (d: DropReport) => void): () => void;
