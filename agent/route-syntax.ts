@@ -284,7 +284,7 @@ function parseStep(text: string, base: number, end: number): Step {
 }
 
 /** Checks a topic pattern: topic characters, with `*` for one segment and `#` (last) for the rest. */
-function checkPattern(p: string, col: number): void {
+export function checkPattern(p: string, col: number): void {
   if (p === '')
     throw new RouteSyntaxError(col, 'the route needs a topic pattern before "->" (e.g. sensors.#)');
   const segs = p.split('.');

@@ -5,6 +5,7 @@
 import type { AppendResult, EventInput, EventLog, Lane } from '../log/types.ts';
 import type { Metrics } from '../observe/metrics.ts';
 import type { Logger } from '../observe/logger.ts';
+import type { TapBus } from '../observe/tap-bus.ts';
 import { LogWriteError } from '../log/types.ts';
 import { eventBytes } from '../event-size.ts';
 
@@ -19,6 +20,8 @@ export class IngestSink {
   private readonly logger: Logger | null;
   /** The code of the storage refusal in force (quota reached, disk full), or null. */
   private full: string | null = null;
+  /** `kedge tap` viewers see each request's events after its commit (null: no tap). */
+  private readonly tap: TapBus | null;
 
   /** `priorityTopics` (KEDGE_PRIORITY_TOPICS, without the topic prefix): their events go to the priority lane. */
   constructor(
@@ -26,11 +29,13 @@ export class IngestSink {
     metrics: Metrics,
     priorityTopics: readonly string[] = [],
     logger: Logger | null = null,
+    tap: TapBus | null = null,
   ) {
     this.log = log;
     this.metrics = metrics;
     this.priorityTopics = new Set(priorityTopics);
     this.logger = logger;
+    this.tap = tap;
   }
 
   /** One line when ingest starts being refused for lack of space, one when it is accepted again. */
@@ -73,6 +78,16 @@ export class IngestSink {
       throw e;
     }
     if (this.full) this.noteStorage(null);
+    // After the commit, so a viewer sees only stored events, with their seq; never awaited.
+    // A viewer's fault must never turn a stored (and about to be acknowledged) request into an
+    // error: the client would send it again.
+    if (this.tap !== null && this.tap.viewers > 0) {
+      try {
+        this.tap.publish(events, res.firstSeq);
+      } catch (e) {
+        this.logger?.warn({ err: e }, 'kedge tap: a viewer failed; the events are stored');
+      }
+    }
     this.metrics.commitSeconds.observe(Number(process.hrtime.bigint() - started) / 1e9);
     // Count per topic once per request, not per event: requests are usually one topic.
     const perTopic = new Map<string, { n: number; bytes: number; source: string }>();
