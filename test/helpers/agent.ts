@@ -105,6 +105,13 @@ export class AgentProc {
     return r.body.json();
   }
 
+  /** POST /v1/forwarding/pause or /resume; throws unless the agent answers 200. */
+  async forwarding(action: 'pause' | 'resume'): Promise<void> {
+    const r = await request(`${this.base}/v1/forwarding/${action}`, { method: 'POST' });
+    await r.body.dump();
+    if (r.statusCode !== 200) throw new Error(`${action}: HTTP ${r.statusCode}`);
+  }
+
   /** Waits until the backlog is empty (everything acknowledged by Kafka). */
   async waitDrained(timeoutMs: number): Promise<any> {
     const deadline = Date.now() + timeoutMs;
