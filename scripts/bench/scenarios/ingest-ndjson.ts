@@ -18,6 +18,7 @@ import {
   usPerEvent,
 } from '../lib/figures.ts';
 import type { BenchContext } from '../lib/context.ts';
+import { writeFigure, writeWindow } from '../lib/writes.ts';
 
 const PER_REQUEST = 100;
 const CONNECTIONS = 8;
@@ -76,6 +77,7 @@ export const ingestNdjson: Scenario = {
       requestTimeoutMs: 30_000,
     };
     const s0 = await agent.status();
+    const writes = await writeWindow(agent);
     ctx.log(
       `kedge: ${CONNECTIONS} connections × ${PER_REQUEST} events/request, ${warmupMs / 1000} s warm-up + ${durationMs / 1000} s`,
     );
@@ -89,6 +91,10 @@ export const ingestNdjson: Scenario = {
     ctx.phase(agent, 'ingest', tLoad + warmupMs, performance.now());
     const cpuMain = await win.stop();
     cpu.push(cpuMain);
+    const wa = await writes.close();
+    ctx.log(
+      `kedge: write amplification ${fmt(wa.ratio, 2)}× (${wa.error ?? 'disk bytes ÷ ingested bytes'})`,
+    );
     const s1 = await agent.status();
     const commits = s1.log.commits - s0.log.commits;
     const stored = s1.log.last_seq - s0.log.last_seq;
@@ -129,6 +135,7 @@ export const ingestNdjson: Scenario = {
         unit: 'ms',
         digits: 1,
       }),
+      writeFigure('write_amplification', 'write amplification (disk bytes ÷ ingested bytes)', wa),
     ];
     // CPU per event: kedge's process over the measured window; the baselines measure their own.
     const kedgeUs = usPerEvent(

@@ -4,6 +4,7 @@
  * that answers 200 without storing, driven by the same load generator.
  */
 import type { Scenario, ScenarioResult, CpuReport, ChartSpec } from '../lib/types.ts';
+import { writeFigure, writeWindow } from '../lib/writes.ts';
 import type { LoadConfig, LoadResult } from '../workers/loadgen.ts';
 import {
   atLeast,
@@ -74,6 +75,7 @@ export const ingestSingle: Scenario = {
 
     const agent = await ctx.startAgent('ingest-single', { paused: true });
     const s0 = await agent.status();
+    const writes = await writeWindow(agent);
     ctx.log(`kedge: ${CONNECTIONS} connections, single events, ${durationMs / 1000} s`);
     const tLoad = performance.now();
     const w = ctx.load(base(agent.base, `/v1/topics/${TOPIC}`));
@@ -85,6 +87,10 @@ export const ingestSingle: Scenario = {
     ctx.phase(agent, 'ingest', tLoad + warmupMs, performance.now());
     const cpuKedge = await win.stop();
     cpu.push(cpuKedge);
+    const wa = await writes.close();
+    ctx.log(
+      `kedge: write amplification ${fmt(wa.ratio, 2)}× (${wa.error ?? 'disk bytes ÷ ingested bytes'})`,
+    );
     const s1 = await agent.status();
     const commits = s1.log.commits - s0.log.commits;
     const stored = s1.log.last_seq - s0.log.last_seq;
@@ -129,6 +135,7 @@ export const ingestSingle: Scenario = {
         unit: 'ms',
         digits: 1,
       }),
+      writeFigure('write_amplification', 'write amplification (disk bytes ÷ ingested bytes)', wa),
     ];
     const kedgeUs = usPerEvent(
       cpuSecondsOf(cpuKedge, 'kedge'),

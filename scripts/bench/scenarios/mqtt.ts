@@ -13,6 +13,7 @@ import mqtt from 'mqtt';
 import type { Scenario, ScenarioResult, ChartSpec } from '../lib/types.ts';
 import type { BenchAgent } from '../lib/agent.ts';
 import { atLeast, baselineHigher, figure, fmt } from '../lib/figures.ts';
+import { type WriteAmplificationResult, writeFigure, writeWindow } from '../lib/writes.ts';
 import { freeLoopbackPort, REPO } from '../../../test/helpers/agent.ts';
 import { Mosquitto } from '../../../test/helpers/mosquitto.ts';
 
@@ -112,6 +113,7 @@ export const mqttIngest: Scenario = {
     ctx.log(`bare aedes: ${fmt(bareRate)} msg/s`);
 
     const embedded: Record<string, number> = {};
+    const writes: Record<string, WriteAmplificationResult> = {};
     for (const sync of ['full', 'normal'] as const) {
       const p = await freeLoopbackPort();
       const agent = await ctx.startAgent(`mqtt-embedded-${sync}`, {
@@ -119,11 +121,13 @@ export const mqttIngest: Scenario = {
         env: { KEDGE_MQTT_LISTEN: `127.0.0.1:${p}`, KEDGE_SYNC: sync },
       });
       const s0 = await agent.status();
+      const w = await writeWindow(agent);
       embedded[sync] = await flood(`mqtt://127.0.0.1:${p}`, total);
+      writes[`embedded_${sync}`] = await w.close();
       const s1 = await agent.status();
       const commits = s1.log.commits - s0.log.commits;
       notes.push(
-        `embedded, sync=${sync}: ${fmt(embedded[sync])} msg/s, ${fmt((s1.log.last_seq - s0.log.last_seq) / Math.max(1, commits), 1)} messages per group commit.`,
+        `embedded, sync=${sync}: ${fmt(embedded[sync])} msg/s, ${fmt((s1.log.last_seq - s0.log.last_seq) / Math.max(1, commits), 1)} messages per group commit, write amplification ${fmt(writes[`embedded_${sync}`].ratio, 2)}×.`,
       );
       ctx.log(notes[notes.length - 1]);
       await agent.stop();
@@ -179,11 +183,13 @@ export const mqttIngest: Scenario = {
       await agent.stop();
       await fillQueue(mosq.url, clientTotal);
       agent = await ctx.startAgent(`mqtt-client-${sync}`, { paused: true, dataDir: dir, env });
+      const w = await writeWindow(agent);
       const c0 = (await agent.status()).log.commits;
       client[sync] = await drainRate(agent, clientTotal, ctx.ms(300, 120));
+      writes[`client_${sync}`] = await w.close();
       const commits = (await agent.status()).log.commits - c0;
       notes.push(
-        `client, sync=${sync}: ${fmt(client[sync])} msg/s, ${fmt(clientTotal / Math.max(1, commits), 1)} messages per group commit.`,
+        `client, sync=${sync}: ${fmt(client[sync])} msg/s, ${fmt(clientTotal / Math.max(1, commits), 1)} messages per group commit, write amplification ${fmt(writes[`client_${sync}`].ratio, 2)}×.`,
       );
       ctx.log(notes[notes.length - 1]);
       await agent.stop();
@@ -223,6 +229,13 @@ export const mqttIngest: Scenario = {
         unit: 'msg/s',
         baselines: [baselineHigher('mosquitto_sub, same queue', client.normal, subRate, 'msg/s')],
       }),
+      ...(['embedded_full', 'embedded_normal', 'client_full', 'client_normal'] as const).map((k) =>
+        writeFigure(
+          `write_amplification_${k}`,
+          `write amplification, ${k.replace('_', ', sync=')} (disk bytes ÷ ingested bytes)`,
+          writes[k] ?? { writtenBytes: 0, ingestedBytes: 0, ratio: null, error: 'not run' },
+        ),
+      ),
     ];
     const charts: ChartSpec[] = [
       {
@@ -246,7 +259,7 @@ export const mqttIngest: Scenario = {
       charts,
       cpu: [],
       notes,
-      data: { total, clientTotal, bareRate, embedded, client, subRate },
+      data: { total, clientTotal, bareRate, embedded, client, subRate, writes },
     };
   },
 };
