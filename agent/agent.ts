@@ -24,8 +24,14 @@ import type { Logger } from './observe/logger.ts';
 import { buildStatus, RateMeter } from './status/document.ts';
 import { type DestinationStatus, DestinationMeter } from './status/destinations.ts';
 import { DropTracker } from './observe/drops.ts';
+import {
+  counterTotal,
+  registerWriteMetrics,
+  WriteAmplificationMeter,
+} from './observe/write-amplification.ts';
 import { Heartbeat } from './status/heartbeat.ts';
 import { adminRoutes } from './status/admin.ts';
+import { TapBus } from './observe/tap-bus.ts';
 import { KEDGE_VERSION } from './version.ts';
 import { waitAtMost } from './deadline.ts';
 
@@ -83,7 +89,10 @@ export class Agent {
   /** One per destination (one, `kafka`, without KEDGE_DESTINATIONS): the first also carries the heartbeat. */
   private outlets: Outlet[] = [];
   private sink: IngestSink | null = null;
+  /** `kedge tap` viewers: the sink publishes committed events, GET /v1/tap attaches viewers. */
+  private readonly tap = new TapBus();
   private rates: RateMeter | null = null;
+  private writes: WriteAmplificationMeter | null = null;
   private drops: DropTracker | null = null;
   private heartbeat: Heartbeat | null = null;
   private mqttClient: MqttClientIngest | null = null;
@@ -143,7 +152,13 @@ export class Agent {
       'log open',
     );
 
-    this.sink = new IngestSink(log, this.metrics, cfg.forward.priorityTopics, this.logger);
+    this.sink = new IngestSink(
+      log,
+      this.metrics,
+      cfg.forward.priorityTopics,
+      this.logger,
+      this.tap,
+    );
     const dests = effectiveDestinations(cfg);
     // One destination without routes reads the log itself; otherwise each destination has its
     // own cursors (and routes) over the log (agent/forward/destination-log.ts).
@@ -216,6 +231,13 @@ export class Agent {
           lanes: () => o.dest!.lanes(),
         })),
       );
+    // Disk writes per ingested byte, counted from here: the log is open, its one-off writes done.
+    const writes = new WriteAmplificationMeter({
+      ingestedBytes: () => counterTotal(this.metrics.ingestedBytes),
+    });
+    this.writes = writes;
+    await writes.start();
+    registerWriteMetrics(this.metrics.registry, writes);
     this.rates = new RateMeter(log);
     this.rates.start();
     const rates = this.rates;
@@ -236,6 +258,7 @@ export class Agent {
             broker: this.mqttBroker?.status() ?? null,
           }),
           heartbeat: () => this.heartbeat?.status() ?? null,
+          writes: () => writes.snapshot(),
         },
         rates,
       );
@@ -260,6 +283,10 @@ export class Agent {
           status,
           metrics: this.metrics,
           forwarders: new Map(this.outlets.map((o) => [o.name, o.forwarder])),
+          deadLetters: () => log.deadLetterAdmin(this.agentId),
+          tap: this.tap,
+          tokenConfigured: cfg.http.token !== null,
+          logger: this.logger,
         }),
       });
       this.httpAddress = await this.http.start();
@@ -355,6 +382,8 @@ export class Agent {
       waitAtMost(this.mqttClient?.stop() ?? Promise.resolve(), 4_000),
       waitAtMost(this.mqttBroker?.stop() ?? Promise.resolve(), 4_000),
     ]);
+    // Tap streams never end by themselves: close them, or the listener would wait for them.
+    this.tap.closeAll();
     await waitAtMost(this.http?.stop() ?? Promise.resolve(), 3_000);
     await waitAtMost(this.heartbeat?.stop() ?? Promise.resolve(), 2_500);
     await Promise.all(
@@ -366,6 +395,7 @@ export class Agent {
     for (const o of this.outlets) o.meter?.stop();
     this.outlets = [];
     this.rates?.stop();
+    this.writes?.stop();
     await this.log?.close();
     this.drops?.stop();
     this.log = null;

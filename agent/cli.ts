@@ -11,6 +11,9 @@ import { createLogger } from './observe/logger.ts';
 import { CodecUnavailableError, LogOpenError } from './errors.ts';
 import { KEDGE_VERSION } from './version.ts';
 import { runStatus } from './status/cli.ts';
+import { tapTool } from './status/tap-cli.ts';
+import { deadLettersTool } from './status/dead-letters-cli.ts';
+import { repairTool } from './log/repair-cli.ts';
 
 const USAGE = `usage: kedge <command> [options]
 
@@ -21,6 +24,17 @@ commands:
                                    show link state, backlog and rates of the running agent;
                                    exit 0 healthy, 1 degraded (Kafka link degraded or down), 3 unreachable;
                                    --watch redraws every second (Ctrl-C or --count N screens to stop)
+  tap [pattern] [--limit N] [--json] [--env-file PATH]
+                                   follow the events as they are stored (topic pattern: * one
+                                   segment, # the rest); exit 0 at --limit or Ctrl-C, 3 unreachable
+  repair [--env-file PATH] [--json]
+                                   with kedge stopped: save every readable event of a damaged log into
+                                   a new one (damaged files kept aside); exit 0 all saved or intact,
+                                   1 some seq ranges lost, 3 nothing readable
+  dead-letters list|show|replay|purge [--topic T] [--reason R] [--from SEQ] [--to SEQ] [--json]
+                                   what Kafka refused for good: list grouped with count and age,
+                                   show one, replay (original kedge-id) or purge; exit 0 done,
+                                   1 nothing matched, 3 no agent and the data dir locked (--help)
   version                          print versions (also --version)
 `;
 
@@ -181,7 +195,11 @@ export interface ToolContext {
   fail(msg: string, code?: number): never;
 }
 type Tool = (argv: string[], ctx: ToolContext) => Promise<number>;
-const TOOLS: Record<string, Tool> = {};
+const TOOLS: Record<string, Tool> = {
+  repair: repairTool,
+  tap: tapTool,
+  'dead-letters': deadLettersTool,
+};
 
 async function main(): Promise<void> {
   const argv = process.argv

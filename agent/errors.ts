@@ -39,6 +39,13 @@ export const KEDGE_ERROR_CODES = [
   'KEDGE_KAFKA_INCOMPLETE_SEND',
   // `kedge status`
   'KEDGE_PIN_MISMATCH',
+  // the operator's tools (kedge tap, kedge dead-letters)
+  'KEDGE_USAGE',
+  'KEDGE_BAD_TAP_REQUEST',
+  'KEDGE_TAP_STOPPING',
+  'KEDGE_BAD_DEAD_LETTER_QUERY',
+  'KEDGE_DEAD_LETTER_REPLAY_UNSUPPORTED',
+  'KEDGE_DEAD_LETTER_UNKNOWN_DESTINATION',
 ] as const;
 
 export type KedgeErrorCode = (typeof KEDGE_ERROR_CODES)[number];

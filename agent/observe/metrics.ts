@@ -59,6 +59,9 @@ export class Metrics {
   readonly forwardedEvents: Counter<'topic'>;
   readonly forwardedBytes: Counter<'topic'>;
   readonly deadLettered: Counter<'topic' | 'reason'>;
+  /** `kedge dead-letters replay` / `purge`: dead letters re-queued for forwarding, or deleted. */
+  readonly deadLettersReplayed: Counter<'topic'>;
+  readonly deadLettersPurged: Counter<'topic'>;
   readonly droppedEvents: Counter<'topic' | 'reason'>;
   readonly droppedBytes: Counter<'topic' | 'reason'>;
   readonly rejected: Counter<'source' | 'reason'>;
@@ -70,6 +73,8 @@ export class Metrics {
   readonly linkStateChanges: Counter<'state'>;
   readonly wireBytes: Counter;
   readonly mqttProtocolErrors: Counter<'kind'>;
+  /** `kedge tap`: events a viewer's full buffer dropped (for that viewer only; ingest never waits). */
+  readonly tapDropped: Counter;
 
   constructor(opts: { destinations?: readonly string[] | null } = {}) {
     const r = [this.registry];
@@ -110,6 +115,18 @@ export class Metrics {
       name: 'kedge_dead_letters_total',
       help: 'Events Kafka refused for good, moved to the dead-letter table',
       labelNames: ['topic', 'reason', ...d],
+      registers: r,
+    });
+    this.deadLettersReplayed = new Counter({
+      name: 'kedge_dead_letters_replayed_total',
+      help: 'Dead letters re-queued for forwarding by kedge dead-letters replay (original kedge-id kept)',
+      labelNames: ['topic'],
+      registers: r,
+    });
+    this.deadLettersPurged = new Counter({
+      name: 'kedge_dead_letters_purged_total',
+      help: 'Dead letters deleted by kedge dead-letters purge',
+      labelNames: ['topic'],
       registers: r,
     });
     this.droppedEvents = new Counter({
@@ -173,6 +190,11 @@ export class Metrics {
       name: 'kedge_wire_bytes_total',
       help: 'Bytes written on the sockets to Kafka (after compression, protocol and TLS overhead included): what KEDGE_FORWARD_RATE caps',
       labelNames: d,
+      registers: r,
+    });
+    this.tapDropped = new Counter({
+      name: 'kedge_tap_dropped_events_total',
+      help: 'kedge tap: events not shown to a viewer whose buffer was full (the viewer only: they are stored and forwarded)',
       registers: r,
     });
     this.mqttProtocolErrors = new Counter({

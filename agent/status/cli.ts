@@ -37,6 +37,12 @@ export interface StatusCliOptions {
 type Fetched = { ok: true; status: AgentStatus; raw: unknown } | { ok: false; error: string };
 
 export function statusUrl(cfg: Config): string | null {
+  const base = adminBaseUrl(cfg);
+  return base === null ? null : `${base}/v1/status`;
+}
+
+/** The local API's base URL (`http[s]://host:port`, loopback for a wildcard listen), or null without KEDGE_HTTP_LISTEN. */
+export function adminBaseUrl(cfg: Config): string | null {
   const l = cfg.http.listen;
   if (!l) return null;
   const host =
@@ -47,7 +53,7 @@ export function statusUrl(cfg: Config): string | null {
         : l.host.includes(':') && !l.host.startsWith('[')
           ? `[${l.host}]`
           : l.host;
-  return `${cfg.http.tlsCert ? 'https' : 'http'}://${host}:${l.port}/v1/status`;
+  return `${cfg.http.tlsCert ? 'https' : 'http'}://${host}:${l.port}`;
 }
 
 export function exitCodeFor(s: AgentStatus): number {
@@ -147,6 +153,8 @@ export function formatStatus(s: AgentStatus, now = Date.now()): string {
       `disk     ${formatBytes(d.bytes)}${d.quota_bytes ? ` of ${formatBytes(d.quota_bytes)} quota (${Math.round((100 * d.bytes) / d.quota_bytes)} %)` : ' (no quota)'}`,
     );
   }
+  const w = writesLine(s);
+  if (w) lines.push(w);
   const h = s.heartbeat;
   if (h)
     lines.push(
@@ -159,10 +167,47 @@ export function formatStatus(s: AgentStatus, now = Date.now()): string {
   return lines.join('\n');
 }
 
+/** `writes   1.2GiB written to disk for 310MiB ingested (3.9× write amplification, …)`; null from an agent that does not report it. */
+function writesLine(s: AgentStatus): string | null {
+  const d = s.disk;
+  if (!d || d.written_bytes === undefined) return null;
+  if (d.written_bytes === null || d.ingested_bytes === null)
+    return `writes   not measured: ${d.write_amplification_reason ?? 'unknown reason'}`;
+  const head = `writes   ${formatBytes(d.written_bytes)} written to disk`;
+  if (d.write_amplification === null) return `${head}, nothing ingested yet`;
+  const recent =
+    d.write_amplification_recent !== null && d.write_amplification_window_seconds !== null
+      ? `, ${d.write_amplification_recent}× over the last ${human(d.write_amplification_window_seconds * 1000)}`
+      : '';
+  return `${head} for ${formatBytes(d.ingested_bytes)} ingested (${d.write_amplification}× write amplification${recent})`;
+}
+
 /** One line for --watch on a pipe or a file. */
 function formatLine(s: AgentStatus, bar: string | null, now = Date.now()): string {
   const b = s.backlog;
   return `${new Date(now).toISOString()} link=${s.link.state} backlog=${b.events} (${formatBytes(b.bytes)}) eta=${b.events === 0 ? '0s' : b.eta_seconds === null ? 'unknown' : human(b.eta_seconds * 1000)} in=${rate(s.rates.ingest_events_per_second)} out=${rate(s.rates.forward_events_per_second)}${bar ? ` ${bar}` : ''}`;
+}
+
+/**
+ * The dispatcher that reaches the local API: with KEDGE_HTTP_TLS_CERT, one pinned to that
+ * certificate (undefined: plain HTTP). `tool` names the command in the error.
+ */
+export function adminDispatcher(
+  cfg: Config,
+  tool: string,
+): { ok: true; dispatcher: Dispatcher | undefined } | { ok: false; error: string } {
+  if (!cfg.http.tlsCert) return { ok: true, dispatcher: undefined };
+  try {
+    return {
+      ok: true,
+      dispatcher: pinnedDispatcher(readFileSync(cfg.http.tlsCert), cfg.http.tlsCert),
+    };
+  } catch (e) {
+    return {
+      ok: false,
+      error: `cannot read KEDGE_HTTP_TLS_CERT ${cfg.http.tlsCert} (${(e as NodeJS.ErrnoException).code ?? (e as Error).message}); ${tool} needs it to reach the HTTPS listener`,
+    };
+  }
 }
 
 export async function runStatus(cfg: Config, opts: StatusCliOptions): Promise<number> {
@@ -174,17 +219,12 @@ export async function runStatus(cfg: Config, opts: StatusCliOptions): Promise<nu
     return STATUS_EXIT.unreachable;
   }
   const out = opts.out ?? process.stdout;
-  let dispatcher: Dispatcher | undefined;
-  if (cfg.http.tlsCert) {
-    try {
-      dispatcher = pinnedDispatcher(readFileSync(cfg.http.tlsCert), cfg.http.tlsCert);
-    } catch (e) {
-      process.stderr.write(
-        `kedge: cannot read KEDGE_HTTP_TLS_CERT ${cfg.http.tlsCert} (${(e as NodeJS.ErrnoException).code ?? (e as Error).message}); status needs it to reach the HTTPS listener\n`,
-      );
-      return STATUS_EXIT.unreachable;
-    }
+  const pinned = adminDispatcher(cfg, 'status');
+  if (!pinned.ok) {
+    process.stderr.write(`kedge: ${pinned.error}\n`);
+    return STATUS_EXIT.unreachable;
   }
+  const dispatcher = pinned.dispatcher;
   try {
     if (opts.watch) return await watch(url, opts, out, dispatcher);
     return await once(url, opts, out, dispatcher);

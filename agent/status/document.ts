@@ -2,12 +2,13 @@
  * `/v1/status`: what an operator checks first. Rates are measured over a
  * sliding window from the counters the log keeps, so they need no per-event work.
  */
-import type { EventLog } from '../log/types.ts';
+import { type EventLog, LANES, type Lane } from '../log/types.ts';
 import type { ForwarderStatus } from '../forward/forwarder.ts';
 import type { MqttBrokerStatus } from '../ingest/mqtt-broker.ts';
 import type { MqttClientStatus } from '../ingest/mqtt-client.ts';
 import type { DropSummary } from '../observe/drops.ts';
 import { CounterSampler } from '../observe/sampler.ts';
+import type { WriteAmplification } from '../observe/write-amplification.ts';
 import type { DestinationStatus } from './destinations.ts';
 import { type BacklogSection, type LinkSection, linkSection } from './link-section.ts';
 
@@ -22,6 +23,8 @@ export interface AgentStatus {
   uptime_seconds: number;
   link: LinkSection;
   backlog: BacklogSection;
+  /** The backlog per forwarding lane; the priority lane drains first (KEDGE_PRIORITY_TOPICS). */
+  lanes: Record<Lane, LaneBacklog>;
   rates: { ingest_events_per_second: number; forward_events_per_second: number };
   log: { last_seq: number; cursor: number; commits: number };
   dead_letters: {
@@ -31,13 +34,48 @@ export interface AgentStatus {
   };
   /** Without a drop tracker (StatusSources.drops), only the count. */
   drops: DropSummary | { events: number };
-  disk: { bytes: number | null; quota_bytes: number | null; used_ratio: number | null };
+  disk: {
+    bytes: number | null;
+    quota_bytes: number | null;
+    used_ratio: number | null;
+  } & WriteAmplificationSection;
   warnings: string[];
   mqtt: { client: MqttClientStatus | null; broker: MqttBrokerStatus | null };
   /** Several destinations (KEDGE_DESTINATIONS) or routes: one entry each; else absent. `link` is the first's. */
   destinations?: DestinationStatus[];
   /** null when KEDGE_HEARTBEAT_TOPIC is not set. */
   heartbeat: HeartbeatStatus | null;
+}
+
+/** One lane's share of the backlog. */
+export interface LaneBacklog {
+  backlog_events: number;
+  backlog_bytes: number;
+  oldest_age_seconds: number | null;
+  /**
+   * Like backlog.eta_seconds, at the current drain rate: the priority lane drains first, so its
+   * ETA counts its own events; the bulk lane's counts both lanes' (it finishes last).
+   */
+  eta_seconds: number | null;
+}
+
+/**
+ * Disk writes per ingested byte (agent/observe/write-amplification.ts), sampled every 5 s.
+ * The figures are null, with `write_amplification_reason` saying why, when /proc/self/io
+ * cannot be read or nothing was ingested yet.
+ */
+export interface WriteAmplificationSection {
+  /** Bytes the agent wrote to storage since its log opened. */
+  written_bytes: number | null;
+  /** Key and value bytes ingested since start (at the same sample). */
+  ingested_bytes: number | null;
+  /** written_bytes ÷ ingested_bytes. */
+  write_amplification: number | null;
+  /** The same over the last write_amplification_window_seconds. */
+  write_amplification_recent: number | null;
+  write_amplification_window_seconds: number | null;
+  /** Why the figures are null; null when they are not. */
+  write_amplification_reason: string | null;
 }
 
 /** The heartbeat's own counters, in the status document. */
@@ -64,6 +102,8 @@ export interface StatusSources {
   drops?: () => DropSummary;
   mqtt: () => AgentStatus['mqtt'];
   heartbeat: () => HeartbeatStatus | null;
+  /** Disk writes per ingested byte; without it the section says it is not measured. */
+  writes?: () => WriteAmplification;
 }
 
 /** Samples the log's counters every few seconds; ingest rate = seq growth, forward rate = growth of the forwarded count. */
@@ -135,6 +175,7 @@ export function buildStatus(src: StatusSources, rates: RateMeter): AgentStatus {
             ? Math.ceil(s.backlogEvents / recentForward)
             : null,
     },
+    lanes: laneBacklogs(s, now, draining ? recentForward : 0),
     rates: {
       ingest_events_per_second: round(r.ingest),
       forward_events_per_second: round(r.forward),
@@ -158,11 +199,54 @@ export function buildStatus(src: StatusSources, rates: RateMeter): AgentStatus {
         s.quotaBytes && s.diskBytes != null
           ? Math.round((s.diskBytes / s.quotaBytes) * 1000) / 1000
           : null,
+      ...writeSection(src.writes?.() ?? { available: false, reason: 'not measured' }),
     },
     warnings: src.warnings(),
     mqtt: src.mqtt(),
     heartbeat: src.heartbeat(),
     ...(src.destinations ? { destinations: src.destinations() } : {}),
+  };
+}
+
+/** Per lane backlog and ETA; `rate` 0: not draining. */
+function laneBacklogs(
+  s: ReturnType<EventLog['stats']>,
+  now: number,
+  rate: number,
+): Record<Lane, LaneBacklog> {
+  const out = {} as Record<Lane, LaneBacklog>;
+  for (const lane of LANES) {
+    const x = s.lanes[lane];
+    // Priority batches go first: the bulk lane is empty only once both are.
+    const ahead = lane === 'bulk' ? s.lanes.priority.backlogEvents : 0;
+    out[lane] = {
+      backlog_events: x.backlogEvents,
+      backlog_bytes: x.backlogBytes,
+      oldest_age_seconds: x.oldestTs === null ? null : Math.max(0, (now - x.oldestTs) / 1000),
+      eta_seconds:
+        x.backlogEvents === 0 ? 0 : rate > 0 ? Math.ceil((x.backlogEvents + ahead) / rate) : null,
+    };
+  }
+  return out;
+}
+
+export function writeSection(w: WriteAmplification): WriteAmplificationSection {
+  if (!w.available)
+    return {
+      written_bytes: null,
+      ingested_bytes: null,
+      write_amplification: null,
+      write_amplification_recent: null,
+      write_amplification_window_seconds: null,
+      write_amplification_reason: w.reason,
+    };
+  return {
+    written_bytes: w.writtenBytes,
+    ingested_bytes: w.ingestedBytes,
+    write_amplification: w.ratio,
+    write_amplification_recent: w.recentRatio,
+    write_amplification_window_seconds: w.recentWindowMs / 1000,
+    write_amplification_reason: w.ratio === null ? 'nothing ingested yet' : null,
   };
 }
 
