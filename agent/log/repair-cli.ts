@@ -113,6 +113,14 @@ export function formatReport(r: RepairReport): string {
   lines.push(
     `dead letters carried over: ${n(r.deadLetters)}${r.destinationDeadLetters > 0 ? ` (and ${n(r.destinationDeadLetters)} destination dead letters)` : ''}`,
   );
+  if (r.deadLettersDamaged)
+    lines.push(
+      'the dead-letter table was damaged: some dead letters may be lost, also ones whose seq is in no missing range (kedge dead-letters list shows those carried over)',
+    );
+  if (r.destinationDeadLettersDamaged)
+    lines.push(
+      "the destinations' dead-letter table was damaged: some of their dead letters may be lost (kedge dead-letters list shows those carried over)",
+    );
   lines.push(
     r.agentId !== null
       ? `agent id carried over: ${r.agentId}`

@@ -46,6 +46,10 @@ export interface RepairReport {
   lost: { events: number; ranges: Array<[number, number]> };
   deadLetters: number;
   destinationDeadLetters: number;
+  /** The dead-letter table was damaged: more may be lost than the lost ranges show (one at or below its lane's cursor shows in none). */
+  deadLettersDamaged: boolean;
+  /** The same for the destinations' dead letters (their seqs are copies: never in the lost ranges). */
+  destinationDeadLettersDamaged: boolean;
   /** Cursors carried over (dest → seq), and the lane cursors that were unreadable (reset to 0). */
   cursors: Record<string, number>;
   cursorsMissing: string[];
@@ -222,6 +226,8 @@ function emptyReport(
     lost: { events: 0, ranges: [] },
     deadLetters: 0,
     destinationDeadLetters: 0,
+    deadLettersDamaged: false,
+    destinationDeadLettersDamaged: false,
     cursors: {},
     cursorsMissing: [],
     destinationCursors: 0,
@@ -283,6 +289,8 @@ function summarize(
     lost: { events: lostEvents, ranges },
     deadLetters: res.deadLetters,
     destinationDeadLetters: res.destDeadLetters,
+    deadLettersDamaged: res.damagedTables.has('dead_letters'),
+    destinationDeadLettersDamaged: res.damagedTables.has('dest_dead_letters'),
     cursors: Object.fromEntries(res.cursors),
     cursorsMissing: [DEST_KAFKA, DEST_KAFKA_PRIORITY].filter((d) => !res.cursors.has(d)),
     destinationCursors: res.destCursors.size,

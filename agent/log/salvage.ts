@@ -64,8 +64,14 @@ export interface SalvageResult {
   saved: SeqSet;
   /** Highest seq seen in any row read (saved or not): the new log's seq counter never goes below it. */
   maxSeqSeen: number;
-  /** Tables whose whole tree could be walked (no garbage interior page, no page missing). */
+  /** Tables whose whole tree could be walked (no garbage interior page, no page missing, no bad cell). */
   completeTrees: Set<TableName>;
+  /**
+   * Tables whose rows may not all be saved: their tree is damaged (or page 1 is, so no tree
+   * is known). What was read of them is saved, but the report cannot count what is missing
+   * (a dead letter at or below its lane's cursor shows in no lost range).
+   */
+  damagedTables: Set<TableName>;
   /** Events that were only found on orphan pages (their tree was broken). */
   orphanEvents: number;
   /** Events left out because their lane's cursor was past them (forwarded already). */
@@ -201,6 +207,7 @@ export function salvage(f: PageFile, sink: RowSink): SalvageResult {
     saved: new SeqSet(),
     maxSeqSeen: 0,
     completeTrees: new Set(),
+    damagedTables: new Set(),
     orphanEvents: 0,
     forwardedSkipped: 0,
     pages: { total: f.pageCount, leaves: 0, fromWal: 0, free: 0, badCells: 0 },
@@ -232,6 +239,11 @@ export function salvage(f: PageFile, sink: RowSink): SalvageResult {
     }
   };
   const isOrphan = (n: number) => owner[n] === 0 && !free.has(n);
+  /** An interior page of a tree (the walk checked it): no rows of its own, not a damaged leaf. */
+  const isInterior = (n: number) => {
+    const page = f.page(n);
+    return page !== null && pageKind(page, n) === 0x05;
+  };
 
   // Seqs beyond belief: a garbage page can decode with any rowid or last_seq, and one near
   // 2^60 would make the lost ranges absurd. Values read through an intact tree are trusted;
@@ -254,9 +266,11 @@ export function salvage(f: PageFile, sink: RowSink): SalvageResult {
   const fromTree = new Set<string>(); // rows reached through a tree: the current version
   for (let n = 2; n <= f.pageCount; n++) {
     const t = TABLES[owner[n] - 1];
-    if (!t || !SMALL.includes(t)) continue;
+    if (!t || !SMALL.includes(t) || isInterior(n)) continue;
+    const bad = res.pages.badCells;
     const rows = leaf(n);
-    if (rows === null) res.completeTrees.delete(t);
+    // A page that does not read, or a cell of it that does not: rows of this table are lost.
+    if (rows === null || res.pages.badCells > bad) res.completeTrees.delete(t);
     for (const r of rows ?? []) {
       if (!fits(t, r.values)) continue;
       small(t, r);
@@ -351,10 +365,11 @@ export function salvage(f: PageFile, sink: RowSink): SalvageResult {
   };
   for (let n = 2; n <= f.pageCount; n++) {
     const t = TABLES[owner[n] - 1];
-    if (!t || !BIG.includes(t)) continue;
+    if (!t || !BIG.includes(t) || isInterior(n)) continue;
     const lane: Lane | null = t === 'events' ? 'bulk' : t === 'events_priority' ? 'priority' : null;
+    const bad = res.pages.badCells;
     const rows = leaf(n);
-    if (rows === null) res.completeTrees.delete(t);
+    if (rows === null || res.pages.badCells > bad) res.completeTrees.delete(t);
     for (const r of rows ?? []) {
       if (!fits(t, r.values)) continue;
       if (lane) topicLane.set(r.values[1] as string, lane);
@@ -380,6 +395,9 @@ export function salvage(f: PageFile, sink: RowSink): SalvageResult {
   if (!fromTree.has(keyOf('meta', ['last_seq'])) && res.meta.has('last_seq') && !plausible(last))
     res.meta.delete('last_seq');
   else if (Number.isSafeInteger(last)) res.maxSeqSeen = Math.max(res.maxSeqSeen, last);
+  // A table page 1 does not name (an older schema) has no rows to lose; with page 1 unreadable, any may.
+  for (const t of TABLES)
+    if ((roots.size === 0 || roots.has(t)) && !res.completeTrees.has(t)) res.damagedTables.add(t);
   return res;
 }
 
