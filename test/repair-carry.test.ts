@@ -410,6 +410,11 @@ t.test(
       false,
       'JSON: the destination dead letters were intact',
     );
+    tt.same(
+      json.report?.lost?.ranges,
+      [],
+      'no event reported missing: the events trees are intact (no false alarm for the priority events forwarded ahead of the bulk cursor)',
+    );
     await checkCarried(tt, dir, new Set());
 
     // The human report of the same repair (on a fresh copy).

@@ -239,6 +239,17 @@ function emptyReport(
   };
 }
 
+/** Ranges in order, adjacent ones joined. */
+function mergeRanges(ranges: Array<[number, number]>): Array<[number, number]> {
+  const out: Array<[number, number]> = [];
+  for (const [a, b] of ranges) {
+    const last = out[out.length - 1];
+    if (last && a <= last[1] + 1) last[1] = Math.max(last[1], b);
+    else out.push([a, b]);
+  }
+  return out;
+}
+
 /**
  * The lost ranges: seqs above the lowest cursor of a lane that holds events (what could
  * still be unforwarded) up to the last seq, neither saved nor in the dead letters. A lane
@@ -270,11 +281,24 @@ function summarize(
   const metaLast = Number(res.meta.get('last_seq') ?? Number.NaN);
   const lastSeqKnown = Number.isSafeInteger(metaLast);
   const lastSeq = Math.max(res.maxSeqSeen, lastSeqKnown ? metaLast : 0);
-  const ranges = res.saved.gaps(floor + 1, lastSeq);
+  // Between the two lanes' cursors only the lane behind can hold unforwarded events: a seq
+  // there that its intact tree does not have was the other lane's, already forwarded (the
+  // priority lane usually runs ahead), so it is missing only if that lane's tree was damaged.
+  const ahead = inUse.length > 0 ? Math.max(...inUse.map((l) => cursorOf[l])) : floor;
+  const behind = inUse.find((l) => cursorOf[l] === floor);
+  const betweenMayBeLost =
+    inUse.length < 2 || behind === undefined || !res.completeTrees.has(table[behind]);
+  const ranges = mergeRanges([
+    ...(betweenMayBeLost ? res.saved.gaps(floor + 1, Math.min(ahead, lastSeq)) : []),
+    ...res.saved.gaps(Math.max(floor, ahead) + 1, lastSeq),
+  ]);
   const lostEvents = ranges.reduce((n, [a, b]) => n + (b - a + 1), 0);
+  // A damaged dead-letter table may have lost dead letters no seq range can show.
+  const deadLettersMayBeLost =
+    res.damagedTables.has('dead_letters') || res.damagedTables.has('dest_dead_letters');
   const outcome: RepairOutcome = !anything
     ? 'nothing-readable'
-    : lostEvents > 0 || !lastSeqKnown
+    : lostEvents > 0 || !lastSeqKnown || deadLettersMayBeLost
       ? 'saved-some'
       : 'saved-all';
   return {
