@@ -47,12 +47,49 @@ async function ledBy(topic: string, broker: number): Promise<number[]> {
   });
 }
 
-/** High watermark per partition of `topic`. */
+/**
+ * High watermark per partition of `topic`. Right after an election a broker may still
+ * answer NOT_LEADER / LEADER_NOT_AVAILABLE for a partition whose leader moved, so the
+ * read is retried (at most 30 times, 1 s apart) until every partition answers.
+ */
 async function highWatermarks(topic: string): Promise<Map<number, number>> {
-  return withAdmin(async (admin) => {
-    const offsets = await admin.fetchTopicOffsets(topic);
-    return new Map(offsets.map((o) => [o.partition, Number(o.high)]));
-  });
+  let lastError: unknown;
+  for (let attempt = 0; attempt < 30; attempt++) {
+    try {
+      return await withAdmin(async (admin) => {
+        const offsets = await admin.fetchTopicOffsets(topic);
+        return new Map(offsets.map((o) => [o.partition, Number(o.high)]));
+      });
+    } catch (err) {
+      lastError = err;
+      await sleep(1_000);
+    }
+  }
+  throw new Error(`high watermarks of ${topic} unreadable for 30 s: ${String(lastError)}`);
+}
+
+/**
+ * Waits (at most until `deadline`) until no partition of `topic` is led by `broker`
+ * and every partition has a leader: the election covers all of the dead broker's
+ * partitions, not only partition 0. Returns the partitions still without a new leader.
+ */
+async function electedAway(topic: string, broker: number, deadline: number): Promise<number[]> {
+  let pending: number[] = [];
+  while (Date.now() < deadline) {
+    try {
+      pending = await withAdmin(async (admin) => {
+        const md = await admin.fetchTopicMetadata({ topics: [topic] });
+        return md.topics[0].partitions
+          .filter((p) => p.leader === broker || p.leader < 0)
+          .map((p) => p.partitionId);
+      });
+      if (pending.length === 0) return pending;
+    } catch {
+      /* metadata from a node that is still electing: ask again */
+    }
+    await sleep(1_000);
+  }
+  return pending;
 }
 
 /** Leader and ISR of partition 0 of `topic`, asked with kafkajs admin. */
@@ -100,6 +137,12 @@ t.test(
       after.leader,
       before.leader,
       `a new leader took over: broker ${after.leader} (ISR ${after.isr})`,
+    );
+    const leaderless = await electedAway(s.httpTopic, before.leader, killedAt + 60_000);
+    tt.same(
+      leaderless,
+      [],
+      `every partition the killed broker led (${doomed.join(', ')}) has a new leader`,
     );
     // While the old leader stays down, its partitions keep growing under their new leaders.
     const hwElected = await highWatermarks(s.httpTopic);
