@@ -29,6 +29,7 @@ import { salvage } from './salvage.ts';
 import type { SalvageResult } from './salvage.ts';
 import { DEST_KAFKA, DEST_KAFKA_PRIORITY, SCHEMA_VERSION } from './schema.ts';
 import { REPAIR_SWAP_FILE } from './setup.ts';
+import { sqlErrorKind } from './driver.ts';
 import { DB_FILE } from './sqlite-log.ts';
 import { NO_PARAMS } from './tx.ts';
 import type { Lane, StorageDriverName } from './types.ts';
@@ -126,29 +127,38 @@ export async function repairLog(opts: RepairOptions): Promise<RepairReport> {
       return { ...emptyReport('intact'), ...base, interruptedSwap };
     }
     const freshFile = unusedName(`${file}.repair-${stamp}`);
-    const fresh = await FreshLog.create(freshFile, opts.driver);
-    let res: SalvageResult;
+    // Everything up to the swap writes only our own new file: whatever fails (a disk that
+    // fills after the free-space check, because something else writes to it too), that
+    // file goes and the damaged ones stay exactly as they were.
+    let fresh: FreshLog | null = null;
+    let report: RepairReport;
     try {
-      res = salvage(pf, fresh);
+      fresh = await FreshLog.create(freshFile, opts.driver);
+      let res: SalvageResult;
+      try {
+        res = salvage(pf, fresh);
+      } finally {
+        pf.close();
+      }
+      report = summarize(res, { ...base, pages: { ...base.pages, ...res.pages } });
+      report.interruptedSwap = interruptedSwap;
+      if (report.outcome === 'nothing-readable') {
+        fresh.abandon();
+        removeQuiet(freshFile); // our own empty file; the damaged ones stay where they are
+        return report;
+      }
+      for (const [dest, seq] of res.cursors) fresh.cursor(dest, seq);
+      for (const [k, v] of res.meta) fresh.meta(k, v);
+      fresh.meta('last_seq', String(report.lastSeq));
+      for (const row of res.destCursors.values()) fresh.destCursor(row);
+      fresh.finish();
     } catch (err) {
-      fresh.abandon();
-      removeQuiet(freshFile);
-      throw err;
-    } finally {
       pf.close();
+      fresh?.abandon();
+      removeQuiet(freshFile);
+      if (sqlErrorKind(err) === 'full') throw outOfSpace(dir);
+      throw err;
     }
-    const report = summarize(res, { ...base, pages: { ...base.pages, ...res.pages } });
-    report.interruptedSwap = interruptedSwap;
-    if (report.outcome === 'nothing-readable') {
-      fresh.abandon();
-      removeQuiet(freshFile); // our own empty file; the damaged ones stay where they are
-      return report;
-    }
-    for (const [dest, seq] of res.cursors) fresh.cursor(dest, seq);
-    for (const [k, v] of res.meta) fresh.meta(k, v);
-    fresh.meta('last_seq', String(report.lastSeq));
-    for (const row of res.destCursors.values()) fresh.destCursor(row);
-    fresh.finish();
     report.keptAside = swapIn(dir, file, freshFile, unusedName(`${file}.damaged-${stamp}`));
     return report;
   } finally {
@@ -462,8 +472,17 @@ const MiB = (b: number) => Math.ceil(b / (1 << 20));
 
 function noSpace(dir: string, need: number, free?: number): LogOpenError {
   return new LogOpenError(
-    `repair needs about ${MiB(need)} MiB free in ${dir}${free === undefined ? '' : `, ${MiB(free)} MiB free`}; ` +
+    `needs about ${MiB(need)} MiB free in ${dir}${free === undefined ? '' : `, ${MiB(free)} MiB free`}; ` +
       'free space, or copy the data dir elsewhere and run kedge repair with KEDGE_DATA_DIR=<the copy>',
+    'KEDGE_LOG_OPEN',
+  );
+}
+
+/** The disk filled while the new log was being written (after the free-space check passed). */
+function outOfSpace(dir: string): LogOpenError {
+  return new LogOpenError(
+    `ran out of space in ${dir} while writing the new log; nothing was changed and its partial copy was removed. ` +
+      'Free space (something else is filling this disk), then run kedge repair again',
     'KEDGE_LOG_OPEN',
   );
 }

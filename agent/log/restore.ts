@@ -110,7 +110,7 @@ export class FreshLog implements RowSink {
   finish(): void {
     if (this.#inTx > 0) this.#db.exec('COMMIT');
     this.#inTx = 0;
-    this.#close(true);
+    this.#checkpointAndClose();
     const fd = fs.openSync(this.file, 'r');
     try {
       fs.fsyncSync(fd);
@@ -119,31 +119,49 @@ export class FreshLog implements RowSink {
     }
   }
 
-  /** Close without keeping anything (nothing was readable); the caller removes the file. */
+  /**
+   * Close without keeping anything (nothing was readable, or writing failed); the caller
+   * removes the file. Never throws: after SQLITE_FULL SQLite may have rolled back by
+   * itself ("no transaction is active"), and the error worth reporting is the one that
+   * brought us here, not one from the cleanup.
+   */
   abandon(): void {
-    if (this.#inTx > 0) this.#db.exec('ROLLBACK');
+    try {
+      if (this.#inTx > 0) this.#db.exec('ROLLBACK');
+    } catch {
+      // already rolled back by SQLite
+    }
     this.#inTx = 0;
-    this.#close(false);
+    for (const st of this.#stmts) {
+      try {
+        st.finalize();
+      } catch {
+        // finalized already (a failed finish), or the database is gone
+      }
+    }
+    try {
+      this.#db.close();
+    } catch {
+      // closed already; the file is removed anyway
+    }
   }
 
-  #close(checkpoint: boolean): void {
+  #checkpointAndClose(): void {
     for (const st of this.#stmts) st.finalize();
-    if (checkpoint) {
-      const st = this.#db.prepare('PRAGMA wal_checkpoint(TRUNCATE)');
-      let r: Record<string, unknown> | undefined;
-      try {
-        r = st.all(NO_PARAMS)[0];
-      } finally {
-        st.finalize();
-      }
-      // busy, log, checkpointed: a busy or partial checkpoint leaves rows only in the WAL,
-      // which would not follow the file when it is renamed to kedge.db.
-      const [busy, log, done] = Object.values(r ?? {}).map(Number);
-      if (busy !== 0 || log !== done)
-        throw new Error(
-          `${this.file}: the final checkpoint did not complete (busy ${busy}, ${done} of ${log} WAL pages)`,
-        );
+    const st = this.#db.prepare('PRAGMA wal_checkpoint(TRUNCATE)');
+    let r: Record<string, unknown> | undefined;
+    try {
+      r = st.all(NO_PARAMS)[0];
+    } finally {
+      st.finalize();
     }
+    // busy, log, checkpointed: a busy or partial checkpoint leaves rows only in the WAL,
+    // which would not follow the file when it is renamed to kedge.db.
+    const [busy, log, done] = Object.values(r ?? {}).map(Number);
+    if (busy !== 0 || log !== done)
+      throw new Error(
+        `${this.file}: the final checkpoint did not complete (busy ${busy}, ${done} of ${log} WAL pages)`,
+      );
     this.#db.close();
   }
 }
