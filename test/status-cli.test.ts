@@ -1,7 +1,8 @@
 /**
  * `kedge status` as an operator (or a health check) runs it: exit 0 healthy, 1 degraded
  * (broker stopped), 3 unreachable; an ETA while a backlog drains; --watch with a bounded
- * count prints one line per second with a progress bar.
+ * count prints one line per second with a progress bar; a priority backlog gets a
+ * lanes line.
  */
 import t from 'tap';
 import { join } from 'node:path';
@@ -25,6 +26,7 @@ const agent = await AgentProc.start({
     KEDGE_DATA_DIR: dir,
     KEDGE_KAFKA_BROKERS: kafka.bootstrap,
     KEDGE_AGENT_ID: 'status-agent',
+    KEDGE_PRIORITY_TOPICS: 'status.alerts',
   },
 });
 t.teardown(async () => {
@@ -147,6 +149,26 @@ t.test(
     tt.comment(`drained ${TOTAL} events in ${((Date.now() - started) / 1000).toFixed(1)} s`);
   },
 );
+
+t.test('a priority backlog: a lanes line shows each lane, gone once drained', async (tt) => {
+  await control('pause');
+  await ingest('status.alerts', 300);
+  await ingest('status.bulk', 5_000);
+  const h = await kedgeStatus([]);
+  tt.equal(h.code, 0, 'paused: healthy');
+  tt.match(
+    h.stdout,
+    /^lanes\s+priority 300 events, \S+, oldest \S+ old, ETA unknown; bulk 5,000 events, \S+, oldest \S+ old, ETA unknown$/m,
+    `each lane's backlog on one line:\n${h.stdout}`,
+  );
+  const j = JSON.parse((await kedgeStatus(['--json'])).stdout);
+  tt.equal(j.lanes.priority.backlog_events, 300, '--json: the priority lane');
+  tt.equal(j.lanes.bulk.backlog_events, 5_000, '--json: the bulk lane');
+  await control('resume');
+  await agent.waitDrained(60_000);
+  const after = await kedgeStatus([]);
+  tt.notMatch(after.stdout, /^lanes/m, `no lanes line once drained:\n${after.stdout}`);
+});
 
 t.test('broker stopped: degraded, exit 1', async (tt) => {
   await kafka.stopNode(kafka.nodes[0].id);

@@ -9,6 +9,7 @@ import { pinnedDispatcher } from './local-tls.ts';
 import type { Config } from '../config.ts';
 import { formatBytes, formatDuration } from '../units.ts';
 import type { LinkState } from '../observe/metrics.ts';
+import type { Lane } from '../log/types.ts';
 import type { AgentStatus } from './document.ts';
 
 export const STATUS_EXIT = { healthy: 0, degraded: 1, unreachable: 3 } as const;
@@ -143,6 +144,10 @@ export function formatStatus(s: AgentStatus, now = Date.now()): string {
   }
   lines.push(
     `backlog  ${count(b.events)} events, ${formatBytes(b.bytes)}${b.oldest_age_seconds !== null ? `, oldest ${human(b.oldest_age_seconds * 1000)} old` : ''}${eta(s)}`,
+  );
+  const l = lanesLine(s);
+  if (l) lines.push(l);
+  lines.push(
     `rates    in ${rate(s.rates.ingest_events_per_second)}, out ${rate(s.rates.forward_events_per_second)}`,
     `drops    ${count(s.drops?.events ?? 0)} events dropped${dropReasons(s)}`,
     `dead     ${count(s.dead_letters.events)} dead-lettered events`,
@@ -165,6 +170,26 @@ export function formatStatus(s: AgentStatus, now = Date.now()): string {
     `health   ${exitCodeFor(s) === STATUS_EXIT.healthy ? 'healthy' : s.destinations?.length ? `degraded: ${unhealthyLinks(s).join(', ')}` : `degraded: Kafka link ${s.link.state}`}`,
   );
   return lines.join('\n');
+}
+
+/**
+ * `lanes    priority 200 events, 20KiB, ETA 1s; bulk 1,000 events, 100KiB, ETA 5s`, only while
+ * the priority lane (KEDGE_PRIORITY_TOPICS) holds a backlog: then the operator sees that it
+ * drains first; otherwise the backlog line says it all. null from an agent without lanes.
+ */
+function lanesLine(s: AgentStatus): string | null {
+  if (!s.lanes || s.lanes.priority.backlog_events === 0) return null;
+  const one = (name: Lane) => {
+    const x = s.lanes[name];
+    const eta =
+      x.backlog_events === 0
+        ? ''
+        : x.eta_seconds === null
+          ? ', ETA unknown'
+          : `, ETA ${human(x.eta_seconds * 1000)}`;
+    return `${name} ${count(x.backlog_events)} events, ${formatBytes(x.backlog_bytes)}${x.oldest_age_seconds !== null ? `, oldest ${human(x.oldest_age_seconds * 1000)} old` : ''}${eta}`;
+  };
+  return `lanes    ${one('priority')}; ${one('bulk')}`;
 }
 
 /** `writes   1.2GiB written to disk for 310MiB ingested (3.9× write amplification, …)`; null from an agent that does not report it. */
