@@ -137,7 +137,7 @@ export const SETTINGS = {
     type: 'id: 1-64 of A-Z a-z 0-9 . _ -',
     default: '',
     defaultDoc: 'generated once (`<hostname>-<8 hex>`), kept in the log',
-    doc: 'First part of the `kedge-id` header (`<agent-id>:<seq>`) on every Kafka record.',
+    doc: 'First part of the `kedge-id` header (`<agent-id>:<seq>`) on every Kafka record. A new log (a data dir emptied, replaced or moved aside) counts seqs from 1 again: when this is set, give the new log a new id too, or its `kedge-id`s repeat ones Kafka already has and a consumer that drops repeats drops new events.',
     parse: (f) =>
       f.checked((v) =>
         /^[A-Za-z0-9._-]{1,64}$/.test(v)

@@ -348,6 +348,11 @@ t.test('nothing readable: exit 3, the files left as they were', async (tt) => {
   const r = await repair(dir, false);
   tt.equal(r.code, 3, 'exit 3');
   tt.match(r.output, /Nothing readable/, 'says nothing was readable');
+  tt.match(
+    r.output,
+    /With KEDGE_AGENT_ID set, change it too: the new log counts seqs from 1 again/,
+    'warns that a new log under a fixed agent id would repeat kedge-ids',
+  );
   tt.equal(sha(db), before, 'kedge.db untouched');
   tt.same(readdirSync(dir).sort(), files, 'no file added or removed');
 });

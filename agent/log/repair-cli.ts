@@ -81,6 +81,7 @@ export function formatReport(r: RepairReport): string {
       'Nothing readable: no event, cursor or setting could be read from it. Nothing was changed.',
       `To start on a new, empty log (the events in it are lost), keep the files aside and start kedge:`,
       `  mv ${file} ${file}.damaged; [ -e ${file}-wal ] && mv ${file}-wal ${file}.damaged-wal`,
+      'With KEDGE_AGENT_ID set, change it too: the new log counts seqs from 1 again, and kedge-id <agent-id>:<seq> would repeat ids Kafka already has.',
     );
     return `${lines.join('\n')}\n`;
   }

@@ -86,7 +86,7 @@ function damaged(file: string, detail: string, cause?: unknown): LogOpenError {
     `${file} is damaged or not a kedge database (${detail}). Run \`kedge repair\` (with the same --env-file): ` +
       `it saves every readable event into a new log, keeps the damaged files aside and says what was lost. ` +
       `Or move it aside (mv ${file} ${file}.damaged, and ${file}-wal if present) to start on a new, empty log ` +
-      `without the events still in it.`,
+      `without the events still in it (with KEDGE_AGENT_ID set, change it too: a new log counts seqs from 1 again).`,
     'KEDGE_LOG_DAMAGED',
     { cause },
   );
