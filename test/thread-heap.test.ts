@@ -62,8 +62,13 @@ t.test("the Kafka thread's heap limits are its own, not the main thread's V8 fla
     thread: Heap;
   };
   const { maxYoungGenerationSizeMb: young, maxOldGenerationSizeMb: old } = KAFKA_THREAD_LIMITS;
-  // The main thread: two 1 MB semi-spaces (V8 may round up a page), 256 MB old space.
-  t.ok(main.newMb <= 3, `the main thread keeps its 1 MB semi-space (new space ${main.newMb} MB)`);
+  // The main thread: two 1 MB semi-spaces, 256 MB old space. Alone it reports 2-2.25 MB of
+  // new space; once, under CI load, 3.75 MB. Without the flag the same garbage grows it to
+  // 64 MB (Node 24's default), so a 6 MB bound still catches the flag being lost.
+  t.ok(
+    main.newMb <= 6,
+    `the main thread keeps its 1 MB semi-space (new space ${main.newMb} MB, V8's default would reach 64 MB)`,
+  );
   t.ok(
     main.limitMb >= 256,
     `the main thread keeps its 256 MB old space (heap limit ${main.limitMb} MB)`,
