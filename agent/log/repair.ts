@@ -134,12 +134,7 @@ export async function repairLog(opts: RepairOptions): Promise<RepairReport> {
     let report: RepairReport;
     try {
       fresh = await FreshLog.create(freshFile, opts.driver);
-      let res: SalvageResult;
-      try {
-        res = salvage(pf, fresh);
-      } finally {
-        pf.close();
-      }
+      const res: SalvageResult = salvage(pf, fresh);
       report = summarize(res, { ...base, pages: { ...base.pages, ...res.pages } });
       report.interruptedSwap = interruptedSwap;
       if (report.outcome === 'nothing-readable') {
@@ -153,11 +148,12 @@ export async function repairLog(opts: RepairOptions): Promise<RepairReport> {
       for (const row of res.destCursors.values()) fresh.destCursor(row);
       fresh.finish();
     } catch (err) {
-      pf.close();
       fresh?.abandon();
       removeQuiet(freshFile);
       if (sqlErrorKind(err) === 'full') throw outOfSpace(dir);
       throw err;
+    } finally {
+      pf.close();
     }
     report.keptAside = swapIn(dir, file, freshFile, unusedName(`${file}.damaged-${stamp}`));
     return report;

@@ -60,8 +60,8 @@ export class PageFile {
   /** True when page 1 starts with the SQLite header (page size read from it, not guessed). */
   readonly headerIntact: boolean;
   readonly wal: WalSummary;
-  #dbFd: number | null;
-  #walFd: number | null;
+  readonly #dbFd: number | null;
+  readonly #walFd: number | null;
   readonly #dbPages: number;
   /** Page number → offset of its newest committed frame's data in the WAL. */
   readonly #overlay = new Map<number, number>();
@@ -119,12 +119,9 @@ export class PageFile {
     return this.#overlay.has(n);
   }
 
-  /** Closes both files; a second call does nothing. */
   close(): void {
     if (this.#dbFd !== null) fs.closeSync(this.#dbFd);
     if (this.#walFd !== null) fs.closeSync(this.#walFd);
-    this.#dbFd = null;
-    this.#walFd = null;
   }
 
   /** Lays the WAL's committed frames over the file; returns the last commit's database size (0: none). */
